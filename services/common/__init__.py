@@ -1,0 +1,75 @@
+"""The runtime every ITS Camera AI service shares.
+
+Configuration, the gRPC host (health, reflection, graceful shutdown, interceptors), the
+HTTP side port, logging and tracing, the error tree and its wire mapping, and storage
+(asyncpg pool with the embedded PostgreSQL default, migrations, Redis).
+"""
+
+from __future__ import annotations
+
+from services.common._config import (
+    ConfigError,
+    DatabaseSettings,
+    GrpcSettings,
+    HttpSettings,
+    LoggingSettings,
+    RedisSettings,
+    Settings,
+    TracingSettings,
+    load_settings,
+)
+from services.common._errors import (
+    ERROR_DOMAIN,
+    AlreadyExistsError,
+    FailedPreconditionError,
+    FieldViolation,
+    InternalError,
+    InvalidArgumentError,
+    ItsError,
+    NotFoundError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    UnauthenticatedError,
+    UnavailableError,
+    UnimplementedError,
+)
+from services.common._logging import configure_logging
+from services.common._migrations import Migration, MigrationError, MigrationSet, apply_migrations
+from services.common._server import Runtime, ServiceHost, ServiceUnit, serve
+from services.common._storage import Database, create_redis
+
+__all__ = [
+    "ERROR_DOMAIN",
+    "AlreadyExistsError",
+    "ConfigError",
+    "Database",
+    "DatabaseSettings",
+    "FailedPreconditionError",
+    "FieldViolation",
+    "GrpcSettings",
+    "HttpSettings",
+    "InternalError",
+    "InvalidArgumentError",
+    "ItsError",
+    "LoggingSettings",
+    "Migration",
+    "MigrationError",
+    "MigrationSet",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "RedisSettings",
+    "ResourceExhaustedError",
+    "Runtime",
+    "ServiceHost",
+    "ServiceUnit",
+    "Settings",
+    "TracingSettings",
+    "UnauthenticatedError",
+    "UnavailableError",
+    "UnimplementedError",
+    "apply_migrations",
+    "configure_logging",
+    "create_redis",
+    "load_settings",
+    "serve",
+]

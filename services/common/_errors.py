@@ -1,0 +1,175 @@
+"""The one exception tree of the services, and its single mapping to the wire.
+
+Domain code raises these; the error interceptor (``_interceptors.py``) turns them into a
+canonical gRPC status with ``google.rpc.Status`` details: an ``ErrorInfo`` whose reason is
+one of the fixed ``its.common.v1.ErrorReason`` names, plus ``BadRequest`` field violations
+for invalid arguments (AIP-193). Nothing else in the code base builds a status by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+from its.common.v1 import error_reason_pb2 as errors_pb2
+
+__all__ = [
+    "ERROR_DOMAIN",
+    "AlreadyExistsError",
+    "FailedPreconditionError",
+    "FieldViolation",
+    "InternalError",
+    "InvalidArgumentError",
+    "ItsError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "ResourceExhaustedError",
+    "UnauthenticatedError",
+    "UnavailableError",
+    "UnimplementedError",
+    "reason_name",
+]
+
+# The ErrorInfo domain: stable, documented in protos/its/common/v1/error_reason.proto.
+ERROR_DOMAIN = "its-camera-ai.dev"
+
+
+def reason_name(reason: int) -> str:
+    """The wire form of an ``ErrorReason``: its enum name without the ``ERROR_REASON_`` prefix."""
+    return errors_pb2.ErrorReason.Name(reason).removeprefix("ERROR_REASON_")  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    """One invalid field: ``field`` is the dotted path in the request (AIP-193)."""
+
+    field: str
+    description: str
+
+
+class ItsError(Exception):
+    """Base of every error the services report to a client.
+
+    ``message`` is safe to show to the caller: never put secrets or internal state in it.
+    """
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+    default_reason: int = errors_pb2.ERROR_REASON_INTERNAL
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: int | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = self.default_reason if reason is None else reason
+        self.metadata = dict(metadata or {})
+
+    def _details(self) -> list[any_pb2.Any]:
+        info = error_details_pb2.ErrorInfo(
+            reason=reason_name(self.reason), domain=ERROR_DOMAIN, metadata=self.metadata
+        )
+        packed = any_pb2.Any()
+        packed.Pack(info)
+        return [packed]
+
+    def to_status(self) -> status_pb2.Status:
+        """The ``google.rpc.Status`` this error travels as."""
+        return status_pb2.Status(
+            code=self.code.value[0], message=self.message, details=self._details()
+        )
+
+
+class InvalidArgumentError(ItsError):
+    """The request is malformed; ``violations`` name each bad field."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    default_reason = errors_pb2.ERROR_REASON_INVALID_FIELD
+
+    def __init__(
+        self,
+        message: str,
+        violations: Sequence[FieldViolation] = (),
+        *,
+        reason: int | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.violations = tuple(violations)
+
+    @classmethod
+    def for_field(cls, field: str, description: str) -> InvalidArgumentError:
+        """The common case: one field is wrong, and the message names it."""
+        return cls(f"{field}: {description}", [FieldViolation(field, description)])
+
+    def _details(self) -> list[any_pb2.Any]:
+        details = super()._details()
+        if self.violations:
+            bad_request = error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=v.field, description=v.description
+                    )
+                    for v in self.violations
+                ]
+            )
+            packed = any_pb2.Any()
+            packed.Pack(bad_request)
+            details.append(packed)
+        return details
+
+
+class NotFoundError(ItsError):
+    code = grpc.StatusCode.NOT_FOUND
+    default_reason = errors_pb2.ERROR_REASON_RESOURCE_NOT_FOUND
+
+
+class AlreadyExistsError(ItsError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+    default_reason = errors_pb2.ERROR_REASON_ALREADY_EXISTS
+
+
+class FailedPreconditionError(ItsError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    default_reason = errors_pb2.ERROR_REASON_FAILED_PRECONDITION
+
+
+class UnavailableError(ItsError):
+    """A dependency (database, cache, peer service) cannot be reached; safe to retry."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    default_reason = errors_pb2.ERROR_REASON_DEPENDENCY_UNAVAILABLE
+
+
+class ResourceExhaustedError(ItsError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    default_reason = errors_pb2.ERROR_REASON_RATE_LIMITED
+
+
+class UnauthenticatedError(ItsError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+    default_reason = errors_pb2.ERROR_REASON_UNAUTHENTICATED
+
+
+class PermissionDeniedError(ItsError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+    default_reason = errors_pb2.ERROR_REASON_PERMISSION_DENIED
+
+
+class InternalError(ItsError):
+    """A bug or an unexpected state; the message stays generic on the wire."""
+
+    code = grpc.StatusCode.INTERNAL
+    default_reason = errors_pb2.ERROR_REASON_INTERNAL
+
+
+class UnimplementedError(ItsError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+    default_reason = errors_pb2.ERROR_REASON_NOT_IMPLEMENTED

@@ -1,0 +1,43 @@
+"""Fixtures shared by every test area: real PostgreSQL and Redis on loopback, free ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+# The machine's PostgreSQL and Redis (.ci/run starts them). Overridable for other setups.
+POSTGRES_ADMIN_DSN = os.environ.get(
+    "ITS_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("ITS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _dsn_for(database: str) -> str:
+    head, _, query = POSTGRES_ADMIN_DSN.partition("?")
+    base = head.rsplit("/", 1)[0]
+    return f"{base}/{database}" + (f"?{query}" if query else "")
+
+
+@pytest.fixture
+async def postgres_dsn() -> AsyncIterator[str]:
+    """A fresh, empty database on the machine's PostgreSQL, dropped afterwards."""
+    name = f"its_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(POSTGRES_ADMIN_DSN)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield _dsn_for(name)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
