@@ -7,6 +7,7 @@ HTTP side port, logging and tracing, the error tree and its wire mapping, and st
 
 from __future__ import annotations
 
+from services.common._breaker import BreakerState, CircuitBreaker, CircuitOpenError
 from services.common._config import (
     ConfigError,
     DatabaseSettings,
@@ -36,11 +37,16 @@ from services.common._errors import (
 from services.common._logging import configure_logging
 from services.common._migrations import Migration, MigrationError, MigrationSet, apply_migrations
 from services.common._server import Runtime, ServiceHost, ServiceUnit, serve
-from services.common._storage import Database, create_redis
+from services.common._storage import POSTGRES_FAILURES, REDIS_FAILURES, Database, create_redis
 
 __all__ = [
     "ERROR_DOMAIN",
+    "POSTGRES_FAILURES",
+    "REDIS_FAILURES",
     "AlreadyExistsError",
+    "BreakerState",
+    "CircuitBreaker",
+    "CircuitOpenError",
     "ConfigError",
     "Database",
     "DatabaseSettings",

@@ -16,15 +16,27 @@ from typing import Any
 import asyncpg
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
 
 from services.common._config import DatabaseSettings, RedisSettings
 from services.common._errors import UnavailableError
 
-__all__ = ["Database", "create_redis"]
+__all__ = ["POSTGRES_FAILURES", "REDIS_FAILURES", "Database", "create_redis"]
 
 _log = logging.getLogger(__name__)
 
 _EMBEDDED_DATABASE = "its"
+
+# What "the dependency is down" looks like, for circuit breakers: not a bad query, a lost
+# server. (asyncpg's connection errors are PostgresError subclasses, so name them.)
+POSTGRES_FAILURES: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
+REDIS_FAILURES: tuple[type[BaseException], ...] = (OSError, TimeoutError, RedisError)
 
 
 def _start_embedded(data_dir: Path) -> tuple[Any, str]:
