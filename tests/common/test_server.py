@@ -87,17 +87,21 @@ async def test_service_serves_health_reflection_and_unimplemented(
         # Describing works down to the message fields, as grpcurl's `describe` needs.
         assert method.input_type.fields is not None
 
-        # Until the service's own issue lands, its RPCs are UNIMPLEMENTED (not INTERNAL).
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            call = (
-                channel.unary_unary(f"/{name}/{method.name}")
-                if not (method.client_streaming or method.server_streaming)
-                else None
-            )
-            if call is not None:
+        # An empty request is either not implemented yet (UNIMPLEMENTED) or refused with
+        # a clean INVALID_ARGUMENT naming a field: never INTERNAL or UNKNOWN.
+        if not (method.client_streaming or method.server_streaming):
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
-                    await call(b"", timeout=5)
-                assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+                    await channel.unary_unary(f"/{name}/{method.name}")(b"", timeout=5)
+            code = caught.value.code()
+            assert code in {grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INVALID_ARGUMENT}, (
+                name,
+                method.name,
+                code,
+            )
+            if code == grpc.StatusCode.INVALID_ARGUMENT:
+                _, details = error_info(caught.value)
+                assert details, f"{name}/{method.name}: INVALID_ARGUMENT without BadRequest"
 
 
 async def test_migrations_ran_on_the_configured_postgres(postgres_dsn: str) -> None:
@@ -321,14 +325,14 @@ def test_sigterm_drains_in_flight_calls_before_exit() -> None:
     assert '"message": "stopped"' in log
 
 
-def test_serve_all_on_the_embedded_default(tmp_path: Path) -> None:
+def test_serve_all_on_the_embedded_default(embedded_data_dir: Path) -> None:
     """The README's main job: no database configured, the embedded PostgreSQL is used."""
     grpc_port, http_port = free_port(), free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("ITS_")},
         "ITS_GRPC__PORT": str(grpc_port),
         "ITS_HTTP__PORT": str(http_port),
-        "ITS_DATABASE__EMBEDDED_DATA_DIR": str(tmp_path / "postgres"),
+        "ITS_DATABASE__EMBEDDED_DATA_DIR": str(embedded_data_dir),
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "serve", "all"],
@@ -345,7 +349,7 @@ def test_serve_all_on_the_embedded_default(tmp_path: Path) -> None:
         health = json.loads(body)
         assert health["dependencies"] == {"database": "up"}
         assert len(health["services"]) == 5
-        assert (tmp_path / "postgres" / "PG_VERSION").exists()
+        assert (embedded_data_dir / "PG_VERSION").exists()
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
     finally:

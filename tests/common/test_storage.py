@@ -24,8 +24,8 @@ from services.common import (
 from tests.conftest import REDIS_URL, free_port
 
 
-async def test_embedded_default_starts_migrates_and_restarts(tmp_path: Path) -> None:
-    settings = DatabaseSettings(embedded_data_dir=tmp_path / "pg")
+async def test_embedded_default_starts_migrates_and_restarts(embedded_data_dir: Path) -> None:
+    settings = DatabaseSettings(embedded_data_dir=embedded_data_dir)
     database = await Database.open(settings, application_name="test")
     try:
         assert database.is_embedded
