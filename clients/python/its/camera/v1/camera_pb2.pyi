@@ -54,9 +54,12 @@ class Camera(_message.Message):
     display_name: _builtins.str
     """Human-readable name, for example "A4 km 12.3 northbound". At most 128 characters."""
     source_uri: _builtins.str
-    """Where the video comes from. Supported schemes: rtsp, rtsps, http, https (MJPEG, HLS),
-    udp (MPEG-TS) and file (a path on the decoder host, for replay and tests). An
-    unsupported scheme, container or codec is rejected with INVALID_ARGUMENT and reason
+    """Where the video comes from. Supported schemes: rtsp, rtsps (over TCP; append "?udp"
+    for RTP over UDP), http, https (MJPEG, HLS, MPEG-TS), udp and rtp (MPEG-TS), file (a
+    path on the decoder host under one of its configured roots, for replay and tests) and
+    sim (the built-in traffic simulator as a live camera:
+    "sim://label?seed=7&fps=30&condition=night&width=1280&height=720"). An unsupported
+    scheme, container or codec is rejected with INVALID_ARGUMENT and reason
     ERROR_REASON_UNSUPPORTED_SOURCE.
 
     The URI may carry credentials ("rtsp://user:password@host/path"). They are stored
