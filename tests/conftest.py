@@ -13,6 +13,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from services.common import Settings
+
 # The machine's PostgreSQL and Redis (.ci/run starts them). Overridable for other setups.
 POSTGRES_ADMIN_DSN = os.environ.get(
     "ITS_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -25,6 +27,15 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def host_settings(dsn: str | None = None, **database: object) -> Settings:
+    """Settings for an in-process service host on loopback, on ports the OS picks."""
+    return Settings(
+        grpc={"host": "127.0.0.1", "port": 0, "drain_seconds": 0.5},
+        http={"host": "127.0.0.1", "port": 0},
+        database={"dsn": dsn, **database},
+    )
 
 
 def _dsn_for(database: str) -> str:

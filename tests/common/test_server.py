@@ -32,19 +32,10 @@ from services.common import (
     Runtime,
     ServiceHost,
     ServiceUnit,
-    Settings,
 )
-from tests.conftest import free_port
+from tests.conftest import free_port, host_settings
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def host_settings(dsn: str | None = None, **database: object) -> Settings:
-    return Settings(
-        grpc={"host": "127.0.0.1", "port": 0, "drain_seconds": 1},
-        http={"host": "127.0.0.1", "port": 0},
-        database={"dsn": dsn, **database},
-    )
 
 
 @pytest.fixture

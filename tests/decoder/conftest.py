@@ -21,8 +21,9 @@ import pytest
 import shm
 from its.camera.v1 import camera_pb2, camera_service_pb2, camera_service_pb2_grpc
 from its.camera.v1 import camera_status_pb2 as status_pb2
-from services.common import DecoderSettings, ServiceHost, Settings
+from services.common import DecoderSettings, ServiceHost
 from services.decoder.server import decoder_unit
+from tests.conftest import host_settings
 
 SAMPLE_SIZE = (320, 240)
 SAMPLE_FPS = 30
@@ -85,14 +86,6 @@ def decoder_settings(samples: Path) -> DecoderSettings:
         stall_timeout_seconds=3.0,
         backoff_initial_seconds=0.2,
         backoff_max_seconds=1.0,
-    )
-
-
-def host_settings(dsn: str) -> Settings:
-    return Settings(
-        grpc={"host": "127.0.0.1", "port": 0, "drain_seconds": 0.5},
-        http={"host": "127.0.0.1", "port": 0},
-        database={"dsn": dsn},
     )
 
 
