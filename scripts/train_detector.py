@@ -1,0 +1,103 @@
+"""Train the shipped vehicle detector from scratch on simulator data (CPU, deterministic).
+
+    python scripts/train_detector.py --seeds 0-199 --epochs 8 --threads 2
+    # -> services/inference/models/its-detector-v1.pt + its-detector-v1.json
+
+Shards of the requested seeds missing from ``--data`` are rendered first with the simulator
+(same parameters as ``python -m services.sim dataset``), so the command alone reproduces the
+run. Training seeds must stay disjoint from the held-out seeds (100000+) that
+``scripts/evaluate_detector.py`` renders. The manifest gets the training config and the
+weights' sha256; evaluation figures are added by the evaluation script (``--write-manifest``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from services.inference._data import shard_files
+from services.inference._detector import save_detector
+from services.inference._model import NetConfig
+from services.inference._train import TrainConfig, train
+from services.sim import write_dataset
+from services.sim._dataset import parse_seeds
+
+HELD_OUT_FROM = 100_000
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default="var/det/train", help="shard directory (rendered if missing)")
+    ap.add_argument("--seeds", default="0-199")
+    ap.add_argument("--frames-per-seed", type=int, default=12)
+    ap.add_argument("--interval", type=float, default=1.5)
+    ap.add_argument("--epochs", type=float, default=8.0)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--warmup-steps", type=int, default=150)
+    ap.add_argument("--init", default=None, help="start from this state dict (continue a run)")
+    ap.add_argument("--note", default=None, help="free text recorded in the manifest")
+    ap.add_argument("--max-steps", type=int, default=None, help="stop early (CI smoke)")
+    ap.add_argument("--workers", type=int, default=1, help="processes rendering missing shards")
+    ap.add_argument("--out", default="services/inference/models")
+    ap.add_argument("--name", default="its-detector-v1")
+    ap.add_argument("--version", default=time.strftime("%Y.%m.%d"))
+    ap.add_argument("--checkpoint", default=None, help="save a state dict here every 200 steps")
+    args = ap.parse_args(argv)
+
+    seeds = parse_seeds(args.seeds)
+    if max(seeds) >= HELD_OUT_FROM:
+        ap.error(f"training seeds must be < {HELD_OUT_FROM} (held-out seeds start there)")
+    missing = [
+        s for s, p in zip(seeds, shard_files(args.data, seeds), strict=True) if not p.is_file()
+    ]
+    if missing:
+        t = time.perf_counter()
+        write_dataset(
+            args.data,
+            missing,
+            args.frames_per_seed,
+            interval_s=args.interval,
+            compress=False,
+            workers=args.workers,
+        )
+        print(f"rendered {len(missing)} missing seeds in {time.perf_counter() - t:.0f} s")
+    cfg = TrainConfig(
+        data=args.data,
+        seeds=tuple(seeds),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        threads=args.threads,
+        max_steps=args.max_steps,
+        warmup_steps=args.warmup_steps,
+        init=args.init,
+        net=NetConfig(),
+    )
+    model, stats = train(
+        cfg,
+        log=lambda m: print(m, flush=True),
+        checkpoint=Path(args.checkpoint) if args.checkpoint else None,
+    )
+    record = cfg.to_dict()
+    record["seeds"] = args.seeds  # the range as typed, not thousands of integers
+    record["frames_per_seed"] = args.frames_per_seed
+    record["interval_s"] = args.interval
+    record["torch"] = torch.__version__
+    if args.note:
+        record["note"] = args.note
+    record.update(stats)
+    manifest = save_detector(model, cfg, record, Path(args.out), args.name, args.version)
+    print(f"wrote {Path(args.out) / manifest.weights} ({manifest.size_bytes} bytes)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,202 @@
+"""``Detector``: the shipped model behind one call, loaded and checked from its manifest.
+
+Loading verifies everything before the first frame: the manifest's fields, the weights'
+sha256 (before deserialising them), that the weights fit the network the manifest describes,
+and that a forward pass on a blank input has the output shapes decoding expects.
+``detect`` takes frames of any size, letterboxes them to the fixed input, runs the network,
+decodes peaks and maps the boxes back to each frame's own pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from its.common.v1 import detection_pb2, geometry_pb2
+from its.inference.v1 import model_pb2
+from services.inference._decode import peak_boxes
+from services.inference._errors import ManifestError, ModelLoadError, OutputFormatError
+from services.inference._letterbox import PAD_VALUE, as_batch, letterbox_any, unletterbox_boxes
+from services.inference._manifest import (
+    CLASS_IDS,
+    Decoding,
+    InputSpec,
+    Manifest,
+    Normalisation,
+    read_manifest,
+    sha256_file,
+    verified_weights,
+    write_manifest,
+)
+from services.inference._model import STRIDE, CenterNet, NetConfig
+
+__all__ = ["DEFAULT_MANIFEST", "Detections", "Detector", "ImageInput", "load_detector"]
+
+DEFAULT_MANIFEST = Path(__file__).parent / "models" / "its-detector-v1.json"
+
+ImageInput = torch.Tensor | np.ndarray[Any, Any] | Sequence[torch.Tensor | np.ndarray[Any, Any]]
+
+
+class Detections(NamedTuple):
+    """One frame's detections, boxes in that frame's pixels (x0, y0, x1, y1)."""
+
+    boxes: torch.Tensor  # float32 [N, 4]
+    scores: torch.Tensor  # float32 [N]
+    classes: torch.Tensor  # int64 [N], its.common.v1.ObjectClass numbers (CAR=1 ...)
+
+
+def _frames(images: ImageInput) -> list[torch.Tensor]:
+    """Normalise the accepted inputs to a list of float NCHW batches of one size each."""
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(np.ascontiguousarray(images))
+    if isinstance(images, torch.Tensor):
+        return [as_batch(images)]
+    out = []
+    for im in images:
+        t = torch.from_numpy(np.ascontiguousarray(im)) if isinstance(im, np.ndarray) else im
+        out.append(as_batch(t))
+    return out
+
+
+class Detector:
+    """The shipped detector; build it with ``load_detector`` (or ``Detector.load``)."""
+
+    def __init__(self, model: CenterNet, manifest: Manifest, device: str = "cpu") -> None:
+        self.manifest = manifest
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.input_size = (manifest.input.width, manifest.input.height)
+        self.class_ids = torch.tensor(manifest.class_ids, dtype=torch.int64)
+        norm = manifest.normalisation
+        self._mean = torch.tensor(norm.mean, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(norm.std, device=self.device).view(1, 3, 1, 1)
+        self._check_output()
+
+    @classmethod
+    def load(cls, manifest_path: str | Path = DEFAULT_MANIFEST, device: str = "cpu") -> Detector:
+        manifest = read_manifest(manifest_path)
+        weights = verified_weights(manifest_path, manifest)
+        try:
+            net = NetConfig.from_dict(manifest.net)
+            model = CenterNet(net)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ManifestError(f"{manifest_path}: net {manifest.net} is not buildable: {e}") from e
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            model.load_state_dict(state, strict=True)
+        except (RuntimeError, KeyError, TypeError, ValueError, OSError) as e:
+            raise ManifestError(
+                f"{weights} does not fit the network {manifest_path} describes: {e}"
+            ) from e
+        return cls(model, manifest, device)
+
+    def to_proto(self, max_batch_size: int = 8) -> model_pb2.Model:
+        """The ``its.inference.v1.Model`` resource describing this detector."""
+        cuda = self.device.type == "cuda"
+        return model_pb2.Model(
+            name=f"models/{self.manifest.name}",
+            version=f"{self.manifest.version}+{self.manifest.sha256[:12]}",
+            backend=model_pb2.BACKEND_TORCH_CUDA if cuda else model_pb2.BACKEND_TORCH_CPU,
+            device=str(self.device),
+            precision=model_pb2.PRECISION_FP32,
+            input_size=geometry_pb2.ImageSize(width=self.input_size[0], height=self.input_size[1]),
+            classes=[detection_pb2.ObjectClass.ValueType(c) for c in self.manifest.class_ids],
+            max_batch_size=max_batch_size,
+            default_score_threshold=self.manifest.decoding.score_threshold,
+        )
+
+    def _check_output(self) -> None:
+        w, h = self.input_size
+        with torch.inference_mode():
+            try:
+                heat, ltrb = self.model(torch.zeros(1, 3, h, w, device=self.device))
+            except Exception as e:  # any failure here is a broken model, reported at load
+                raise ModelLoadError(
+                    f"model {self.manifest.name} fails on a blank input: {e}"
+                ) from e
+        want_heat = (1, len(self.manifest.classes), h // STRIDE, w // STRIDE)
+        want_box = (1, 4, h // STRIDE, w // STRIDE)
+        if tuple(heat.shape) != want_heat or tuple(ltrb.shape) != want_box:
+            raise OutputFormatError(
+                f"model {self.manifest.name} outputs {tuple(heat.shape)} and {tuple(ltrb.shape)}, "
+                f"its manifest implies {want_heat} and {want_box}"
+            )
+
+    def forward_raw(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Letterboxed float ``[B,3,H,W]`` in [0,1] -> (heat logits, ltrb)."""
+        with torch.inference_mode():
+            x = (batch.to(self.device) - self._mean) / self._std
+            out: tuple[torch.Tensor, torch.Tensor] = self.model(x)
+            return out
+
+    def detect(
+        self, images: ImageInput, score_threshold: float | None = None, top_k: int | None = None
+    ) -> list[Detections]:
+        """Frames (uint8 ``[B,H,W,3]`` RGB, float ``[B,3,H,W]`` in [0,1], or a list of
+        frames of any sizes) -> one ``Detections`` per frame, in input order. ``top_k``
+        caps the peaks per frame (the manifest's by default)."""
+        thr = self.manifest.decoding.score_threshold if score_threshold is None else score_threshold
+        k = self.manifest.decoding.top_k if top_k is None else top_k
+        results: list[Detections] = []
+        for batch in _frames(images):
+            x, lb = letterbox_any(
+                batch.to(self.device), self.input_size, self.manifest.input.letterbox_pad
+            )
+            with torch.inference_mode():
+                # Normalise in place: one pass over the batch instead of two temporaries.
+                x.sub_(self._mean).div_(self._std)
+                heat, ltrb = self.model(x)
+            boxes, scores, classes = peak_boxes(heat, ltrb, k)
+            for i in range(boxes.shape[0]):
+                keep = scores[i] >= thr
+                b = unletterbox_boxes(boxes[i][keep].float().cpu(), lb)
+                # Peaks whose box collapsed after clipping to the frame carry no object.
+                ok = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+                results.append(
+                    Detections(
+                        b[ok],
+                        scores[i][keep][ok].float().cpu(),
+                        self.class_ids[classes[i][keep][ok].cpu()],
+                    )
+                )
+        return results
+
+
+def load_detector(manifest_path: str | Path = DEFAULT_MANIFEST, device: str = "cpu") -> Detector:
+    """Load the shipped detector (or another manifest's), checking it fully; see ``Detector``."""
+    return Detector.load(manifest_path, device)
+
+
+def save_detector(
+    model: CenterNet,
+    cfg: Any,
+    training: dict[str, Any],
+    out_dir: Path,
+    name: str,
+    version: str,
+) -> Manifest:
+    """Write ``name.pt`` (state dict) and ``name.json`` (manifest with its sha256)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = out_dir / f"{name}.pt"
+    torch.save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, weights)
+    w, h = cfg.input_size
+    manifest = Manifest(
+        name=name,
+        version=version,
+        weights=weights.name,
+        sha256=sha256_file(weights),
+        size_bytes=weights.stat().st_size,
+        classes=tuple(CLASS_IDS),  # the simulator's class order: car ... person
+        class_ids=tuple(CLASS_IDS.values()),
+        input=InputSpec(width=w, height=h, letterbox_pad=PAD_VALUE),
+        normalisation=Normalisation(mean=cfg.mean, std=cfg.std),
+        decoding=Decoding(stride=STRIDE, top_k=300, score_threshold=0.3),
+        net=model.cfg.to_dict(),
+        training=training,
+    )
+    write_manifest(out_dir / f"{name}.json", manifest)
+    return manifest

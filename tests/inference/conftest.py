@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from services.inference._detector import save_detector
+from services.inference._model import CenterNet, NetConfig
+from services.inference._train import TrainConfig
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    # The CI machine has two cores shared with other jobs.
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
+def tiny_manifest(tmp_path: Path) -> Path:
+    """An untrained small detector saved with its manifest (shape checks, not accuracy)."""
+    torch.manual_seed(0)
+    net = NetConfig(stem=8, widths=(8, 8, 16, 16), depths=(0, 0, 0, 0), neck=8, head=8)
+    cfg = TrainConfig(data="unused", input_size=(128, 96), net=net)
+    save_detector(CenterNet(net), cfg, {"note": "test"}, tmp_path, "tiny", "test")
+    return tmp_path / "tiny.json"

@@ -1,0 +1,82 @@
+"""CI training smoke: the training script runs a few steps end to end and ships loadable
+weights with a manifest (accuracy is the gate test's business)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from services.inference import load_detector
+from services.inference._data import augment, build_targets, load_trainset
+from services.inference._train import focal_loss
+from services.sim import write_dataset
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _script_main():  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "train_detector", ROOT / "scripts/train_detector.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main
+
+
+def test_training_smoke(tmp_path: Path) -> None:
+    data, out = tmp_path / "data", tmp_path / "model"
+    rc = _script_main()(
+        [
+            "--data", str(data), "--seeds", "0-1", "--frames-per-seed", "2",
+            "--max-steps", "3", "--batch-size", "2", "--out", str(out), "--version", "smoke",
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    manifest = json.loads((out / "its-detector-v1.json").read_text())
+    assert manifest["training"]["steps"] == 3
+    assert manifest["training"]["seeds"] == "0-1"
+    det = load_detector(out / "its-detector-v1.json")
+    assert len(det.detect(np.zeros((1, 384, 640, 3), np.uint8))) == 1
+
+
+def test_targets_match_boxes(tmp_path: Path) -> None:
+    """Targets decode back to the boxes they were built from, and augmentation moves boxes
+    with the pixels (a flipped frame flips its boxes)."""
+    write_dataset(tmp_path, [3], 2, compress=False)
+    ds = load_trainset(tmp_path, (480, 288))
+    heat, ignore, box, weight = build_targets(
+        ds.boxes[:1], ds.classes[:1], ds.difficult[:1], (480, 288), 6
+    )
+    peaks = heat.eq(1.0)
+    assert int(peaks.sum()) > 0
+    # Every regression cell carries one of the image's (kept) boxes.
+    cells = box.permute(0, 2, 3, 1)[weight[:, 0] > 0]
+    known = torch.from_numpy(ds.boxes[0])
+    known = torch.stack(
+        (
+            known[:, 0].clamp(0, 480),
+            known[:, 1].clamp(0, 288),
+            known[:, 2].clamp(0, 480),
+            known[:, 3].clamp(0, 288),
+        ),
+        dim=1,
+    )
+    d = (cells[:, None, :] - known[None, :, :]).abs().max(dim=2).values.min(dim=1).values
+    assert float(d.max()) < 1e-3
+    assert float(ignore.min()) >= 0.0
+    # A perfect heatmap has a lower loss than a blank one.
+    good = torch.logit(heat.clamp(1e-4, 1 - 1e-4))
+    assert focal_loss(good, heat, ignore) < focal_loss(torch.full_like(heat, -4.6), heat, ignore)
+    gen = torch.Generator().manual_seed(0)
+    x, boxes = augment(ds.images[:2], ds.boxes[:2], gen, scale=(1.0, 1.0), colour=0.0)
+    assert x.shape == (2, 3, 288, 480)
+    for b_in, b_out in zip(ds.boxes[:2], boxes, strict=True):
+        w_in, w_out = b_in[:, 2] - b_in[:, 0], b_out[:, 2] - b_out[:, 0]
+        np.testing.assert_allclose(w_in, w_out, atol=1e-3)
