@@ -62,8 +62,10 @@ class AnalyticsServiceServicer:
         one StreamDetectionBatchesResponse, in the same order.
         * An acknowledgement means durable: the batch's accepted detections, the counts and
         events they produced, and the producer's de-duplication high-water mark are
-        committed to the analytics store (PostgreSQL) in one transaction before the
-        acknowledgement is sent, so a crash of analytics after it loses none of them.
+        committed together before the acknowledgement is sent, to PostgreSQL in one
+        transaction or, while it is unavailable, to the node's fsynced local spool, which is
+        replayed to it in order, exactly once, when it returns. A crash of analytics after
+        the acknowledgement loses none of them.
         Acknowledgements are cumulative: acknowledging `sequence` N also confirms every
         earlier batch of the producer.
         * If the stream breaks, the producer opens a new one and resends, in order, every
@@ -76,7 +78,8 @@ class AnalyticsServiceServicer:
         INVALID_ARGUMENT (ERROR_REASON_INVALID_FIELD) for a batch without producer_id,
         sequence or camera, or a producer_id change within the stream; FAILED_PRECONDITION
         (ERROR_REASON_SEQUENCE_OUT_OF_ORDER) when sequence does not increase within the
-        stream; UNAVAILABLE (ERROR_REASON_DEPENDENCY_UNAVAILABLE) when the store is down.
+        stream; UNAVAILABLE (ERROR_REASON_DEPENDENCY_UNAVAILABLE) when the batch cannot be
+        made durable: PostgreSQL is unavailable and the local spool is full too.
         Batches unacknowledged at that point were not applied and must be resent.
         * The producer ends the stream by half-closing; analytics acknowledges what it has
         received, then closes with OK.

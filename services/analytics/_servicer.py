@@ -1,0 +1,82 @@
+"""``its.analytics.v1.AnalyticsService``: the ``StreamDetectionBatches`` protocol.
+
+The stream's own rules are checked here (required fields, one producer per stream, strictly
+increasing sequences); each batch is then applied by the ``Ingestor`` and answered in order,
+one acknowledgement per batch. A stream error (raised ``ItsError``, mapped to a status by the
+error interceptor) ends the stream; the batches not acknowledged by then were not applied.
+Flow control needs no code: a batch is read only after the previous one was answered, and
+HTTP/2 flow control holds a producer that runs ahead of its 64-batch window.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from its.analytics.v1 import analytics_service_pb2, analytics_service_pb2_grpc, detection_batch_pb2
+from its.common.v1 import error_reason_pb2
+from services.analytics._ingest import Ingestor
+from services.common import FailedPreconditionError, InvalidArgumentError
+
+__all__ = ["AnalyticsServicer"]
+
+_Context = grpc.aio.ServicerContext[Any, Any]
+_PRODUCER_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
+# The decoder's camera id rule (AIP-122 resource ids).
+_CAMERA = re.compile(r"^cameras/([a-z](?:[a-z0-9-]{0,61}[a-z0-9])?)$")
+_MAX_FRAMES = 256
+
+
+def _check(batch: detection_batch_pb2.DetectionBatch) -> str:
+    """The batch's camera id, once its stream-level fields are valid."""
+    if not batch.producer_id:
+        raise InvalidArgumentError.for_field("batch.producer_id", "is required")
+    if not _PRODUCER_ID.match(batch.producer_id):
+        raise InvalidArgumentError.for_field(
+            "batch.producer_id", "must be 1-128 printable ASCII characters"
+        )
+    if batch.sequence <= 0:
+        raise InvalidArgumentError.for_field("batch.sequence", "is required (starts at 1)")
+    if not batch.camera:
+        raise InvalidArgumentError.for_field("batch.camera", "is required")
+    match = _CAMERA.match(batch.camera)
+    if match is None:
+        raise InvalidArgumentError.for_field("batch.camera", 'must be "cameras/{camera}"')
+    if not 1 <= len(batch.frames) <= _MAX_FRAMES:
+        raise InvalidArgumentError.for_field(
+            "batch.frames", f"must hold 1 to {_MAX_FRAMES} frames, got {len(batch.frames)}"
+        )
+    return match[1]
+
+
+class AnalyticsServicer(analytics_service_pb2_grpc.AnalyticsServiceServicer):
+    def __init__(self, ingestor: Ingestor) -> None:
+        self._ingestor = ingestor
+
+    async def StreamDetectionBatches(
+        self,
+        request_iterator: AsyncIterator[analytics_service_pb2.StreamDetectionBatchesRequest],
+        context: _Context,
+    ) -> AsyncIterator[analytics_service_pb2.StreamDetectionBatchesResponse]:
+        producer: str | None = None
+        last_sequence = 0
+        async for request in request_iterator:
+            batch = request.batch
+            camera_id = _check(batch)
+            if producer is None:
+                producer = batch.producer_id
+            elif batch.producer_id != producer:
+                raise InvalidArgumentError.for_field(
+                    "batch.producer_id", f"changed within the stream (was {producer!r})"
+                )
+            if batch.sequence <= last_sequence:
+                raise FailedPreconditionError(
+                    f"batch.sequence {batch.sequence} does not increase (after {last_sequence})",
+                    reason=error_reason_pb2.ERROR_REASON_SEQUENCE_OUT_OF_ORDER,
+                    metadata={"sequence": str(batch.sequence), "previous": str(last_sequence)},
+                )
+            last_sequence = batch.sequence
+            yield await self._ingestor.apply(batch, camera_id)

@@ -1,0 +1,181 @@
+"""The analytics service end to end: a real gRPC server on loopback, real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from its.analytics.v1 import detection_batch_pb2
+from its.common.v1 import error_reason_pb2
+from services.analytics.server import analytics_unit
+from services.common import AnalyticsServiceSettings, ServiceHost
+from tests.analytics import synth
+from tests.analytics.test_service_support import (
+    CAMERA_ID,
+    camera_proto,
+    insert_camera,
+    producer_mark,
+    reference,
+    stored,
+    stream,
+    to_batches,
+    traffic,
+)
+from tests.conftest import host_settings
+
+
+@dataclass
+class Analytics:
+    host: ServiceHost
+    channel: grpc.aio.Channel
+    dsn: str
+
+
+@pytest.fixture
+async def analytics(postgres_dsn: str, tmp_path: Path) -> AsyncIterator[Analytics]:
+    await insert_camera(postgres_dsn, CAMERA_ID, camera_proto(synth.road_scene()))
+    settings = AnalyticsServiceSettings(spool_dir=tmp_path / "spool")
+    host = ServiceHost(host_settings(postgres_dsn), [analytics_unit(settings)])
+    await host.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{host.grpc_port}")
+    try:
+        yield Analytics(host, channel, postgres_dsn)
+    finally:
+        await channel.close()
+        await host.stop()
+
+
+def _details(error: grpc.aio.AioRpcError) -> tuple[str, list[str]]:
+    status = rpc_status.from_call(error)
+    assert status is not None
+    reason, fields = "", []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason = info.reason
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields = [v.field for v in bad.field_violations]
+    return reason, fields
+
+
+async def test_batches_are_acknowledged_in_order_and_stored_as_computed(
+    analytics: Analytics,
+) -> None:
+    frames = traffic()
+    batches = to_batches(frames, "inference-0/a")
+    acks = await stream(analytics.channel, batches)
+
+    assert [a.acknowledged_sequence for a in acks] == [b.sequence for b in batches]
+    assert not any(a.duplicate for a in acks)
+    assert sum(a.accepted_frames for a in acks) == len(frames)
+    expected = reference(frames, synth.road_scene())
+    assert expected.crossings >= 10  # the traffic really crossed the lines
+    assert await stored(analytics.dsn) == expected
+    assert await producer_mark(analytics.dsn, "inference-0/a") == batches[-1].sequence
+
+
+async def test_a_resend_after_a_broken_stream_is_acknowledged_as_duplicate(
+    analytics: Analytics,
+) -> None:
+    frames = traffic()
+    batches = to_batches(frames, "inference-0/b")
+    await stream(analytics.channel, batches[:20])
+    # The stream broke after 20 acks, the producer had sent 25: it resends from 16 (say it
+    # missed the last acks) and goes on.
+    acks = await stream(analytics.channel, batches[15:])
+
+    assert [a.duplicate for a in acks[:5]] == [True] * 5
+    assert all(a.accepted_frames == 0 for a in acks[:5])
+    assert not any(a.duplicate for a in acks[5:])
+    assert await stored(analytics.dsn) == reference(frames, synth.road_scene())
+
+
+async def test_stream_errors_name_the_field_or_the_order(analytics: Analytics) -> None:
+    batch = to_batches(traffic(2.0), "p")[0]
+    no_producer = detection_batch_pb2.DetectionBatch()
+    no_producer.CopyFrom(batch)
+    no_producer.producer_id = ""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stream(analytics.channel, [no_producer])
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert _details(caught.value) == ("INVALID_FIELD", ["batch.producer_id"])
+
+    again = detection_batch_pb2.DetectionBatch()
+    again.CopyFrom(batch)
+    again.sequence = 1
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stream(analytics.channel, [batch, again])
+    assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert _details(caught.value)[0] == "SEQUENCE_OUT_OF_ORDER"
+
+
+async def test_unknown_camera_and_bad_detections_reject_or_repair_frames(
+    analytics: Analytics,
+) -> None:
+    frames = traffic(3.0)
+    unknown = to_batches(frames, "p-unknown", camera="cam-nowhere")[:2]
+    acks = await stream(analytics.channel, unknown)
+    assert [a.rejected_frames for a in acks] == [8, 8]
+    assert {r.reason for a in acks for r in a.rejections} == {
+        error_reason_pb2.ERROR_REASON_RESOURCE_NOT_FOUND
+    }
+
+    bad = to_batches(frames, "p-bad")[:3]
+    first = bad[0].frames[0]
+    first.detections.add(box={"x_min": 10, "y_min": 10, "x_max": 50, "y_max": 50},
+                         score=math.nan, object_class=1)  # fmt: skip
+    first.detections.add(box={"x_min": 5000, "y_min": 10, "x_max": 5100, "y_max": 50},
+                         score=0.9, object_class=1)  # fmt: skip
+    bad[1].frames[0].ClearField("capture_time")
+    acks = await stream(analytics.channel, bad)
+    assert [a.acknowledged_sequence for a in acks] == [1, 2, 3]
+    assert acks[0].rejected_frames == 0  # the bad boxes were dropped, the frame kept
+    assert [r.reason for r in acks[1].rejections] == [error_reason_pb2.ERROR_REASON_INVALID_FIELD]
+    metrics = analytics.host.runtime.metrics
+    issues = {
+        s.labels["issue"]: s.value
+        for m in metrics.collect() if m.name == "analytics_detection_issues"
+        for s in m.samples if s.name.endswith("_total")
+    }  # fmt: skip
+    assert issues["nonfinite_score"] == 1
+    assert issues["outside_frame"] == 1
+    rejected = metrics.get_sample_value(
+        "analytics_frames_total", {"result": "rejected", "reason": "unknown_camera"}
+    )
+    assert rejected == 16
+
+
+async def test_retention_deletes_rows_older_than_the_configured_age(
+    postgres_dsn: str, tmp_path: Path
+) -> None:
+    await insert_camera(postgres_dsn, CAMERA_ID, camera_proto(synth.road_scene()))
+    # About two seconds: the traffic below (an hour old) is past it at once.
+    settings = AnalyticsServiceSettings(
+        spool_dir=tmp_path / "spool", retention_days=2 / 86400, retention_interval_seconds=0.3
+    )
+    host = ServiceHost(host_settings(postgres_dsn), [analytics_unit(settings)])
+    await host.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{host.grpc_port}")
+    try:
+        await stream(channel, to_batches(traffic(), "p-old"))
+        deadline = asyncio.get_running_loop().time() + 10
+        while (await stored(postgres_dsn)).bins or await producer_mark(postgres_dsn, "p-old"):
+            assert asyncio.get_running_loop().time() < deadline, "retention never ran"
+            await asyncio.sleep(0.2)
+        assert (await stored(postgres_dsn)).crossings == 0
+        deleted = host.runtime.metrics.get_sample_value("analytics_retention_deleted_rows_total")
+        assert deleted
+    finally:
+        await channel.close()
+        await host.stop()

@@ -1,0 +1,193 @@
+"""Shared by the analytics service tests: a camera in the decoder's table, batches built from
+synthetic traffic, the totals an undisturbed engine computes from them, and what the tables
+hold. (A module of helpers, no tests: the service and reliability tests import it.)"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import asyncpg
+import grpc
+import numpy as np
+from google.protobuf import json_format
+
+from its.analytics.v1 import (
+    analytics_service_pb2,
+    analytics_service_pb2_grpc,
+    detection_batch_pb2,
+)
+from its.camera.v1 import camera_pb2
+from its.common.v1 import detection_pb2, geometry_pb2
+from services.analytics._engine import CameraAnalytics
+from services.analytics._records import FrameInput
+from services.analytics._scene import SceneSpec, scene_from_proto
+from services.common import MigrationSet, apply_migrations
+from tests.analytics import synth
+
+CAMERA_ID = synth.CAMERA
+_NS = 1_000_000_000
+# Recent (so retention keeps it), aligned on 15 min like synth.T0_NS.
+START_NS = (time.time_ns() // (900 * _NS) - 4) * 900 * _NS
+
+
+def camera_proto(spec: SceneSpec) -> camera_pb2.Camera:
+    camera = camera_pb2.Camera()
+    camera.resolution.width, camera.resolution.height = synth.W, synth.H
+    for line in spec.lines:
+        camera.lines.add(id=line.id, segment={"start": dict(zip("xy", line.start, strict=True)),
+                                              "end": dict(zip("xy", line.end, strict=True))},
+                         direction=int(line.direction))  # fmt: skip
+    for lane in spec.lanes:
+        camera.lanes.add(
+            id=lane.id,
+            polygon={"vertices": [dict(zip("xy", p, strict=True)) for p in lane.polygon]},
+            travel_direction={"start": dict(zip("xy", lane.travel_start, strict=True)),
+                              "end": dict(zip("xy", lane.travel_end, strict=True))},
+        )  # fmt: skip
+    if spec.calibration is not None:
+        for image, world in zip(spec.calibration.image_points, spec.calibration.world_points,
+                                strict=True):  # fmt: skip
+            camera.calibration.points.add(
+                image_point=dict(zip("xy", image, strict=True)),
+                world_point=dict(zip("xy", world, strict=True)),
+            )
+    return camera
+
+
+async def insert_camera(dsn: str, camera_id: str, camera: camera_pb2.Camera) -> None:
+    """The camera as the decoder stores it (its migrations, its table), with plain SQL."""
+    scene = camera_pb2.Camera()
+    scene.lines.extend(camera.lines)
+    scene.lanes.extend(camera.lanes)
+    scene.zones.extend(camera.zones)
+    if camera.HasField("calibration"):
+        scene.calibration.CopyFrom(camera.calibration)
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+    try:
+        await apply_migrations(pool, [MigrationSet("decoder", "services.decoder")])
+        await pool.execute(
+            "INSERT INTO decoder_cameras (camera_id, source_masked, source_key_id, source_sealed,"
+            " width, height, scene, etag) VALUES ($1, 'sim://x', 'k1', '\\x00', $2, $3,"
+            " $4::jsonb, 'e1')",
+            camera_id,
+            camera.resolution.width,
+            camera.resolution.height,
+            json_format.MessageToJson(scene, indent=None),
+        )
+    finally:
+        await pool.close()
+
+
+def traffic(duration_s: float = 24.0, fps: float = 10.0) -> list[FrameInput]:
+    """Cars in both directions, a few seconds apart, crossing the "all" line at x = 40 m."""
+    agents = [synth.Agent(synth.straight(0.0, -1.75, 54.0, t_start=1.5 * i)) for i in range(6)] + [
+        synth.Agent(synth.straight(0.0, -5.25, 72.0, t_start=2.0 + 3.0 * i)) for i in range(4)
+    ]
+    return synth.frames(agents, duration_s, fps=fps, start_ns=START_NS)
+
+
+def _class(number: float) -> detection_pb2.ObjectClass.ValueType:
+    return detection_pb2.ObjectClass.ValueType(int(number))
+
+
+def to_batches(
+    frames: Sequence[FrameInput], producer: str, per_batch: int = 8, camera: str = CAMERA_ID
+) -> list[detection_batch_pb2.DetectionBatch]:
+    out = []
+    for i in range(0, len(frames), per_batch):
+        batch = detection_batch_pb2.DetectionBatch(
+            producer_id=producer,
+            sequence=i // per_batch + 1,
+            camera=f"cameras/{camera}",
+            model="models/yolo",
+            model_version="1",
+        )
+        for f in frames[i : i + per_batch]:
+            wire = batch.frames.add(frame_sequence=f.frame_sequence,
+                                    frame_size={"width": f.width, "height": f.height})  # fmt: skip
+            wire.capture_time.FromNanoseconds(f.capture_time_ns)
+            for x0, y0, x1, y1, score, cls in f.detections.tolist():
+                wire.detections.append(detection_pb2.Detection(
+                    box=geometry_pb2.BoundingBox(x_min=x0, y_min=y0, x_max=x1, y_max=y1),
+                    score=score, object_class=_class(cls)))  # fmt: skip
+        out.append(batch)
+    return out
+
+
+@dataclass
+class Totals:
+    """What the tables hold (or an undisturbed engine computes): comparable as a whole."""
+
+    bins: dict[tuple[Any, ...], tuple[int, int, int]]  # key -> (volume, frames, speed_count)
+    crossings: int
+    events: set[str]
+
+
+def reference(frames: Iterable[FrameInput], spec: SceneSpec) -> Totals:
+    engine = CameraAnalytics(CAMERA_ID, scene_from_proto(camera_proto(spec)))
+    crossings = 0
+    events: set[str] = set()
+    for f in frames:
+        # As the service sees it: float32 scores on the wire, the batches' model version.
+        det = f.detections.copy()
+        det[:, 4] = det[:, 4].astype(np.float32)
+        outcome = engine.process(replace(f, detections=det, model_version="1"))
+        crossings += len(outcome.crossings)
+        events |= {e.event_id for e in outcome.events}
+    bins = {
+        (r.key.scope.value, r.key.scope_id, int(r.key.object_class), int(r.key.direction),
+         r.key.bin_start_ns, r.key.bin_seconds): (r.volume, r.frames, r.speed_count)
+        for r in engine.drain_bins()
+    }  # fmt: skip
+    return Totals(bins, crossings, events)
+
+
+async def stored(dsn: str) -> Totals:
+    connection = await asyncpg.connect(dsn)
+    try:
+        rows = await connection.fetch(
+            "SELECT scope, scope_id, object_class, direction,"
+            " (extract(epoch FROM bin_start) * 1e9)::bigint AS start_ns, bin_seconds,"
+            " volume, frames, speed_count FROM analytics_bins"
+        )
+        crossings = await connection.fetchval("SELECT count(*) FROM analytics_crossings")
+        events = await connection.fetch("SELECT event_id FROM analytics_events")
+    finally:
+        await connection.close()
+    bins = {
+        (r["scope"], r["scope_id"], r["object_class"], r["direction"], r["start_ns"],
+         r["bin_seconds"]): (r["volume"], r["frames"], r["speed_count"])
+        for r in rows
+    }  # fmt: skip
+    return Totals(bins, crossings, {r["event_id"] for r in events})
+
+
+async def producer_mark(dsn: str, producer: str) -> int | None:
+    connection = await asyncpg.connect(dsn)
+    try:
+        mark = await connection.fetchval(
+            "SELECT last_sequence FROM analytics_producers WHERE producer_id = $1", producer
+        )
+    finally:
+        await connection.close()
+    return None if mark is None else int(mark)
+
+
+async def _requests(
+    batches: Iterable[detection_batch_pb2.DetectionBatch],
+) -> AsyncIterator[analytics_service_pb2.StreamDetectionBatchesRequest]:
+    for batch in batches:
+        yield analytics_service_pb2.StreamDetectionBatchesRequest(batch=batch)
+
+
+async def stream(
+    channel: grpc.aio.Channel, batches: Iterable[detection_batch_pb2.DetectionBatch]
+) -> list[analytics_service_pb2.StreamDetectionBatchesResponse]:
+    """Send the batches on one stream, collect every acknowledgement (raises on a stream
+    error)."""
+    stub = analytics_service_pb2_grpc.AnalyticsServiceStub(channel)
+    call = stub.StreamDetectionBatches(_requests(batches))
+    return [ack async for ack in call]
