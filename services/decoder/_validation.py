@@ -13,16 +13,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from its.camera.v1 import camera_pb2
 from its.common.v1 import error_reason_pb2, geometry_pb2
+
+# The calibration a camera is accepted with must be the one analytics can use: fit it with
+# analytics' own homography, so the two services cannot disagree on what is degenerate.
+from services.analytics._geometry import GeometryError, fit_homography
 from services.common import FieldViolation, InvalidArgumentError
-from services.decoder._geometry import (
-    Point,
-    any_three_collinear,
-    fit_homography,
-    polygon_problem,
-    reprojection_rms,
-)
+from services.decoder._geometry import Point, polygon_problem
 from services.decoder._uri import SourceUri, UriError, parse_source_uri
 
 __all__ = [
@@ -351,20 +351,12 @@ def _check_calibration(
             return None
         image.append((point.image_point.x, point.image_point.y))
         world.append((point.world_point.x, point.world_point.y))
-    for plane, coordinates in (("image", image), ("world", world)):
-        triple = any_three_collinear(coordinates)
-        if triple is not None:
-            problems.add(
-                f"{field}.points",
-                f"points {_listed(triple)} are collinear in the {plane}",
-            )
-            return None
-    homography = fit_homography(world, image)
-    rms = reprojection_rms(homography, world, image)
-    if not math.isfinite(rms):
-        problems.add(f"{field}.points", "the points do not determine a road-plane mapping")
+    try:
+        homography = fit_homography(np.asarray(image), np.asarray(world))
+    except GeometryError as exc:
+        problems.add(f"{field}.{exc.field}", exc.description)
         return None
-    return rms
+    return homography.rms_reprojection_error_px
 
 
 def _listed(indices: Iterable[int]) -> str:

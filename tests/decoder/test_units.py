@@ -12,12 +12,7 @@ from hypothesis import strategies as st
 
 from services.common import ConfigError, DecoderSettings, InvalidArgumentError, load_settings
 from services.decoder._crypto import KeyRing, Sealed, SealedUnreadable, load_key_ring
-from services.decoder._geometry import (
-    any_three_collinear,
-    fit_homography,
-    polygon_problem,
-    reprojection_rms,
-)
+from services.decoder._geometry import polygon_problem
 from services.decoder._listing import compile_list_query, page_token_after
 from services.decoder._timing import Backoff, FrameClock, Verdict
 from services.decoder._uri import SourceKind, UriError, mask_uri, parse_source_uri, scrub
@@ -139,27 +134,6 @@ def test_polygons_and_collinearity() -> None:
     assert polygon_problem([(0, 0), (1, 1), (2, 2)]) == "has zero area"
     assert polygon_problem([(0, 0), (1, 0)]) == "needs at least 3 vertices"
     assert "repeat" in (polygon_problem([(0, 0), (1, 0), (1, 1), (0, 0)]) or "")
-    assert any_three_collinear([(0, 0), (1, 0), (0, 1), (1, 1)]) is None
-    assert any_three_collinear([(0, 0), (1, 1), (0, 1), (2, 2)]) == (0, 1, 3)
-
-
-def test_homography_fits_and_reports_its_error() -> None:
-    world = [(0.0, 0.0), (10.0, 0.0), (10.0, 30.0), (0.0, 30.0), (5.0, 12.0)]
-    # A perspective view: far points (large y) come closer together in the image.
-    truth = [[40.0, 5.0, 300.0], [0.0, -2.0, 700.0], [0.0, 0.004, 1.0]]
-
-    def project(x: float, y: float) -> tuple[float, float]:
-        w = truth[2][0] * x + truth[2][1] * y + truth[2][2]
-        return (
-            (truth[0][0] * x + truth[0][1] * y + truth[0][2]) / w,
-            (truth[1][0] * x + truth[1][1] * y + truth[1][2]) / w,
-        )
-
-    image = [project(*p) for p in world]
-    fitted = fit_homography(world, image)
-    assert reprojection_rms(fitted, world, image) == pytest.approx(0, abs=1e-6)
-    image[4] = (image[4][0] + 6, image[4][1] - 8)  # one mis-measured point
-    assert reprojection_rms(fit_homography(world, image), world, image) > 1
 
 
 def test_filters_compile_to_parameters_only() -> None:
