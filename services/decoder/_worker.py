@@ -92,6 +92,7 @@ class CameraWorker:
         )
         # When the current connection delivered its first frame (0: not yet).
         self._streamed_since = 0.0
+        self._file_ended = False
         self._thread = threading.Thread(
             target=self._run, name=f"decoder-{spec.camera_id}", daemon=True
         )
@@ -134,7 +135,7 @@ class CameraWorker:
             self._tracker.set_state(CameraState.CAMERA_STATE_FAILED, "internal decoder error")
         finally:
             self._sink.close()
-            if self._stop.is_set():
+            if self._stop.is_set() or self._file_ended:
                 self._tracker.set_state(CameraState.CAMERA_STATE_STOPPED)
 
     def _connect_until_done(self) -> None:
@@ -176,7 +177,9 @@ class CameraWorker:
                 if self.spec.source.kind is not SourceKind.FILE:
                     raise SourceError(f"{self.spec.source.masked}: end of stream", permanent=False)
                 if not self.spec.loop:
-                    self._tracker.set_state(CameraState.CAMERA_STATE_STOPPED)
+                    # STOPPED is published by _run once the ring is closed, so a watcher
+                    # that sees it never sees the ring still named.
+                    self._file_ended = True
                     return
                 source.rewind()
                 self._clock.restart()
