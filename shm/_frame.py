@@ -168,6 +168,10 @@ class Frame:
         """Per-plane views: (Y, U, V) for YUV420P, (Y, UV) for NV12, (array,) otherwise."""
         return plane_views(self._mem, self._reader._pay_off[self.slot], self.geometry)
 
+    def plane_tensors(self) -> tuple[Any, ...]:
+        """Read-only torch tensors over ``planes()`` (zero copy)."""
+        return tuple(as_tensor(p) for p in self.planes())
+
     def tensor(self) -> Any:
         """Read-only torch tensor over the slot (uint8, same shape and strides as array).
 

@@ -152,6 +152,16 @@ class RingReader:
             if not self._wait(deadline):
                 return None
 
+    def read_sequence(self, sequence: int) -> Frame | None:
+        """Frame `sequence` if its slot (``sequence % slot_count``) still holds it, committed;
+        None once the writer overwrote it or before it was written. For frame references
+        passed between processes (Triton's shared-memory style); does not move this
+        reader's position."""
+        self._check_open()
+        if sequence <= 0:
+            return None
+        return self._take(sequence)
+
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until a frame newer than the last handed out is published."""
         self._check_open()

@@ -23,6 +23,7 @@ __all__ = [
     "DecoderSettings",
     "GrpcSettings",
     "HttpSettings",
+    "InferenceSettings",
     "LoggingSettings",
     "PixelFormatName",
     "RedisSettings",
@@ -174,6 +175,63 @@ class AnalyticsServiceSettings(_Section):
     stats_ttl_seconds: int = Field(60, ge=1)
 
 
+BackendName = Literal["torch", "torch-compile", "tensorrt"]
+
+
+class InferenceSettings(_Section):
+    """The inference service (``ITS_INFERENCE__*``): model, backend, batching, delivery."""
+
+    # The model: a detector manifest (.json; None: the shipped detector) or an Ultralytics
+    # YOLO TorchScript export (.torchscript/.pt with yolo_* options below).
+    model_manifest: Path | None = None
+    yolo_model: Path | None = None
+    yolo_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
+    yolo_input_size: tuple[int, int] = (640, 640)
+    yolo_num_classes: int = Field(80, ge=1, le=4096)
+    # Runtime: "torch" (eager), "torch-compile" (Inductor) or "tensorrt" (Torch-TensorRT,
+    # CUDA only); device in torch notation; fp16 needs CUDA.
+    backend: BackendName = "torch"
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:[0-9]+)?)$")
+    precision: Literal["fp32", "fp16"] = "fp32"
+    # Compiled TensorRT engines, keyed by model hash, GPU and library versions.
+    engine_cache_dir: Path = Path("var/inference/engines")
+    # CPU threads for torch's operators (0: torch's default, one per core).
+    torch_threads: int = Field(0, ge=0, le=256)
+    # Dynamic batching across cameras (Triton's max_batch_size and max_queue_delay).
+    max_batch_size: int = Field(8, ge=1, le=256)
+    max_queue_delay_ms: float = Field(5.0, ge=0.0, le=1000.0)
+    # Frames waiting per camera; a newer frame pushes the oldest out (counted as skipped).
+    frames_per_camera: int = Field(2, ge=1, le=64)
+    # Detect calls waiting for a batch; beyond it Detect fails with UNAVAILABLE/OVERLOADED.
+    max_pending_requests: int = Field(64, ge=1)
+    score_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    # Where the rings come from: the decoder's CameraService (None: this process's own
+    # server, when the decoder runs in it), plus rings named here (camera id -> ring).
+    decoder_target: str | None = None
+    cameras: dict[str, str] = {}
+    # Where detections go: AnalyticsService (None: this process's own server, when
+    # analytics runs in it). Frames not yet sent are bounded; the oldest are dropped first.
+    analytics_target: str | None = None
+    max_pending_frames: int = Field(9000, ge=1)
+    # Batches in flight (the protocol allows 64). Few keep latency low: while they wait,
+    # new frames coalesce into the next, larger batch instead of queueing one by one.
+    max_unacked_batches: int = Field(4, ge=1, le=64)
+    reconnect_initial_seconds: float = Field(0.2, gt=0, le=60)
+    reconnect_max_seconds: float = Field(5.0, gt=0, le=600)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> InferenceSettings:
+        if self.model_manifest is not None and self.yolo_model is not None:
+            raise ValueError("set model_manifest or yolo_model, not both")
+        if self.precision == "fp16" and not self.device.startswith("cuda"):
+            raise ValueError("precision fp16 needs a cuda device")
+        if self.backend == "tensorrt" and not self.device.startswith("cuda"):
+            raise ValueError("backend tensorrt needs a cuda device")
+        if self.reconnect_max_seconds < self.reconnect_initial_seconds:
+            raise ValueError("reconnect_max_seconds must be >= reconnect_initial_seconds")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=_ENV_PREFIX,
@@ -191,6 +249,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     decoder: DecoderSettings = DecoderSettings()
     analytics: AnalyticsServiceSettings = AnalyticsServiceSettings()
+    inference: InferenceSettings = InferenceSettings()
 
     @model_validator(mode="after")
     def _production_needs_a_database(self) -> Settings:

@@ -49,8 +49,21 @@ class Runtime:
     metrics: CollectorRegistry
     database: Database | None = None
     redis: Redis | RedisCluster | None = None
+    # The units served by this host, by name: a unit can use a peer in the same process.
+    units: tuple[str, ...] = ()
+    # The bound gRPC port, known once the server started (0 before).
+    grpc_port: int = 0
+    # Coroutines run once the server is serving (clients of peers in this process).
+    on_started: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     # Coroutines run on shutdown, after the gRPC server has drained (stop workers, flush).
     on_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    def loopback_target(self) -> str:
+        """Address at which this host's own gRPC server is reachable from this process."""
+        host = self.settings.grpc.host
+        if host in ("[::]", "0.0.0.0", "", "localhost"):
+            host = "127.0.0.1"
+        return f"{host}:{self.grpc_port}"
 
 
 @dataclass(frozen=True)
@@ -71,7 +84,11 @@ class ServiceHost:
         self.settings = settings
         self.units = tuple(units)
         self.name = "+".join(unit.name for unit in units)
-        self.runtime = Runtime(settings=settings, metrics=CollectorRegistry())
+        self.runtime = Runtime(
+            settings=settings,
+            metrics=CollectorRegistry(),
+            units=tuple(unit.name for unit in self.units),
+        )
         self.grpc_port = 0
         self.http_port = 0
         self._server: grpc.aio.Server | None = None
@@ -144,6 +161,9 @@ class ServiceHost:
             raise OSError(f"cannot listen for gRPC on {address}: {exc}") from exc
         await server.start()
         self._server = server
+        self.runtime.grpc_port = self.grpc_port
+        for hook in self.runtime.on_started:
+            await hook()
 
         if self.settings.http.enabled:
             self._http = HttpSidePort([self.runtime.metrics, REGISTRY], self.health_report)

@@ -15,7 +15,8 @@ COCO classes mapped to ours. Every problem with a model surfaces at load time as
 
 from __future__ import annotations
 
-from services.inference._detector import DEFAULT_MANIFEST, Detections, Detector, load_detector
+from services.inference._contract import DetectionModel, Detections
+from services.inference._detector import DEFAULT_MANIFEST, Detector, load_detector
 from services.inference._errors import (
     ChecksumMismatchError,
     ManifestError,
@@ -31,6 +32,7 @@ __all__ = [
     "COCO_TO_ITS",
     "DEFAULT_MANIFEST",
     "ChecksumMismatchError",
+    "DetectionModel",
     "Detections",
     "Detector",
     "Manifest",

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-import numpy as np
 import torch
 
-from its.common.v1 import detection_pb2, geometry_pb2
-from its.inference.v1 import model_pb2
+from services.inference._contract import Detections, ImageInput, frames_of
 from services.inference._decode import peak_boxes
 from services.inference._errors import ManifestError, ModelLoadError, OutputFormatError
-from services.inference._letterbox import PAD_VALUE, as_batch, letterbox_any, unletterbox_boxes
+from services.inference._letterbox import PAD_VALUE, Letterbox, letterbox_any, unletterbox_boxes
 from services.inference._manifest import (
     CLASS_IDS,
     Decoding,
@@ -34,43 +32,21 @@ from services.inference._manifest import (
 )
 from services.inference._model import STRIDE, CenterNet, NetConfig
 
-__all__ = ["DEFAULT_MANIFEST", "Detections", "Detector", "ImageInput", "load_detector"]
+__all__ = ["DEFAULT_MANIFEST", "Detector", "load_detector"]
 
 DEFAULT_MANIFEST = Path(__file__).parent / "models" / "its-detector-v1.json"
 
-ImageInput = torch.Tensor | np.ndarray[Any, Any] | Sequence[torch.Tensor | np.ndarray[Any, Any]]
-
-
-class Detections(NamedTuple):
-    """One frame's detections, boxes in that frame's pixels (x0, y0, x1, y1)."""
-
-    boxes: torch.Tensor  # float32 [N, 4]
-    scores: torch.Tensor  # float32 [N]
-    classes: torch.Tensor  # int64 [N], its.common.v1.ObjectClass numbers (CAR=1 ...)
-
-
-def _frames(images: ImageInput) -> list[torch.Tensor]:
-    """Normalise the accepted inputs to a list of float NCHW batches of one size each."""
-    if isinstance(images, np.ndarray):
-        images = torch.from_numpy(np.ascontiguousarray(images))
-    if isinstance(images, torch.Tensor):
-        return [as_batch(images)]
-    out = []
-    for im in images:
-        t = torch.from_numpy(np.ascontiguousarray(im)) if isinstance(im, np.ndarray) else im
-        out.append(as_batch(t))
-    return out
-
 
 class Detector:
-    """The shipped detector; build it with ``load_detector`` (or ``Detector.load``)."""
+    """The shipped detector (a ``DetectionModel``); build it with ``load_detector``."""
 
     def __init__(self, model: CenterNet, manifest: Manifest, device: str = "cpu") -> None:
         self.manifest = manifest
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.input_size = (manifest.input.width, manifest.input.height)
-        self.class_ids = torch.tensor(manifest.class_ids, dtype=torch.int64)
+        self.class_ids = tuple(manifest.class_ids)
+        self._class_lut = torch.tensor(manifest.class_ids, dtype=torch.int64)
         norm = manifest.normalisation
         self._mean = torch.tensor(norm.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(norm.std, device=self.device).view(1, 3, 1, 1)
@@ -94,20 +70,67 @@ class Detector:
             ) from e
         return cls(model, manifest, device)
 
-    def to_proto(self, max_batch_size: int = 8) -> model_pb2.Model:
-        """The ``its.inference.v1.Model`` resource describing this detector."""
-        cuda = self.device.type == "cuda"
-        return model_pb2.Model(
-            name=f"models/{self.manifest.name}",
-            version=f"{self.manifest.version}+{self.manifest.sha256[:12]}",
-            backend=model_pb2.BACKEND_TORCH_CUDA if cuda else model_pb2.BACKEND_TORCH_CPU,
-            device=str(self.device),
-            precision=model_pb2.PRECISION_FP32,
-            input_size=geometry_pb2.ImageSize(width=self.input_size[0], height=self.input_size[1]),
-            classes=[detection_pb2.ObjectClass.ValueType(c) for c in self.manifest.class_ids],
-            max_batch_size=max_batch_size,
-            default_score_threshold=self.manifest.decoding.score_threshold,
-        )
+    # --- DetectionModel ---------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> str:
+        return f"{self.manifest.version}+{self.manifest.sha256[:12]}"
+
+    @property
+    def digest(self) -> str:
+        return self.manifest.sha256
+
+    @property
+    def default_score_threshold(self) -> float:
+        return self.manifest.decoding.score_threshold
+
+    @property
+    def pad_value(self) -> float:
+        return self.manifest.input.letterbox_pad
+
+    @property
+    def network(self) -> torch.nn.Module:
+        return self.model
+
+    def normalise(self, batch: torch.Tensor) -> torch.Tensor:
+        mean, std = self._mean.to(batch.device), self._std.to(batch.device)
+        return batch.sub_(mean).div_(std)
+
+    def postprocess(
+        self, raw: Any, placements: Sequence[Letterbox], score_thresholds: Sequence[float]
+    ) -> list[Detections]:
+        heat, ltrb = raw
+        k = self.manifest.decoding.top_k
+        boxes, scores, classes = peak_boxes(heat.float(), ltrb.float(), k)
+        boxes, scores, classes = boxes.cpu(), scores.cpu(), classes.cpu()
+        results = []
+        for i, (lb, thr) in enumerate(zip(placements, score_thresholds, strict=True)):
+            keep = scores[i] >= thr
+            b = unletterbox_boxes(boxes[i][keep], lb)
+            # Peaks whose box collapsed after clipping to the frame carry no object.
+            ok = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+            results.append(
+                Detections(b[ok], scores[i][keep][ok], self._class_lut[classes[i][keep][ok]])
+            )
+        return results
+
+    def detect(self, images: ImageInput, score_threshold: float | None = None) -> list[Detections]:
+        """Frames (uint8 ``[B,H,W,3]`` RGB, float ``[B,3,H,W]`` in [0,1], or a list of
+        frames of any sizes) -> one ``Detections`` per frame, in input order."""
+        thr = self.default_score_threshold if score_threshold is None else score_threshold
+        results: list[Detections] = []
+        for batch in frames_of(images):
+            x, lb = letterbox_any(
+                batch.to(self.device), self.input_size, self.manifest.input.letterbox_pad
+            )
+            with torch.inference_mode():
+                raw = self.model(self.normalise(x))
+            results += self.postprocess(raw, [lb] * x.shape[0], [thr] * x.shape[0])
+        return results
 
     def _check_output(self) -> None:
         w, h = self.input_size
@@ -125,45 +148,6 @@ class Detector:
                 f"model {self.manifest.name} outputs {tuple(heat.shape)} and {tuple(ltrb.shape)}, "
                 f"its manifest implies {want_heat} and {want_box}"
             )
-
-    def forward_raw(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Letterboxed float ``[B,3,H,W]`` in [0,1] -> (heat logits, ltrb)."""
-        with torch.inference_mode():
-            x = (batch.to(self.device) - self._mean) / self._std
-            out: tuple[torch.Tensor, torch.Tensor] = self.model(x)
-            return out
-
-    def detect(
-        self, images: ImageInput, score_threshold: float | None = None, top_k: int | None = None
-    ) -> list[Detections]:
-        """Frames (uint8 ``[B,H,W,3]`` RGB, float ``[B,3,H,W]`` in [0,1], or a list of
-        frames of any sizes) -> one ``Detections`` per frame, in input order. ``top_k``
-        caps the peaks per frame (the manifest's by default)."""
-        thr = self.manifest.decoding.score_threshold if score_threshold is None else score_threshold
-        k = self.manifest.decoding.top_k if top_k is None else top_k
-        results: list[Detections] = []
-        for batch in _frames(images):
-            x, lb = letterbox_any(
-                batch.to(self.device), self.input_size, self.manifest.input.letterbox_pad
-            )
-            with torch.inference_mode():
-                # Normalise in place: one pass over the batch instead of two temporaries.
-                x.sub_(self._mean).div_(self._std)
-                heat, ltrb = self.model(x)
-            boxes, scores, classes = peak_boxes(heat, ltrb, k)
-            for i in range(boxes.shape[0]):
-                keep = scores[i] >= thr
-                b = unletterbox_boxes(boxes[i][keep].float().cpu(), lb)
-                # Peaks whose box collapsed after clipping to the frame carry no object.
-                ok = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
-                results.append(
-                    Detections(
-                        b[ok],
-                        scores[i][keep][ok].float().cpu(),
-                        self.class_ids[classes[i][keep][ok].cpu()],
-                    )
-                )
-        return results
 
 
 def load_detector(manifest_path: str | Path = DEFAULT_MANIFEST, device: str = "cpu") -> Detector:

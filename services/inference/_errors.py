@@ -8,6 +8,7 @@ first frame of a live camera.
 from __future__ import annotations
 
 __all__ = [
+    "BackendUnavailableError",
     "ChecksumMismatchError",
     "ManifestError",
     "ModelLoadError",
@@ -34,3 +35,9 @@ class ManifestError(ModelLoadError, ValueError):
 
 class OutputFormatError(ModelLoadError, ValueError):
     """The model's output does not have the shape its declared format requires."""
+
+
+class BackendUnavailableError(ModelLoadError):
+    """The configured backend, device or precision cannot run here (no CUDA, a CPU build of
+    torch, fp16 on a CPU, torch_tensorrt not installed, compilation failed); the message
+    names the setting."""

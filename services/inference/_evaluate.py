@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from services.inference._detector import Detections
+from services.inference._contract import DetectionModel, Detections
 from services.inference._manifest import CLASS_IDS
-from services.inference._metrics import ImageRecord, MapResult, evaluate
+from services.inference._map import ImageRecord, MapResult, evaluate
 
 __all__ = [
     "CI_SEEDS",
@@ -61,12 +61,6 @@ Sample = tuple[
 ]
 
 
-class _Detects(Protocol):
-    def detect(
-        self, images: Any, score_threshold: float | None = None, top_k: int | None = None
-    ) -> list[Detections]: ...
-
-
 def _record(d: Detections, sample: Sample) -> ImageRecord:
     _, boxes, classes, difficult, tags = sample
     idx = np.array([_ID_TO_INDEX[int(c)] for c in d.classes.tolist()], np.int64)
@@ -82,7 +76,7 @@ def _record(d: Detections, sample: Sample) -> ImageRecord:
 
 
 def evaluate_detector(
-    detector: _Detects,
+    detector: DetectionModel,
     samples: Iterable[Sample],
     *,
     batch_size: int = 8,
@@ -97,7 +91,7 @@ def evaluate_detector(
         nonlocal infer_s
         t = time.perf_counter()
         dets = detector.detect(
-            np.stack([s[0] for s in pending]), score_threshold=EVAL_SCORE_THRESHOLD, top_k=300
+            np.stack([s[0] for s in pending]), score_threshold=EVAL_SCORE_THRESHOLD
         )
         infer_s += time.perf_counter() - t
         records.extend(_record(d, s) for d, s in zip(dets, pending, strict=True))

@@ -90,6 +90,9 @@ def letterbox_any(
     """
     if images.dtype != torch.uint8:
         return letterbox(images, size, pad_value)
+    if images.device.type != "cpu":
+        # The uint8 fast path is a CPU kernel; on a GPU the float one costs nothing.
+        return letterbox(images.permute(0, 3, 1, 2).float().div_(255.0), size, pad_value)
     b, h, w, _ = images.shape
     new_w, new_h, pad_x, pad_y, eff = _placement(w, h, size)
     nchw = images.permute(0, 3, 1, 2)  # a channels-last view: what the fast path wants

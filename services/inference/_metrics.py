@@ -1,147 +1,119 @@
-"""Mean average precision, COCO-style matching with VOC all-point interpolation.
+"""Inference service metrics: ``inference_*`` per stage, ``gpu_*`` from NVML, ``latency_*``.
 
-For each IoU threshold (0.50:0.95 step 0.05) and class: detections of each image are taken by
-descending score; one matches the unmatched ground-truth box of its class with the highest
-IoU >= the threshold (a true positive). Failing that, if it overlaps an *ignored* box
-(``difficult`` in the simulator: too small or too hidden to demand) by >= the threshold it is
-dropped, neither true nor false; otherwise it is a false positive, duplicates of a matched
-object included. Ignored boxes never count as misses. AP is the area under the precision
-envelope over all recall points (VOC 2010+), mAP the mean over classes that have at least one
-ground-truth box in the evaluated images.
+Every stage of a frame's way through the service has its own histogram (queue wait,
+preprocess, model, postprocess) so that a latency regression names its stage; the
+end-to-end figure is measured from the frame's capture time (wall clock, from the slot).
+GPU figures are read from NVML (``nvidia-ml-py``) at scrape time, when it and a GPU are
+present; without them the ``gpu_*`` families are simply absent.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+import logging
+from collections.abc import Iterator
+from typing import Any
 
-import numpy as np
-from numpy.typing import NDArray
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
-__all__ = ["IOU_THRESHOLDS", "ImageRecord", "MapResult", "average_precision", "box_iou", "evaluate"]
+__all__ = ["InferenceMetrics"]
 
-IOU_THRESHOLDS: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
+_log = logging.getLogger(__name__)
 
-F32 = NDArray[np.float32]
-
-
-@dataclass(frozen=True, slots=True)
-class ImageRecord:
-    """Detections and ground truth of one image; classes are indices 0..C-1."""
-
-    det_boxes: F32
-    det_scores: F32
-    det_classes: NDArray[np.int64]
-    gt_boxes: F32
-    gt_classes: NDArray[np.int64]
-    gt_ignore: NDArray[np.bool_]
-    tags: tuple[str, ...] = ()
+# Stage budgets are a few milliseconds (batching wait <= 10 ms, model <= 10 ms on a GPU);
+# the CPU model takes tens.
+_STAGE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_E2E_BUCKETS = (0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
 
 
-@dataclass(frozen=True, slots=True)
-class MapResult:
-    map50: float
-    map50_95: float
-    images: int
-    per_class: dict[str, dict[str, float]] = field(default_factory=dict)
+class InferenceMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        def stage(name: str, what: str) -> Histogram:
+            return Histogram(
+                f"inference_{name}_seconds", what, buckets=_STAGE_BUCKETS, registry=registry
+            )
+
+        self.queue_wait = stage("queue_wait", "Time a frame waited for its batch to start.")
+        self.preprocess = stage(
+            "preprocess", "Reading, converting and letterboxing a batch's frames."
+        )
+        self.model = stage("model", "The model's forward pass for one batch (device synced).")
+        self.postprocess = stage(
+            "postprocess", "Decoding a batch's outputs into detections in frame pixels."
+        )
+        self.batch_size = Histogram(
+            "inference_batch_size",
+            "Frames per model batch.",
+            buckets=_BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.frames = Counter(
+            "inference_frames_total",
+            "Frames run through the model, by source (ring, request).",
+            ["source"],
+            registry=registry,
+        )
+        self.skipped = Counter(
+            "inference_frames_skipped_total",
+            "Ring frames not run through the model, by camera and reason (superseded: a "
+            "newer frame of the camera replaced it while queued; overrun: the ring lapped the "
+            "reader; overwritten: the slot changed while being read; failed: the batch failed).",
+            ["camera", "reason"],
+            registry=registry,
+        )
+        self.detections = Counter(
+            "inference_detections_total", "Detections produced.", registry=registry
+        )
+        self.cameras = Gauge(
+            "inference_cameras_attached", "Camera rings being read.", registry=registry
+        )
+        self.batch_failures = Counter(
+            "inference_batch_failures_total",
+            "Batches whose preprocessing, model or postprocessing raised.",
+            registry=registry,
+        )
+        self.capture_to_detections = Histogram(
+            "latency_capture_to_detections_seconds",
+            "From a frame's capture (its slot's wall-clock time) to its detections being "
+            "ready to send.",
+            buckets=_E2E_BUCKETS,
+            registry=registry,
+        )
+        registry.register(_GpuCollector())
 
 
-def box_iou(a: NDArray[np.floating], b: NDArray[np.floating]) -> NDArray[np.float64]:
-    """IoU matrix ``[len(a), len(b)]`` of x0, y0, x1, y1 boxes."""
-    a64, b64 = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
-    ix0 = np.maximum(a64[:, None, 0], b64[None, :, 0])
-    iy0 = np.maximum(a64[:, None, 1], b64[None, :, 1])
-    ix1 = np.minimum(a64[:, None, 2], b64[None, :, 2])
-    iy1 = np.minimum(a64[:, None, 3], b64[None, :, 3])
-    inter = np.clip(ix1 - ix0, 0, None) * np.clip(iy1 - iy0, 0, None)
-    area_a = (a64[:, 2] - a64[:, 0]) * (a64[:, 3] - a64[:, 1])
-    area_b = (b64[:, 2] - b64[:, 0]) * (b64[:, 3] - b64[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    out: NDArray[np.float64] = np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
-    return out
+class _GpuCollector(Collector):
+    """``gpu_*`` gauges read from NVML on every scrape."""
 
+    def __init__(self) -> None:
+        self._nvml: Any = None
+        try:
+            import pynvml  # type: ignore[import-not-found]  # noqa: PLC0415 - optional
 
-def average_precision(tp: NDArray[np.bool_], scores: NDArray[np.floating], n_gt: int) -> float:
-    """All-point interpolated AP of scored detections flagged true/false positive."""
-    if n_gt == 0:
-        return float("nan")
-    if tp.size == 0:
-        return 0.0
-    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
-    hits = tp[order].astype(np.float64)
-    ctp, cfp = np.cumsum(hits), np.cumsum(1.0 - hits)
-    recall = ctp / n_gt
-    precision = ctp / np.maximum(ctp + cfp, 1e-12)
-    mrec = np.concatenate(([0.0], recall, [1.0]))
-    mpre = np.concatenate(([0.0], precision, [0.0]))
-    # The envelope: precision at recall r is the best precision at any recall >= r.
-    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
-    steps = np.nonzero(mrec[1:] != mrec[:-1])[0]
-    return float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1]))
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+        except Exception:  # not installed, no driver, no device: no gpu_* metrics
+            self._nvml = None
 
-
-def _match_image(
-    rec: ImageRecord, cls: int, thresholds: Sequence[float]
-) -> tuple[NDArray[np.bool_], NDArray[np.bool_], F32, int]:
-    """(tp [T, D], kept [T, D], scores [D], n_gt) for one image and class."""
-    dm = rec.det_classes == cls
-    gm = rec.gt_classes == cls
-    scores = rec.det_scores[dm]
-    order = np.argsort(-scores.astype(np.float64), kind="stable")
-    dboxes, scores = rec.det_boxes[dm][order], scores[order]
-    gboxes, gign = rec.gt_boxes[gm], rec.gt_ignore[gm]
-    n_gt = int((~gign).sum())
-    t_n, d_n = len(thresholds), len(dboxes)
-    tp = np.zeros((t_n, d_n), bool)
-    kept = np.ones((t_n, d_n), bool)
-    if d_n == 0:
-        return tp, kept, scores, n_gt
-    iou = box_iou(dboxes, gboxes)
-    for ti, thr in enumerate(thresholds):
-        taken = np.zeros(len(gboxes), bool)
-        for d in range(d_n):
-            cand = np.where(~gign & ~taken & (iou[d] >= thr), iou[d], -1.0)
-            if cand.size and cand.max() >= 0:
-                j = int(cand.argmax())
-                taken[j] = True
-                tp[ti, d] = True
-            elif gign.any() and (iou[d][gign] >= thr).any():
-                kept[ti, d] = False
-    return tp, kept, scores, n_gt
-
-
-def evaluate(
-    records: Iterable[ImageRecord],
-    class_names: Sequence[str],
-    thresholds: Sequence[float] = IOU_THRESHOLDS,
-) -> MapResult:
-    """mAP@0.5 and mAP@0.5:0.95 over ``records`` (the 0.5 threshold must be first)."""
-    recs = list(records)
-    per_class: dict[str, dict[str, float]] = {}
-    ap50s, ap_all = [], []
-    for cls, name in enumerate(class_names):
-        tps, keeps, scores, n_gt = [], [], [], 0
-        for r in recs:
-            tp, kept, sc, n = _match_image(r, cls, thresholds)
-            tps.append(tp)
-            keeps.append(kept)
-            scores.append(sc)
-            n_gt += n
-        if n_gt == 0:
-            continue
-        tp_all = np.concatenate(tps, axis=1) if tps else np.zeros((len(thresholds), 0), bool)
-        kept_all = np.concatenate(keeps, axis=1) if keeps else tp_all.copy()
-        sc_all = np.concatenate(scores) if scores else np.zeros(0, np.float32)
-        aps = [
-            average_precision(tp_all[t][kept_all[t]], sc_all[kept_all[t]], n_gt)
-            for t in range(len(thresholds))
-        ]
-        per_class[name] = {"ap50": aps[0], "ap50_95": float(np.mean(aps)), "gt": float(n_gt)}
-        ap50s.append(aps[0])
-        ap_all.append(float(np.mean(aps)))
-    return MapResult(
-        map50=float(np.mean(ap50s)) if ap50s else float("nan"),
-        map50_95=float(np.mean(ap_all)) if ap_all else float("nan"),
-        images=len(recs),
-        per_class=per_class,
-    )
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        nv = self._nvml
+        if nv is None:
+            return
+        util = GaugeMetricFamily(
+            "gpu_utilization_ratio", "Fraction of time the GPU was busy.", labels=["gpu"]
+        )
+        used = GaugeMetricFamily("gpu_memory_used_bytes", "GPU memory in use.", labels=["gpu"])
+        total = GaugeMetricFamily("gpu_memory_total_bytes", "GPU memory.", labels=["gpu"])
+        try:
+            for i in range(nv.nvmlDeviceGetCount()):
+                handle = nv.nvmlDeviceGetHandleByIndex(i)
+                memory = nv.nvmlDeviceGetMemoryInfo(handle)
+                util.add_metric([str(i)], nv.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0)
+                used.add_metric([str(i)], float(memory.used))
+                total.add_metric([str(i)], float(memory.total))
+        except Exception as exc:  # a scrape must not fail because NVML did
+            _log.warning("NVML read failed", extra={"error": str(exc)})
+            return
+        yield from (util, used, total)

@@ -11,19 +11,20 @@ frame: a model that does not emit the declared format fails then, not at the fir
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from services.inference._detector import Detections, ImageInput, _frames
+from services.inference._contract import Detections, ImageInput, frames_of
 from services.inference._errors import (
     ChecksumMismatchError,
     ModelLoadError,
     OutputFormatError,
     WeightsNotFoundError,
 )
-from services.inference._letterbox import PAD_VALUE, letterbox_any, unletterbox_boxes
+from services.inference._letterbox import PAD_VALUE, Letterbox, letterbox_any, unletterbox_boxes
 from services.inference._manifest import sha256_file
 
 __all__ = ["COCO_TO_ITS", "YoloAdapter", "nms"]
@@ -56,8 +57,22 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
     return order[torch.tensor(keep, dtype=torch.int64)]
 
 
+class _Predictions(torch.nn.Module):
+    """The export's predictions alone: some exports return (predictions, protos/aux)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> Any:
+        out = self.module(x)
+        if isinstance(out, list | tuple):
+            return out[0] if out else None
+        return out
+
+
 class YoloAdapter:
-    """A YOLO-format module behind the same ``detect`` as ``Detector``."""
+    """A YOLO-format module as a ``DetectionModel``, with the same ``detect`` as ``Detector``."""
 
     def __init__(
         self,
@@ -71,8 +86,11 @@ class YoloAdapter:
         max_candidates: int = 3000,
         max_detections: int = 300,
         name: str = "yolo",
+        digest: str = "",
     ) -> None:
         self.module = module.eval()
+        self._network = _Predictions(self.module).eval()
+        self._digest = digest
         self.input_size = input_size
         self.num_classes = num_classes
         self.class_map = dict(COCO_TO_ITS if class_map is None else class_map)
@@ -80,7 +98,7 @@ class YoloAdapter:
         self.iou_threshold = iou_threshold
         self.max_candidates = max_candidates
         self.max_detections = max_detections
-        self.name = name
+        self._name = name
         bad = [c for c in self.class_map if not 0 <= c < num_classes]
         if bad:
             raise ModelLoadError(
@@ -109,7 +127,8 @@ class YoloAdapter:
         p = Path(path)
         if not p.is_file():
             raise WeightsNotFoundError(f"YOLO model {p} does not exist")
-        if sha256 is not None and (digest := sha256_file(p)) != sha256.lower():
+        digest = sha256_file(p)
+        if sha256 is not None and digest != sha256.lower():
             raise ChecksumMismatchError(f"YOLO model {p} has sha256 {digest}, expected {sha256}")
         try:
             module = torch.jit.load(str(p), map_location="cpu")  # type: ignore[no-untyped-call]
@@ -123,54 +142,88 @@ class YoloAdapter:
             score_threshold=score_threshold,
             iou_threshold=iou_threshold,
             name=p.stem,
+            digest=digest,
         )
 
-    def _raw(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            out = self.module(x)
-        # Some exports return (predictions, protos/aux): the predictions come first.
-        if isinstance(out, list | tuple):
-            out = out[0] if out else None
-        if not isinstance(out, torch.Tensor):
-            raise OutputFormatError(f"{self.name}: output is {type(out).__name__}, not a tensor")
-        return out
+    # --- DetectionModel ---------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def version(self) -> str:
+        return self._digest[:12] if self._digest else "unversioned"
+
+    @property
+    def digest(self) -> str:
+        return self._digest
+
+    @property
+    def class_ids(self) -> tuple[int, ...]:
+        return tuple(sorted(set(self.class_map.values())))
+
+    @property
+    def default_score_threshold(self) -> float:
+        return self.score_threshold
+
+    @property
+    def pad_value(self) -> float:
+        return PAD_VALUE
+
+    @property
+    def network(self) -> torch.nn.Module:
+        return self._network
+
+    def normalise(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch  # YOLO exports take [0,1] RGB as it is
+
+    def _predictions(self, raw: Any, batch: int) -> torch.Tensor:
+        if not isinstance(raw, torch.Tensor):
+            raise OutputFormatError(f"{self.name}: output is {type(raw).__name__}, not a tensor")
+        if raw.dim() != 3 or raw.shape[0] != batch or raw.shape[1] != 4 + self.num_classes:
+            raise OutputFormatError(
+                f"{self.name}: output shape {tuple(raw.shape)} is not the YOLO format "
+                f"[B, 4+{self.num_classes}, N] = [{batch}, {4 + self.num_classes}, N]"
+            )
+        return raw.float()
 
     def _check_output(self) -> None:
         w, h = self.input_size
         try:
-            out = self._raw(torch.zeros(1, 3, h, w))
-        except OutputFormatError:
-            raise
+            with torch.inference_mode():
+                out = self._network(torch.zeros(1, 3, h, w))
         except Exception as e:  # any failure on a blank frame is a broken model
             raise ModelLoadError(f"{self.name}: fails on a blank {w}x{h} input: {e}") from e
-        if out.dim() != 3 or out.shape[0] != 1 or out.shape[1] != 4 + self.num_classes:
-            raise OutputFormatError(
-                f"{self.name}: output shape {tuple(out.shape)} is not the YOLO format "
-                f"[B, 4+{self.num_classes}, N] = [1, {4 + self.num_classes}, N]"
-            )
+        self._predictions(out, 1)
+
+    def postprocess(
+        self, raw: Any, placements: Sequence[Letterbox], score_thresholds: Sequence[float]
+    ) -> list[Detections]:
+        out = self._predictions(raw, len(placements)).cpu()
+        results: list[Detections] = []
+        for pred, lb, thr in zip(out.transpose(1, 2), placements, score_thresholds, strict=True):
+            scores, cls = pred[:, 4:].max(dim=1)  # pred: [N, 4+nc]
+            ours = self._lut[cls]
+            m = (scores >= thr) & (ours > 0)
+            scores, ours, xywh = scores[m], ours[m], pred[m, :4]
+            if scores.numel() > self.max_candidates:
+                top = scores.topk(self.max_candidates).indices
+                scores, ours, xywh = scores[top], ours[top], xywh[top]
+            boxes = torch.cat((xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2), 1)
+            # Class-aware NMS in one pass: shift each class to its own region.
+            offset = ours.to(boxes.dtype)[:, None] * (max(self.input_size) + 1.0)
+            keep = nms(boxes + offset, scores, self.iou_threshold)[: self.max_detections]
+            b = unletterbox_boxes(boxes[keep], lb)
+            results.append(Detections(b, scores[keep], ours[keep]))
+        return results
 
     def detect(self, images: ImageInput, score_threshold: float | None = None) -> list[Detections]:
         thr = self.score_threshold if score_threshold is None else score_threshold
         results: list[Detections] = []
-        for batch in _frames(images):
+        for batch in frames_of(images):
             x, lb = letterbox_any(batch, self.input_size, PAD_VALUE)
-            out = self._raw(x).float()
-            if out.shape[0] != x.shape[0] or out.shape[1] != 4 + self.num_classes:
-                raise OutputFormatError(
-                    f"{self.name}: output {tuple(out.shape)} for batch {x.shape[0]}"
-                )
-            for pred in out.transpose(1, 2):  # [N, 4+nc]
-                scores, cls = pred[:, 4:].max(dim=1)
-                ours = self._lut[cls]
-                m = (scores >= thr) & (ours > 0)
-                scores, ours, xywh = scores[m], ours[m], pred[m, :4]
-                if scores.numel() > self.max_candidates:
-                    top = scores.topk(self.max_candidates).indices
-                    scores, ours, xywh = scores[top], ours[top], xywh[top]
-                boxes = torch.cat((xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2), 1)
-                # Class-aware NMS in one pass: shift each class to its own region.
-                offset = ours.to(boxes.dtype)[:, None] * (max(self.input_size) + 1.0)
-                keep = nms(boxes + offset, scores, self.iou_threshold)[: self.max_detections]
-                b = unletterbox_boxes(boxes[keep], lb)
-                results.append(Detections(b, scores[keep], ours[keep]))
+            with torch.inference_mode():
+                raw = self._network(x)
+            results += self.postprocess(raw, [lb] * x.shape[0], [thr] * x.shape[0])
         return results

@@ -10,8 +10,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from its.analytics.v1 import detection_batch_pb2
 from its.common.v1 import error_reason_pb2
@@ -29,7 +27,7 @@ from tests.analytics.test_service_support import (
     to_batches,
     traffic,
 )
-from tests.conftest import host_settings
+from tests.conftest import host_settings, rpc_error_details
 
 
 @dataclass
@@ -51,22 +49,6 @@ async def analytics(postgres_dsn: str, tmp_path: Path) -> AsyncIterator[Analytic
     finally:
         await channel.close()
         await host.stop()
-
-
-def _details(error: grpc.aio.AioRpcError) -> tuple[str, list[str]]:
-    status = rpc_status.from_call(error)
-    assert status is not None
-    reason, fields = "", []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            reason = info.reason
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            fields = [v.field for v in bad.field_violations]
-    return reason, fields
 
 
 async def test_batches_are_acknowledged_in_order_and_stored_as_computed(
@@ -109,7 +91,7 @@ async def test_stream_errors_name_the_field_or_the_order(analytics: Analytics) -
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stream(analytics.channel, [no_producer])
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert _details(caught.value) == ("INVALID_FIELD", ["batch.producer_id"])
+    assert rpc_error_details(caught.value) == ("INVALID_FIELD", ["batch.producer_id"])
 
     again = detection_batch_pb2.DetectionBatch()
     again.CopyFrom(batch)
@@ -117,7 +99,7 @@ async def test_stream_errors_name_the_field_or_the_order(analytics: Analytics) -
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stream(analytics.channel, [batch, again])
     assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION
-    assert _details(caught.value)[0] == "SEQUENCE_OUT_OF_ORDER"
+    assert rpc_error_details(caught.value)[0] == "SEQUENCE_OUT_OF_ORDER"
 
 
 async def test_unknown_camera_and_bad_detections_reject_or_repair_frames(

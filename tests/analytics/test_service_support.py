@@ -145,16 +145,21 @@ def reference(frames: Iterable[FrameInput], spec: SceneSpec) -> Totals:
     return Totals(bins, crossings, events)
 
 
-async def stored(dsn: str) -> Totals:
+async def stored(dsn: str, camera_id: str | None = None) -> Totals:
+    """What the tables hold: for every camera, or for ``camera_id`` alone."""
+    where, args = ("", ()) if camera_id is None else (" WHERE camera_id = $1", (camera_id,))
     connection = await asyncpg.connect(dsn)
     try:
         rows = await connection.fetch(
             "SELECT scope, scope_id, object_class, direction,"
             " (extract(epoch FROM bin_start) * 1e9)::bigint AS start_ns, bin_seconds,"
-            " volume, frames, speed_count FROM analytics_bins"
+            " volume, frames, speed_count FROM analytics_bins" + where,
+            *args,
         )
-        crossings = await connection.fetchval("SELECT count(*) FROM analytics_crossings")
-        events = await connection.fetch("SELECT event_id FROM analytics_events")
+        crossings = await connection.fetchval(
+            "SELECT count(*) FROM analytics_crossings" + where, *args
+        )
+        events = await connection.fetch("SELECT event_id FROM analytics_events" + where, *args)
     finally:
         await connection.close()
     bins = {

@@ -26,7 +26,9 @@ from grpc_status import rpc_status
 from services.cli import SERVICES, _units
 from services.common import (
     ERROR_DOMAIN,
+    ConfigError,
     FailedPreconditionError,
+    InferenceSettings,
     InvalidArgumentError,
     NotFoundError,
     Runtime,
@@ -42,7 +44,13 @@ REPO = Path(__file__).resolve().parents[2]
 async def running_host(
     request: pytest.FixtureRequest, postgres_dsn: str
 ) -> AsyncIterator[ServiceHost]:
-    host = ServiceHost(host_settings(postgres_dsn), _units(request.param))
+    settings = host_settings(postgres_dsn)
+    if request.param == "inference":
+        # Alone, inference must be told where analytics is; nothing listens there here.
+        settings = settings.model_copy(
+            update={"inference": InferenceSettings(analytics_target="127.0.0.1:9")}
+        )
+    host = ServiceHost(settings, _units(request.param))
     await host.start()
     try:
         yield host
@@ -110,14 +118,22 @@ async def test_migrations_ran_on_the_configured_postgres(postgres_dsn: str) -> N
 
 async def test_inference_needs_no_database() -> None:
     # No DSN and an unusable embedded directory: inference must not even try to open one.
-    host = ServiceHost(
-        host_settings(None, embedded_data_dir="/proc/no-database-here"), _units("inference")
+    settings = host_settings(None, embedded_data_dir="/proc/no-database-here").model_copy(
+        update={"inference": InferenceSettings(analytics_target="127.0.0.1:9")}
     )
+    host = ServiceHost(settings, _units("inference"))
     await host.start()
     try:
         assert host.runtime.database is None
     finally:
         await host.stop()
+
+
+async def test_inference_alone_must_be_told_where_analytics_is() -> None:
+    host = ServiceHost(host_settings(None), _units("inference"))
+    with pytest.raises(ConfigError, match=r"inference\.analytics_target is required"):
+        await host.start()
+    await host.stop()
 
 
 # --- error mapping -----------------------------------------------------------------------

@@ -1,13 +1,18 @@
 from __future__ import annotations
 
+import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
+from services.inference import Detector, load_detector
 from services.inference._detector import save_detector
 from services.inference._model import CenterNet, NetConfig
 from services.inference._train import TrainConfig
+from tests.shm.conftest import TEST_PREFIX, remove_ring_objects
 
 
 @pytest.fixture(autouse=True)
@@ -24,3 +29,25 @@ def tiny_manifest(tmp_path: Path) -> Path:
     cfg = TrainConfig(data="unused", input_size=(128, 96), net=net)
     save_detector(CenterNet(net), cfg, {"note": "test"}, tmp_path, "tiny", "test")
     return tmp_path / "tiny.json"
+
+
+@pytest.fixture
+def ring_name() -> Iterator[str]:
+    """A ring name nothing else uses; its objects are removed afterwards."""
+    name = f"{TEST_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:10]}"
+    yield name
+    remove_ring_objects(name)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo() -> Iterator[None]:
+    # Compiled graphs hang off the forward's code object, shared by every test's model.
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.fixture(scope="module")
+def detector() -> Detector:
+    """The shipped detector, loaded once per module."""
+    return load_detector()

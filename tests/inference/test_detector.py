@@ -50,11 +50,13 @@ def test_detect_contract(tiny_manifest: Path) -> None:
     assert abs(float(a.scores.max()) - float(b.scores.max())) < 0.02
 
 
-def test_model_proto(tiny_manifest: Path) -> None:
-    m = load_detector(tiny_manifest).to_proto()
-    assert m.name == "models/tiny"
-    assert (m.input_size.width, m.input_size.height) == (128, 96)
-    assert list(m.classes) == [1, 2, 3, 4, 5, 6]
+def test_model_identity(tiny_manifest: Path) -> None:
+    det = load_detector(tiny_manifest)
+    assert det.name == "tiny"
+    assert det.digest == det.manifest.sha256
+    assert det.version == f"test+{det.manifest.sha256[:12]}"
+    assert det.input_size == (128, 96)
+    assert det.class_ids == (1, 2, 3, 4, 5, 6)
 
 
 def test_shipped_manifest() -> None:

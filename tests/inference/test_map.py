@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from services.inference._metrics import ImageRecord, average_precision, box_iou, evaluate
+from services.inference._map import ImageRecord, average_precision, box_iou, evaluate
 
 NAMES = ("car", "truck")
 

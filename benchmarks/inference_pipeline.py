@@ -1,0 +1,147 @@
+"""Inference service end to end: synthetic 720p cameras at 30 FPS, batching on vs off.
+
+    .venv/bin/python benchmarks/inference_pipeline.py            # ~3 min
+    .venv/bin/python benchmarks/inference_pipeline.py --quick    # smoke test
+
+Each camera is a ring written by a thread at 30 FPS with rendered simulator frames
+(1280x720 RGB, looped), as the decoder writes them. The real inference service (in-process
+host: ring feeds, dynamic batcher, shipped detector on the CPU, producer) streams the
+detections over gRPC to an AnalyticsService peer on loopback that records each frame's
+arrival. Reported per configuration, side by side in one run:
+
+- frames/s delivered to analytics, and the share of written frames skipped (the newest-
+  frame policy drops what the model cannot keep up with, and counts it);
+- latency from capture (the slot's wall-clock capture time) to the detections arriving at
+  analytics, p50 and p99 over the delivered frames;
+- mean model batch size.
+
+"batching off" is max_batch_size=1 (every frame alone); "batching on" is max_batch_size=8
+with a 5 ms maximum queue delay. Torch uses all cores (the writer threads and the gRPC peer
+share them, as on a real node).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import sys
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from services.sim import Scene, SceneConfig
+from tests.inference.service_support import RingFeeder, inference_host, recording_analytics
+
+
+def _frames(count: int) -> list[np.ndarray]:
+    scene = Scene(SceneConfig(seed=3), size=(1280, 720))
+    for _ in range(60):
+        scene.step()
+    return [frame for frame, _ in scene.frames(count)]
+
+
+def _metric(host: Any, name: str) -> float:
+    total = 0.0
+    for metric in host.runtime.metrics.collect():
+        if metric.name == name:
+            total += sum(s.value for s in metric.samples if s.name.endswith(("_total", "_sum")))
+    return total
+
+
+def _count(host: Any, name: str) -> float:
+    for metric in host.runtime.metrics.collect():
+        if metric.name == name:
+            return sum(s.value for s in metric.samples if s.name.endswith("_count"))
+    return 0.0
+
+
+async def run(
+    cameras: int, batching: bool, seconds: float, frames: list[np.ndarray]
+) -> dict[str, Any]:
+    rings = {f"cam-{i}": f"bench-{uuid.uuid4().hex[:8]}" for i in range(cameras)}
+    feeders = [RingFeeder(ring, frames, fps=30.0, slots=8, loops=10**6) for ring in rings.values()]
+    options = (
+        {"max_batch_size": 8, "max_queue_delay_ms": 5.0}
+        if batching
+        else {
+            "max_batch_size": 1,
+            "max_queue_delay_ms": 0.0,
+        }
+    )
+    async with recording_analytics() as (recorder, target):
+        arrivals = recorder.latencies_ms
+        async with inference_host(cameras=rings, analytics_target=target, **options) as host:
+            await asyncio.sleep(0.5)
+            for feeder in feeders:
+                feeder.start()
+            await asyncio.sleep(2.0)  # warm-up: caches, first batches
+            written0 = sum(len(f.written) for f in feeders)
+            arrivals.clear()
+            batches0, frames0 = (
+                _count(host, "inference_batch_size"),
+                _metric(host, "inference_batch_size"),
+            )
+            t0 = time.monotonic()
+            await asyncio.sleep(seconds)
+            elapsed = time.monotonic() - t0
+            delivered = len(arrivals)
+            latencies = np.array(arrivals)
+            written = sum(len(f.written) for f in feeders) - written0
+            batches = _count(host, "inference_batch_size") - batches0
+            batched = _metric(host, "inference_batch_size") - frames0
+            for feeder in feeders:
+                feeder.close()
+    return {
+        "cameras": cameras,
+        "batching": "on (8, 5 ms)" if batching else "off (1)",
+        "fps": delivered / elapsed,
+        "written_fps": written / elapsed,
+        "skipped": max(0.0, 1.0 - delivered / written) if written else 0.0,
+        "p50_ms": float(np.percentile(latencies, 50)) if delivered else float("nan"),
+        "p99_ms": float(np.percentile(latencies, 99)) if delivered else float("nan"),
+        "mean_batch": batched / batches if batches else float("nan"),
+    }
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    frames = _frames(8 if args.quick else 60)
+    seconds = 3.0 if args.quick else args.seconds
+    counts = (1, 2) if args.quick else (1, 2, 4)
+    rows = []
+    for cameras in counts:
+        for batching in (False, True):
+            rows.append(await run(cameras, batching, seconds, frames))
+            print(rows[-1], flush=True)
+    print(
+        f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
+        f"{torch.__version__}, {torch.get_num_threads()} threads, {seconds:.0f} s per row\n"
+    )
+    print(
+        "| cameras (720p30) | batching | delivered fps | written fps | skipped "
+        "| p50 ms | p99 ms | mean batch |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['cameras']} | {r['batching']} | {r['fps']:.1f} | {r['written_fps']:.1f} | "
+            f"{r['skipped']:.0%} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['mean_batch']:.2f} |"
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--quick", action="store_true")
+    asyncio.run(main_async(parser.parse_args()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

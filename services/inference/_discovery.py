@@ -1,0 +1,73 @@
+"""Which rings to read: the decoder's live camera statuses, plus rings named in config.
+
+The decoder's ``CameraService.WatchCameraStatus`` stream starts with every camera's status
+and then reports each change of state or ring, creation and deletion: exactly the events
+that attach and detach feeds, with no polling. When the stream breaks (decoder restarting,
+network) it is reopened with a capped, jittered backoff; the new stream's snapshot brings
+the feeds back in step. Cameras configured statically (``inference.cameras``) are set once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+
+import grpc
+
+from its.camera.v1 import camera_service_pb2, camera_service_pb2_grpc, camera_status_pb2
+
+__all__ = ["watch_decoder"]
+
+_log = logging.getLogger(__name__)
+
+# A ring exists and is being (or about to be) written in these states.
+_LIVE = {
+    camera_status_pb2.CAMERA_STATE_CONNECTING,
+    camera_status_pb2.CAMERA_STATE_STREAMING,
+    camera_status_pb2.CAMERA_STATE_BACKING_OFF,
+}
+
+
+def _camera_id(status_name: str) -> str | None:
+    parts = status_name.split("/")
+    if len(parts) == 3 and parts[0] == "cameras" and parts[2] == "status" and parts[1]:
+        return parts[1]
+    return None
+
+
+async def watch_decoder(
+    target: str,
+    on_ring: Callable[[str, str | None], None],
+    *,
+    initial_backoff: float,
+    max_backoff: float,
+) -> None:
+    """Follow the decoder at ``target`` forever, calling ``on_ring(camera, ring or None)``."""
+    delay = initial_backoff
+    while True:
+        channel = grpc.aio.insecure_channel(target)
+        try:
+            stub = camera_service_pb2_grpc.CameraServiceStub(channel)
+            call = stub.WatchCameraStatus(camera_service_pb2.WatchCameraStatusRequest())
+            async for message in call:
+                delay = initial_backoff  # the stream works: the next break starts afresh
+                camera = _camera_id(message.status.name)
+                if camera is None:
+                    _log.warning(
+                        "status with an unexpected name", extra={"name": message.status.name}
+                    )
+                    continue
+                live = not message.camera_deleted and message.status.state in _LIVE
+                on_ring(camera, message.status.ring_name if live else None)
+            _log.info("decoder closed the camera watch", extra={"target": target})
+        except grpc.aio.AioRpcError as exc:
+            _log.warning(
+                "camera watch broke",
+                extra={"target": target, "code": exc.code().name, "detail": exc.details()},
+            )
+        finally:
+            await channel.close()
+        await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+        delay = min(delay * 2, max_backoff)

@@ -1,0 +1,366 @@
+"""Backends on the CPU: the eager engine reproduces ``detect``, unavailable settings fail at
+build time naming the setting, and ``torch.compile`` matches eager without recompiling."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import sys
+import time
+import types
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from its.inference.v1 import model_pb2
+from services.common import InferenceSettings
+from services.inference import Detections, load_detector
+from services.inference import _backends as backends
+from services.inference._backends import (
+    BackendUnavailableError,
+    Engine,
+    EngineSpec,
+    build_engine,
+)
+from services.inference._contract import DetectionModel
+from services.inference._errors import ModelLoadError, OutputFormatError
+from services.inference._letterbox import letterbox_any
+from services.inference._yolo import YoloAdapter
+
+
+class ConvYolo(torch.nn.Module):
+    """The Ultralytics export format ``[B, 4+nc, N]`` from a random strided convolution, so
+    that the predictions depend on the image (unlike a fixed table)."""
+
+    def __init__(self, nc: int, stride: int = 8) -> None:
+        super().__init__()
+        self.stride = stride
+        self.conv = torch.nn.Conv2d(3, 4 + nc, stride, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        h, w = y.shape[2], y.shape[3]
+        gy, gx = torch.meshgrid(
+            torch.arange(h, dtype=x.dtype), torch.arange(w, dtype=x.dtype), indexing="ij"
+        )
+        s = float(self.stride)
+        centre = torch.stack(((gx + 0.5) * s, (gy + 0.5) * s)).flatten(1)
+        xy = centre.unsqueeze(0) + torch.tanh(y[:, :2].flatten(2)) * s
+        wh = torch.sigmoid(y[:, 2:4].flatten(2)) * 4 * s
+        return torch.cat((xy, wh, torch.sigmoid(y[:, 4:].flatten(2))), dim=1)
+
+
+@pytest.fixture
+def yolo() -> DetectionModel:
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        # torch 2.9+ deprecates scripting, but YOLO exports are TorchScript files.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        module = torch.jit.script(ConvYolo(nc=6))
+    return YoloAdapter(
+        module,
+        input_size=(128, 96),
+        num_classes=6,
+        class_map={i: i + 1 for i in range(6)},
+        score_threshold=0.5,
+        digest="0" * 64,
+    )
+
+
+def frames(n: int, h: int = 360, w: int = 640, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+
+
+def via_engine(
+    model: DetectionModel, engine: Engine, images: np.ndarray, thr: float
+) -> list[Detections]:
+    """What the service does: letterbox, normalise, the engine, postprocess."""
+    x, lb = letterbox_any(torch.from_numpy(images), model.input_size, model.pad_value)
+    raw = engine(model.normalise(x))
+    return model.postprocess(raw, [lb] * len(images), [thr] * len(images))
+
+
+def assert_same(got: list[Detections], want: list[Detections]) -> None:
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g.boxes, w.boxes, atol=1e-5, rtol=0)
+        torch.testing.assert_close(g.scores, w.scores, atol=1e-5, rtol=0)
+        assert torch.equal(g.classes, w.classes)
+
+
+def flat(raw: Any) -> list[torch.Tensor]:
+    return list(raw) if isinstance(raw, list | tuple) else [raw]
+
+
+# --- eager ----------------------------------------------------------------------------
+
+
+def test_eager_engine_reproduces_detect_of_the_shipped_detector(detector: DetectionModel) -> None:
+    net_before = {k: v.clone() for k, v in detector.network.state_dict().items()}
+    engine = build_engine(detector, EngineSpec("torch", max_batch_size=4))
+    assert engine.backend == model_pb2.BACKEND_TORCH_CPU
+    assert engine.precision == model_pb2.PRECISION_FP32
+    assert engine.device == torch.device("cpu")
+    assert not engine.loaded_from_cache
+    images = frames(3)
+    # A low threshold so that noise frames still yield plenty of peaks to compare.
+    got = via_engine(detector, engine, images, 0.05)
+    assert sum(len(d.scores) for d in got) > 0
+    assert_same(got, detector.detect(images, score_threshold=0.05))
+    # The engine works on its own copy: the model's network is the same object, unchanged.
+    for k, v in detector.network.state_dict().items():
+        assert torch.equal(v, net_before[k])
+        assert v.dtype == net_before[k].dtype
+
+
+def test_eager_engine_reproduces_detect_of_a_yolo_adapter(yolo: DetectionModel) -> None:
+    engine = build_engine(yolo, EngineSpec("torch", max_batch_size=3))
+    images = frames(3, 240, 320, seed=1)
+    got = via_engine(yolo, engine, images, 0.5)
+    assert sum(len(d.scores) for d in got) > 0
+    assert_same(got, yolo.detect(images))
+
+
+def test_engine_rejects_inputs_outside_its_shape(yolo: DetectionModel) -> None:
+    engine = build_engine(yolo, EngineSpec("torch", max_batch_size=2))
+    with pytest.raises(ValueError, match=r"\[1\.\.2, 3, 96, 128\]"):
+        engine(torch.zeros(3, 3, 96, 128))
+    with pytest.raises(ValueError, match="got"):
+        engine(torch.zeros(1, 3, 128, 96))
+
+
+def test_spec_from_settings(tmp_path: Path) -> None:
+    s = InferenceSettings(backend="torch-compile", max_batch_size=4, engine_cache_dir=tmp_path)
+    assert EngineSpec.from_settings(s) == EngineSpec("torch-compile", "cpu", "fp32", 4, tmp_path)
+    with pytest.raises(ValueError, match="max_batch_size"):
+        EngineSpec("torch", max_batch_size=0)
+
+
+# --- unavailable combinations ---------------------------------------------------------
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_cuda_without_a_gpu_names_the_device(yolo: DetectionModel, device: str) -> None:
+    with pytest.raises(BackendUnavailableError, match=rf"inference\.device='{device}'") as e:
+        build_engine(yolo, EngineSpec("torch", device=device))
+    if torch.version.cuda is None:
+        assert "CPU-only build" in str(e.value)
+
+
+def test_fp16_on_cpu_names_the_precision(yolo: DetectionModel) -> None:
+    with pytest.raises(BackendUnavailableError, match=r"inference\.precision='fp16'.*'cpu'"):
+        build_engine(yolo, EngineSpec("torch", precision="fp16"))
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_tensorrt_without_torch_tensorrt_says_how_to_install(
+    yolo: DetectionModel, device: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "torch_tensorrt", None)  # import fails, as when missing
+    with pytest.raises(BackendUnavailableError, match="torch_tensorrt") as e:
+        build_engine(yolo, EngineSpec("tensorrt", device=device))
+    assert "inference.backend='tensorrt'" in str(e.value)
+    assert "pip install 'its-camera-ai[gpu]'" in str(e.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_tensorrt_on_cpu_names_the_device(
+    yolo: DetectionModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As if torch_tensorrt were installed: the device is the remaining problem.
+    monkeypatch.setitem(sys.modules, "torch_tensorrt", object())
+    with pytest.raises(BackendUnavailableError, match="tensorrt' needs a cuda device"):
+        build_engine(yolo, EngineSpec("tensorrt", device="cpu"))
+
+
+def test_unknown_backend(yolo: DetectionModel) -> None:
+    with pytest.raises(BackendUnavailableError, match=r"inference\.backend='onnx'"):
+        build_engine(yolo, EngineSpec("onnx"))
+
+
+def test_compile_failure_is_wrapped(yolo: DetectionModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(module: torch.nn.Module) -> Any:
+        def run(x: torch.Tensor) -> Any:
+            raise RuntimeError("inductor exploded")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.raises(BackendUnavailableError, match=r"torch-compile.*inductor exploded"):
+        build_engine(yolo, EngineSpec("torch-compile"))
+
+
+class BatchOfOne(torch.nn.Module):
+    """YOLO format at batch 1 whatever the batch: passes the model's own load check."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(1, 4 + 80, 10)
+
+
+def test_outputs_not_scaling_with_the_batch_fail_the_build() -> None:
+    model = YoloAdapter(BatchOfOne(), input_size=(64, 64))
+    build_engine(model, EngineSpec("torch", max_batch_size=1))
+    with pytest.raises(OutputFormatError, match="batch of 3") as e:
+        build_engine(model, EngineSpec("torch", max_batch_size=3))
+    assert isinstance(e.value, ModelLoadError)
+
+
+# --- torch.compile --------------------------------------------------------------------
+
+
+def check_compiled_matches_eager(
+    model: DetectionModel, engine: Engine, batches: tuple[int, ...], atol: float
+) -> None:
+    assert engine.backend == model_pb2.BACKEND_TORCH_COMPILE
+    eager = build_engine(model, EngineSpec("torch", max_batch_size=engine.max_batch_size))
+    w, h = model.input_size
+    gen = torch.Generator().manual_seed(0)
+    for b in batches:
+        x = torch.rand(b, 3, h, w, generator=gen)
+        for got, want in zip(flat(engine(x)), flat(eager(x)), strict=True):
+            torch.testing.assert_close(got, want, atol=atol, rtol=1e-4)
+
+
+def test_torch_compile_matches_eager_without_recompiling(
+    tiny_manifest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The build's warm-up covers every live batch: no recompilation afterwards, whether
+    the caller's batch is an inference tensor or a buffer made outside inference_mode.
+
+    Inductor's code generation (~40 s cold on two cores, even for this tiny network) is
+    torch's own; ``aot_eager`` runs the same Dynamo capture and guards in seconds. The
+    Inductor run is ``test_torch_compile_inductor_on_the_shipped_detector``."""
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    model = load_detector(tiny_manifest)
+    engine = build_engine(model, EngineSpec("torch-compile", max_batch_size=4))
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    check_compiled_matches_eager(model, engine, (1, 2, 3, 4), atol=1e-5)
+    w, h = model.input_size
+    with torch.inference_mode():
+        engine(torch.rand(3, 3, h, w))
+    buffer = torch.rand(4, 3, h, w)  # like the runner's preallocated input
+    with torch.inference_mode():
+        engine(buffer[:2])
+
+
+@pytest.mark.performance
+def test_torch_compile_inductor_on_the_shipped_detector(detector: DetectionModel) -> None:
+    """Inductor on the CPU: ~85 s of compilation (batch 1 and the dynamic batch) with a cold
+    Inductor cache on the two-core CI machine, one torch thread; ~8 s with a warm one."""
+    t0 = time.perf_counter()
+    engine = build_engine(detector, EngineSpec("torch-compile", max_batch_size=8))
+    print(f"torch.compile (Inductor, CPU) build: {time.perf_counter() - t0:.1f} s")
+    check_compiled_matches_eager(detector, engine, (1, 5, 8), atol=1e-4)
+
+
+# --- the TensorRT engine cache, with a stand-in compiler --------------------------------
+
+
+class Compiled:
+    def __init__(self, program: torch.export.ExportedProgram) -> None:
+        self.program = program
+        self.module = program.module()
+
+    def __call__(self, x: torch.Tensor) -> Any:
+        return self.module(x)
+
+
+class StandInTorchTensorRT(types.ModuleType):
+    """Just enough of torch_tensorrt for the cache logic, which cannot run here otherwise:
+    "compiles" with torch.export over the same dynamic batch range, and saves like a
+    release that cannot retrace from Input specs (so the second way of saving is taken)."""
+
+    __version__ = "0.0-stand-in"
+
+    class Input:
+        def __init__(self, *, min_shape: Any, opt_shape: Any, max_shape: Any, dtype: Any) -> None:
+            self.min_shape, self.opt_shape, self.max_shape = min_shape, opt_shape, max_shape
+            self.dtype = dtype
+
+    def __init__(self) -> None:
+        super().__init__("torch_tensorrt")
+        self.compiles = 0
+
+    def compile(self, net: torch.nn.Module, *, inputs: list[Any], **settings: Any) -> Compiled:
+        self.compiles += 1
+        spec = inputs[0]
+        batch = torch.export.Dim("batch", min=spec.min_shape[0], max=spec.max_shape[0])
+        example = torch.zeros(spec.opt_shape, dtype=spec.dtype, device=settings["device"])
+        return Compiled(torch.export.export(net, (example,), dynamic_shapes=({0: batch},)))
+
+    def save(self, module: Compiled, path: str, **settings: Any) -> None:
+        if "arg_inputs" in settings:
+            raise TypeError("cannot retrace from Input specs")
+        torch.export.save(module.program, path)
+
+
+@pytest.fixture
+def stand_in_trt(monkeypatch: pytest.MonkeyPatch) -> StandInTorchTensorRT:
+    trt = StandInTorchTensorRT()
+    monkeypatch.setitem(sys.modules, "torch_tensorrt", trt)
+    # The cache logic does not depend on the device: let it run on the CPU.
+    monkeypatch.setattr(backends, "_target_device", lambda spec: torch.device("cpu"))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "Stand-in GPU")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (9, 0))
+    return trt
+
+
+def test_tensorrt_engines_are_cached_keyed_and_rebuilt_when_corrupt(
+    tiny_manifest: Path, tmp_path: Path, stand_in_trt: StandInTorchTensorRT
+) -> None:
+    model = load_detector(tiny_manifest)
+    cache = tmp_path / "engines"
+    spec = EngineSpec("tensorrt", max_batch_size=4, cache_dir=cache)
+    first = build_engine(model, spec)
+    assert first.backend == model_pb2.BACKEND_TENSORRT
+    assert not first.loaded_from_cache
+    (entry,) = cache.iterdir()  # the entry alone: no temporary file left behind
+    assert entry.name.startswith("tiny-fp32-")
+    assert entry.suffix == ".pt2"
+
+    second = build_engine(model, spec)
+    assert second.loaded_from_cache
+    assert stand_in_trt.compiles == 1
+    eager = build_engine(model, EngineSpec("torch", max_batch_size=4))
+    w, h = model.input_size
+    for b in (1, 3, 4):
+        x = torch.rand(b, 3, h, w)
+        for got, want in zip(flat(second(x)), flat(eager(x)), strict=True):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+    # Another batch range is another engine.
+    build_engine(model, dataclasses.replace(spec, max_batch_size=2))
+    assert stand_in_trt.compiles == 2
+    assert len(list(cache.iterdir())) == 2
+
+    entry.write_bytes(b"half an engine")
+    assert not build_engine(model, spec).loaded_from_cache
+    assert stand_in_trt.compiles == 3
+    assert build_engine(model, spec).loaded_from_cache  # rewritten
+
+
+def test_tensorrt_cache_problems_are_not_fatal(
+    tiny_manifest: Path,
+    tmp_path: Path,
+    stand_in_trt: StandInTorchTensorRT,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger=backends.__name__)
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    model = load_detector(tiny_manifest)
+    build_engine(model, EngineSpec("tensorrt", max_batch_size=2, cache_dir=not_a_dir))
+    assert "not cached" in caplog.text
+
+    caplog.clear()
+    torch.manual_seed(0)
+    no_digest = YoloAdapter(ConvYolo(nc=6), input_size=(64, 64), num_classes=6, class_map={})
+    build_engine(no_digest, EngineSpec("tensorrt", max_batch_size=2, cache_dir=tmp_path))
+    assert "no digest" in caplog.text
+    assert list(tmp_path.glob("*.pt2")) == []
