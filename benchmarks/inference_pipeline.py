@@ -62,6 +62,20 @@ def _count(host: Any, name: str) -> float:
     return 0.0
 
 
+STAGES = ("queue_wait", "preprocess", "model", "postprocess")
+
+
+def _stage_totals(host: Any) -> dict[str, tuple[float, float]]:
+    """Per stage histogram: (sum of seconds, observations)."""
+    return {
+        stage: (
+            _metric(host, f"inference_{stage}_seconds"),
+            _count(host, f"inference_{stage}_seconds"),
+        )
+        for stage in STAGES
+    }
+
+
 async def run(
     cameras: int, batching: bool, seconds: float, frames: list[np.ndarray]
 ) -> dict[str, Any]:
@@ -84,6 +98,7 @@ async def run(
             await asyncio.sleep(2.0)  # warm-up: caches, first batches
             written0 = sum(len(f.written) for f in feeders)
             arrivals.clear()
+            stages0 = _stage_totals(host)
             batches0, frames0 = (
                 _count(host, "inference_batch_size"),
                 _metric(host, "inference_batch_size"),
@@ -96,6 +111,7 @@ async def run(
             written = sum(len(f.written) for f in feeders) - written0
             batches = _count(host, "inference_batch_size") - batches0
             batched = _metric(host, "inference_batch_size") - frames0
+            stages1 = _stage_totals(host)
             for feeder in feeders:
                 feeder.close()
     return {
@@ -107,6 +123,13 @@ async def run(
         "p50_ms": float(np.percentile(latencies, 50)) if delivered else float("nan"),
         "p99_ms": float(np.percentile(latencies, 99)) if delivered else float("nan"),
         "mean_batch": batched / batches if batches else float("nan"),
+        # Mean ms per observation: per frame for queue_wait, per batch for the others.
+        **{
+            f"{stage}_ms": 1e3
+            * (stages1[stage][0] - stages0[stage][0])
+            / max(stages1[stage][1] - stages0[stage][1], 1)
+            for stage in STAGES
+        },
     }
 
 
@@ -125,13 +148,16 @@ async def main_async(args: argparse.Namespace) -> None:
     )
     print(
         "| cameras (720p30) | batching | delivered fps | written fps | skipped "
-        "| p50 ms | p99 ms | mean batch |"
+        "| p50 ms | p99 ms | mean batch | queue wait ms | preprocess ms/batch "
+        "| model ms/batch | postprocess ms/batch |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['cameras']} | {r['batching']} | {r['fps']:.1f} | {r['written_fps']:.1f} | "
-            f"{r['skipped']:.0%} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['mean_batch']:.2f} |"
+            f"{r['skipped']:.0%} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['mean_batch']:.2f} | "
+            f"{r['queue_wait_ms']:.1f} | {r['preprocess_ms']:.1f} | {r['model_ms']:.1f} | "
+            f"{r['postprocess_ms']:.1f} |"
         )
 
 

@@ -201,7 +201,7 @@ class InferenceSettings(_Section):
     max_batch_size: int = Field(8, ge=1, le=256)
     max_queue_delay_ms: float = Field(5.0, ge=0.0, le=1000.0)
     # Frames waiting per camera; a newer frame pushes the oldest out (counted as skipped).
-    frames_per_camera: int = Field(2, ge=1, le=64)
+    frames_per_camera: int = Field(1, ge=1, le=64)
     # Detect calls waiting for a batch; beyond it Detect fails with UNAVAILABLE/OVERLOADED.
     max_pending_requests: int = Field(64, ge=1)
     score_threshold: float | None = Field(None, ge=0.0, le=1.0)

@@ -55,6 +55,9 @@ class Runtime:
     grpc_port: int = 0
     # Coroutines run once the server is serving (clients of peers in this process).
     on_started: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Coroutines run when shutdown starts, while the server still serves: clients of peers
+    # in this process (inference streaming to analytics) finish their work first.
+    on_stopping: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     # Coroutines run on shutdown, after the gRPC server has drained (stop workers, flush).
     on_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
@@ -209,6 +212,8 @@ class ServiceHost:
         self._serving = False
         await self._health.enter_graceful_shutdown()
         if self._server is not None:
+            for hook in reversed(self.runtime.on_stopping):
+                await hook()
             _log.info("draining", extra={"grace_seconds": self.settings.grpc.drain_seconds})
             await self._server.stop(self.settings.grpc.drain_seconds)
             self._server = None

@@ -10,8 +10,9 @@ the reason. It then wires the pipeline::
 
 and serves ``InferenceService`` (``Detect`` joins the same batches). The decoder and
 analytics are reached at ``inference.decoder_target``/``analytics_target``, or, left unset,
-in this same process when ``serve all`` runs them here. Shutdown stops reading rings,
-finishes the batch in progress and gives the producer a moment to deliver what it holds.
+in this same process when ``serve all`` runs them here. Shutdown, before the server drains,
+stops reading rings, finishes the batch in progress and gives the producer a moment to
+deliver what it holds (to this very server, in ``serve all``).
 
 ``UNIT`` takes the ``inference`` section of the settings (``ITS_INFERENCE__*``);
 ``inference_unit(settings)`` builds one with explicit settings (tests, embedding).
@@ -153,7 +154,8 @@ def inference_unit(settings: InferenceSettings | None = None) -> ServiceUnit:
                 await producer.close(_DRAIN_SECONDS)
 
         runtime.on_started.append(started)
-        runtime.on_shutdown.append(stop)
+        # Before the server drains: in `serve all` the producer streams to this very server.
+        runtime.on_stopping.append(stop)
         inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)
 
     return ServiceUnit(
