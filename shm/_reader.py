@@ -290,8 +290,10 @@ class RingReader:
         )
 
     def _note_epoch(self) -> None:
-        self.stats.writer_restarts += 1
-        self._epoch = self._hdr[IDX_WRITER_EPOCH]
+        # Each reclaim increments the epoch: restarts between two looks all count.
+        epoch: int = self._hdr[IDX_WRITER_EPOCH]
+        self.stats.writer_restarts += max(epoch - self._epoch, 1)
+        self._epoch = epoch
 
     def _torn(self) -> None:
         self.stats.torn_reads += 1
