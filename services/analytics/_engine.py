@@ -29,6 +29,7 @@ from numpy.typing import NDArray
 from services.analytics._bins import BinStore
 from services.analytics._drift import DriftMonitor
 from services.analytics._events import EventBook
+from services.analytics._geometry import inside_frame
 from services.analytics._incidents import IncidentDetector
 from services.analytics._measures import SceneMeasures
 from services.analytics._records import (
@@ -70,7 +71,7 @@ class CameraAnalytics:
         self.bins = BinStore(camera, self.cfg.bin_seconds)
         self.book = EventBook(camera, self.cfg.event_update_s)
         self._build(scene if isinstance(scene, Scene) else Scene.build(scene))
-        self.tracker = ByteTracker(self.cfg.tracker)
+        self.tracker = ByteTracker(self.cfg.tracker, self.scene.homography)
         self.drift = DriftMonitor(self.cfg)
         self.t0_ns: int | None = None
         self.last_seq = 0
@@ -101,10 +102,12 @@ class CameraAnalytics:
         seq, cap = frame.frame_sequence, frame.capture_time_ns
         if not _is_int(seq) or not 0 < seq < _MAX_TIME_NS:
             return FrameReject.BAD_FRAME, f"frame_sequence {seq!r} is not a positive integer"
-        if seq <= self.last_seq:
-            return FrameReject.DUPLICATE_FRAME, f"frame {seq} already accepted"
         if not _is_int(cap) or not 0 <= cap < _MAX_TIME_NS:
             return FrameReject.BAD_FRAME, f"capture_time_ns {cap!r} is not a valid time"
+        # A lower sequence captured later is a re-created ring (decoder restart, new
+        # resolution) starting again at 1; a resend of an accepted frame is never later.
+        if seq <= self.last_seq and (self.last_ns is None or cap <= self.last_ns):
+            return FrameReject.DUPLICATE_FRAME, f"frame {seq} already accepted"
         for name, size in (("width", frame.width), ("height", frame.height)):
             if not _is_int(size) or not 0 < size <= self.cfg.max_frame_px:
                 return FrameReject.BAD_FRAME, f"{name} {size!r} out of range"
@@ -163,17 +166,16 @@ class CameraAnalytics:
         gap = 0.0 if prev_ns is None else (cap - prev_ns) / _NS
         dt_accrue = gap if gap <= self.cfg.max_frame_gap_s else 0.0
 
-        out = self.tracker.update(clean.boxes, clean.scores, clean.classes, t)
+        frame_size = (int(frame.width), int(frame.height))
+        out = self.tracker.update(clean.boxes, clean.scores, clean.classes, t, frame_size)
         track_ids = np.full(len(det), -1, dtype=np.int64)
         track_ids[clean.rows] = out.det_track_ids
         slots, new = self.table.slots(out.ids)
         self.measures.start_tracks(slots[new], out.birth[new])
         # Speed samples come from the filtered boxes (which partial views barely move), but
         # not from boxes cut by the frame border: their bottom-centre is not on the road.
-        b = out.boxes
-        inside = (b[:, 0] > 1) & (b[:, 1] > 1) & (b[:, 2] < frame.width - 1) & (
-            b[:, 3] < frame.height - 1)  # fmt: skip
-        ground = self._kinematics(slots, b, out.observed & inside, t)
+        inside = inside_frame(out.boxes, *frame_size)
+        ground = self._kinematics(slots, out.boxes, out.observed & inside, t)
         view = self.measures.frame(
             t,
             cap,
@@ -184,6 +186,7 @@ class CameraAnalytics:
             out.classes,
             out.boxes,
             out.observed,
+            out.foot_seen,
             out.velocity,
             ground,
         )
@@ -221,6 +224,10 @@ class CameraAnalytics:
             with np.errstate(invalid="ignore"):
                 kmh[kmh > cfg.max_speed_kmh] = np.nan
             self.table["speed"][upd] = kmh
+            vel[np.isnan(kmh)] = np.nan
+            per_track = np.full((len(slots), 2), np.nan)
+            per_track[np.flatnonzero(observed)[took]] = vel
+            self.tracker.set_ground_velocity(per_track)
         return ground
 
     def _drift(
@@ -321,6 +328,7 @@ class CameraAnalytics:
         keep = ("id", "h_t", "h_x", "h_y", "h_h", "h_head", "cls", "speed", "seen_t", "counted")
         old = self.table
         self._build(scene if isinstance(scene, Scene) else Scene.build(scene))
+        self.tracker.set_ground(self.scene.homography)
         live = old.live_slots()
         ids = old["id"][live]
         slots, _ = self.table.slots(ids)
@@ -369,7 +377,7 @@ class CameraAnalytics:
         eng._drift_last_ns = s["drift_last_ns"]
         eng.rejected = {FrameReject(k): int(v) for k, v in s["rejected"].items()}
         eng.issues = {DetectionIssue(k): int(v) for k, v in s["issues"].items()}
-        eng.tracker = ByteTracker.from_state(eng.cfg.tracker, s["tracker"])
+        eng.tracker = ByteTracker.from_state(eng.cfg.tracker, s["tracker"], eng.scene.homography)
         eng.table.restore(s["table"])
         eng.bins.restore(s["bins"])
         eng.book.restore(s["events"])

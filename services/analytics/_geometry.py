@@ -21,6 +21,7 @@ __all__ = [
     "PolygonSet",
     "distance_to_boundary",
     "fit_homography",
+    "inside_frame",
     "points_in_polygon",
     "polygon_area",
     "polygon_is_simple",
@@ -73,6 +74,16 @@ def segment_crossing(
     cx, cy = p[0] + u * (q[0] - p[0]), p[1] + u * (q[1] - p[1])
     lam = ((cx - ax) * ex + (cy - ay) * ey) / (ex * ex + ey * ey)
     return u, lam
+
+
+def inside_frame(boxes: F64, width: float, height: float) -> NDArray[np.bool_]:
+    """Which (N, 4) boxes stay more than a pixel clear of the frame's border (are not cut by
+    it: a box's bottom-centre is on the road under the object only then)."""
+    out: NDArray[np.bool_] = (
+        (boxes[:, 0] > 1) & (boxes[:, 1] > 1) & (boxes[:, 2] < width - 1)
+        & (boxes[:, 3] < height - 1)
+    )  # fmt: skip
+    return out
 
 
 def points_in_polygon(points: F64, vertices: F64) -> NDArray[np.bool_]:
@@ -213,6 +224,20 @@ class Homography:
 
     def to_image(self, pts: F64) -> F64:
         return _apply(self.ground_to_image, pts)
+
+    def image_motion(self, pts: F64, vel: F64) -> tuple[F64, F64, F64, F64]:
+        """Ground points (N, 2) moving at (N, 2) m/s: their image positions and velocities,
+        and their depth and its rate. The depth is the distance along the camera's axis times
+        a factor common to all points (sign included), so only ratios of depths mean
+        anything: a pinhole camera draws an object at a size inversely proportional to it."""
+        h = self.ground_to_image
+        n = pts @ h[:, :2].T + h[:, 2]  # homogeneous image points; the third is the depth
+        dn = vel @ h[:, :2].T
+        depth, depth_v = n[:, 2], dn[:, 2]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            pos: F64 = n[:, :2] / depth[:, None]
+            pos_v: F64 = (dn[:, :2] - pos * depth_v[:, None]) / depth[:, None]
+        return pos, pos_v, depth, depth_v
 
     def to_state(self) -> dict[str, Any]:
         return {

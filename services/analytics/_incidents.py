@@ -8,9 +8,9 @@ last frames in which the condition held. Everything is vectorised over the track
 Python code runs only for the few tracks that open, refresh or close an event.
 
 * Stopped vehicle: a motor vehicle in a lane or zone, stopped (speed under ``stopped_kmh``),
-  and not queued (not part of the stopped chain from the lane's downstream end, see
-  ``_measures``): a red light or a jam is not an incident, the broken-down car at the head of
-  the jam is.
+  and not queued (waiting behind the lane's downstream end or a vehicle ahead in its lane,
+  see ``_measures``): a red light or a jam is not an incident, the broken-down car at the head
+  of the jam is.
 * Wrong way: a motor vehicle that has moved ``wrong_way_distance_m`` against the lane's
   travel direction since its furthest point downstream in that lane. Net displacement, so
   box jitter does not accumulate; the start is when it was at that furthest point.

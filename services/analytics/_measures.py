@@ -3,16 +3,18 @@
 Counting lines. A track's reference point (bottom-centre of its filtered box) has a side per
 line, which changes only once the point is ``margin`` beyond the line (hysteresis: jitter
 around the line never flips it). A side change is a crossing when the move from the last
-point on the old side to the first on the new side meets the line *within the drawn
-segment*. Each track is counted at most once per line and direction (CountingLine contract),
-so even a U-turn counts once each way. Crossings are binned by the capture time of the frame
-that confirms them; the interpolated crossing instant is used for headways.
+point on the old side (seen with the object's bottom in sight) to the first on the new side
+meets the line *within the drawn segment*; after an occlusion, that move spans the gap.
+Each track is counted at most once per line and direction (CountingLine contract), so even
+a U-turn counts once each way. Crossings are binned by the capture time of the frame that
+confirms them; the interpolated crossing instant is used for headways.
 
 Lanes. Per processed frame: occupancy (any motor vehicle's reference point inside the lane
 polygon), density (vehicles / lane length on the road plane), Edie's totals for space-mean
 speed (distance travelled / time spent by vehicles in the lane) and the queue length
-(stopped vehicles contiguous from the lane's downstream end). Zones: occupancy by any object,
-entries per class and dwell times when an object leaves (or its track ends).
+(stopped vehicles contiguous from the lane's downstream end, or right behind one another
+in the image). Zones: occupancy by any object, entries per class and dwell times when an
+object leaves (or its track ends).
 """
 
 from __future__ import annotations
@@ -112,6 +114,7 @@ class SceneMeasures:
         classes: I64,
         boxes: F64,
         observed: Bool,
+        foot_seen: Bool,
         velocity_px: F64,
         ground: F64,
     ) -> FrameView:
@@ -139,42 +142,52 @@ class SceneMeasures:
             np.zeros(k), np.zeros(k),
         )  # fmt: skip
         if k:
-            self._lanes(v, dt_accrue, ground if sc.calibrated else ref, heights)
+            self._lanes(v, dt_accrue, ground if sc.calibrated else ref, ref, heights)
         if len(sc.zone_polygons):
             self._zones(v)
         self.counted_now = []
         self.crossings_now = []
         if len(sc.spec.lines) and observed.any():
             o = observed
-            self._lines(t, t_ns, slots[o], classes[o], ref[o], heights[o], speed[o], lane[o])
+            self._lines(t, t_ns, slots[o], classes[o], ref[o], heights[o], speed[o], lane[o],
+                        foot_seen[o])  # fmt: skip
         return v
 
-    def _lanes(self, v: FrameView, dt: float, plane: F64, heights: F64) -> None:
+    def _lanes(self, v: FrameView, dt: float, plane: F64, ref_px: F64, heights: F64) -> None:
         sc, cfg = self.scene, self.cfg
         k = len(sc.lane_polygons)
         has = v.lane >= 0
         lj = v.lane[has]
         v.lane_s[has] = np.einsum("ij,ij->i", plane[has] - sc.lane_origin[lj], sc.lane_axis[lj])
-        ref = v.boxes[has]
-        ref_px = np.column_stack([(ref[:, 0] + ref[:, 2]) * 0.5, ref[:, 3]])
         v.lane_s_px[has] = np.einsum(
-            "ij,ij->i", ref_px - sc.lane_origin_px[lj], sc.lane_axis_px[lj]
+            "ij,ij->i", ref_px[has] - sc.lane_origin_px[lj], sc.lane_axis_px[lj]
         )
         members = v.motor & has
         v.lane_count[:] = np.bincount(v.lane[members], minlength=k)
         queue = np.zeros(k)
         # Vehicles in each lane from its downstream end upstream. A stopped vehicle is queued
         # (waiting for something, not an incident) when the vehicle directly ahead of it, or
-        # the lane end, is within their lengths plus the gap: whatever that vehicle's own
-        # measured speed, which for a car half hidden in a queue is often noise. The queue
-        # length follows the chain of slow vehicles from the lane end.
+        # the lane end, is within their lengths plus the gap, whatever that vehicle's own
+        # measured speed, which for a car half hidden in a queue is often noise; or when the
+        # vehicle directly ahead is itself slow, however far back this one stopped (should
+        # that one drive off and this one stay, it is an incident then). The queue length
+        # follows the chain of slow vehicles from the lane end.
+        # A stopped vehicle that overlaps a stopped one downstream in the image, one hiding
+        # the other's bottom, is right behind it too (boxes overlap so only within about a
+        # vehicle's height of road). The tests above miss that pair when the one ahead is
+        # the hidden one: its position comes from its bottom, which is out of sight, so it
+        # lands far down the road or off the lane (then it may be in no lane at all).
         lengths = self._lengths[v.classes]
         with np.errstate(invalid="ignore"):
             slow = v.stopped | (v.speed_kmh < 2.0 * cfg.stopped_kmh)
         for j in np.unique(v.lane[members & v.stopped]).tolist():
             idx = np.flatnonzero(members & (v.lane == j))
             dist = sc.lane_end_s[j] - v.lane_s[idx]
-            prev, prev_len, chain = 0.0, 0.0, True
+            others = np.flatnonzero(v.stopped & ((v.lane == j) | (v.lane < 0)))
+            behind = _right_behind(
+                v.boxes, ref_px, idx, others, v.lane[others] == j, sc.lane_axis_px[j]
+            )
+            prev, prev_len, prev_slow, chain = 0.0, 0.0, False, True
             for i in np.argsort(dist, kind="stable").tolist():
                 me = idx[i]
                 length = float(lengths[me])
@@ -184,12 +197,12 @@ class SceneMeasures:
                     limit = cfg.queue_gap_m + length + prev_len
                 else:
                     limit = cfg.queue_gap_rel * heights[me]
-                close = dist[i] - prev <= limit
+                close = dist[i] - prev <= limit or bool(behind[i]) or prev_slow
                 v.queued[me] = bool(v.stopped[me] and close)
                 chain = chain and close and bool(slow[me])
                 if chain:
                     queue[j] = max(queue[j], float(dist[i]))
-                prev, prev_len = max(prev, float(dist[i])), length
+                prev, prev_len, prev_slow = max(prev, float(dist[i])), length, bool(slow[me])
         if sc.calibrated:
             with np.errstate(divide="ignore", invalid="ignore"):
                 v.lane_density[:] = v.lane_count / (sc.lane_length_m / 1000.0)
@@ -246,6 +259,7 @@ class SceneMeasures:
         heights: F64,
         speed: F64,
         lane: IntArr,
+        foot_seen: Bool,
     ) -> None:
         sc, cfg, tab = self.scene, self.cfg, self.table
         d = signed_distances(ref, sc.line_segments)
@@ -268,9 +282,14 @@ class SceneMeasures:
                         float(speed[i]), int(lane[i]))  # fmt: skip
         upd = new != 0
         tab["l_side"][slots] = np.where(upd, new, side)
-        tab["l_ax"][slots] = np.where(upd, ref[:, 0:1], tab["l_ax"][slots])
-        tab["l_ay"][slots] = np.where(upd, ref[:, 1:2], tab["l_ay"][slots])
-        tab["l_at"][slots] = np.where(upd, t, tab["l_at"][slots])
+        # The anchor, where a crossing is measured from, is the last point on the track's
+        # side, from views with the bottom in sight: an occluder cutting a box off moves its
+        # reference point up the image, off the track's path (near the end of a line, past
+        # it). A change of side always moves it.
+        anchor = upd & (foot_seen[:, None] | (new != side))
+        tab["l_ax"][slots] = np.where(anchor, ref[:, 0:1], tab["l_ax"][slots])
+        tab["l_ay"][slots] = np.where(anchor, ref[:, 1:2], tab["l_ay"][slots])
+        tab["l_at"][slots] = np.where(anchor, t, tab["l_at"][slots])
 
     def _count(
         self,
@@ -351,3 +370,19 @@ class SceneMeasures:
             (int(li), int(d)): (float(tc), int(c), math.nan if sp is None else float(sp))
             for li, d, tc, c, sp in s
         }
+
+
+def _right_behind(
+    boxes: F64, ref: F64, rows: IntArr, others: IntArr, others_in_lane: Bool, axis: F64
+) -> Bool:
+    """Which of the rows stand right behind one of the others: one downstream (along the
+    lane's image axis) whose box overlaps theirs with the bottom edge of one of the two
+    inside the other (that one is farther from the camera, hidden by the other). One in no
+    lane counts only if its own bottom is the hidden one, which is why it is in no lane."""
+    a, b = boxes[rows][:, None, :], boxes[others][None, :, :]
+    overlap_x = (a[..., 0] < b[..., 2]) & (b[..., 0] < a[..., 2])
+    other_hidden = (a[..., 1] <= b[..., 3]) & (b[..., 3] < a[..., 3])
+    own_hidden = (b[..., 1] <= a[..., 3]) & (a[..., 3] < b[..., 3]) & others_in_lane[None, :]
+    downstream = (ref[others][None, :, :] - ref[rows][:, None, :]) @ axis > 0.0
+    out: Bool = np.any(overlap_x & (other_hidden | own_hidden) & downstream, axis=1)
+    return out

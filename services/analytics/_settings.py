@@ -59,6 +59,11 @@ class TrackerSettings:
     # second lost (capped), absorbing velocity error after an occlusion.
     lost_expand_per_s: float = 0.5
     lost_expand_max: float = 0.5
+    # Calibrated cameras: a lost track is predicted on the road plane, at constant velocity
+    # from where it was last seen with its bottom in sight, if that was at most this long
+    # before it was lost. An older position is a stale one (the track may even have moved
+    # on to another object since): the image filter, which has followed it, knows better.
+    ground_fix_max_age_s: float = 1.0
     # Kalman noise, relative to the box height (scale-invariant across the image):
     # measurement std, process random walk of positions and velocities per sqrt(second),
     # initial velocity std. Close to ByteTrack's per-frame values expressed at 30 fps.
@@ -106,7 +111,8 @@ class AnalyticsSettings:
     # Without calibration: stopped when image speed < this many box heights per second.
     stopped_rel_per_s: float = 0.15
     # Queued vehicles: stopped within this gap plus the vehicles' lengths (class defaults
-    # below) of the lane's downstream end or of the vehicle ahead.
+    # below) of the lane's downstream end or of the vehicle ahead, or at any distance behind
+    # a vehicle that is itself slow.
     queue_gap_m: float = 10.0
     queue_gap_rel: float = 3.0  # uncalibrated: gap in box heights
 

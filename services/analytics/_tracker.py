@@ -9,6 +9,13 @@ consecutive matches to be confirmed and given an id, so a blip never surfaces an
 up an id. Lost tracks are predicted for ``lost_ttl_s`` and can be picked up again with their
 id, which is what keeps ids through an occlusion.
 
+With a calibrated camera, lost tracks are predicted on the road plane instead of in the
+image: at constant ground velocity from the last view with the bottom in sight (the
+reference point on the road), their size following the depth. An oncoming vehicle hidden
+behind nearer traffic for a second speeds up and doubles in size in the image; predicted so,
+it is found again where it re-appears, with its id, and a counting line it crossed unseen is
+still counted (the move from before the gap to after it crosses the line).
+
 Matches are class-compatible only (a person never continues a car's track); the reported
 class is the score-weighted vote over the track's detections, so a car momentarily detected
 as a truck stays a car.
@@ -23,9 +30,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from services.analytics._assign import assign, iou_matrix
+from services.analytics._geometry import Homography, inside_frame
 from services.analytics._kalman import BoxFilters, boxes_to_xywh, xywh_to_boxes
 from services.analytics._records import NUM_CLASSES
 from services.analytics._settings import TrackerSettings
+from services.analytics._tracks import array_from_json, array_to_json
 
 __all__ = ["ByteTracker", "TrackerOutput"]
 
@@ -34,6 +43,12 @@ I64 = NDArray[np.int64]
 IntArr = NDArray[np.intp]
 
 TENTATIVE, TRACKED, LOST = 0, 1, 2
+# Columns of ``ByteTracker.ground_fix``: the filtered box (cx, cy, w, h) and capture time of
+# the last view with the bottom in sight, and the ground velocity (m/s).
+_BOX, _T, _V, _VX = slice(0, 4), 4, slice(5, 7), 5
+_FIX_COLS = 7
+# (cx, cy) + (w, h) * this: a box's bottom-centre; (u, v, w, h) - h * this: its centre form.
+_TO_FOOT, _FOOT_TO_CENTRE = np.array([0.0, 0.5]), np.array([0.0, 0.5, 0.0, 0.0])
 # A box dimension under this fraction of the prediction counts as cut by an occluder.
 _CUT = 0.9
 # Association groups by class number: motor vehicles may be confused with each other by the
@@ -51,6 +66,9 @@ class TrackerOutput:
     classes: I64  # (T,) ObjectClass numbers (vote)
     observed: NDArray[np.bool_]  # (T,) matched a detection in this frame
     partial: NDArray[np.bool_]  # (T,) ...but a partial view (cut by an occluder or shrunk)
+    # (T,) ...a view whose bottom edge is in sight: not partial, and its bottom-centre not
+    # inside a box reaching lower (in front of it). Only there is that point on the road.
+    foot_seen: NDArray[np.bool_]
     det_index: I64  # (T,) the matched detection row, -1 when coasting
     ended: I64  # ids of confirmed tracks removed in this frame
     # (T, 5) first box and capture time (x1, y1, x2, y2, t) of each track, from before its
@@ -60,8 +78,9 @@ class TrackerOutput:
 
 
 class ByteTracker:
-    def __init__(self, cfg: TrackerSettings) -> None:
+    def __init__(self, cfg: TrackerSettings, ground: Homography | None = None) -> None:
         self.cfg = cfg
+        self.ground = ground
         self.f = BoxFilters.empty()
         self.status = np.zeros(0, dtype=np.int8)
         self.hits = np.zeros(0, dtype=np.int64)
@@ -71,15 +90,43 @@ class ByteTracker:
         self.still = np.zeros(0, dtype=np.bool_)  # standing still at the last full view
         self.birth = np.zeros((0, 5))  # first box and its time
         self.votes = np.zeros((0, NUM_CLASSES))
+        # Calibrated: each track's last view with its bottom in sight (where it was on the
+        # road) and its ground velocity (the engine's speed estimate): what a lost track is
+        # predicted from. NaN where unknown.
+        self.ground_fix = np.zeros((0, _FIX_COLS))
+        self._out_rows = np.zeros(0, dtype=np.intp)  # rows of the last output's tracks
         self.next_id = 1
         self.time: float | None = None
 
     def __len__(self) -> int:
         return len(self.status)
 
+    def set_ground(self, ground: Homography | None) -> None:
+        """A new calibration: positions in the old one's metres mean nothing in it."""
+        self.ground = ground
+        self.ground_fix[:] = np.nan
+
+    def set_ground_velocity(self, velocity: F64) -> None:
+        """Ground velocities (m/s; (T, 2) in the last output's order, NaN where unknown): the
+        least-squares slope of the tracks' recent ground positions (see ``_tracks``), which,
+        unlike the image filter's velocity, does not lag behind perspective. Taken only for
+        tracks seen with their bottom in sight in that frame; otherwise the last one stays."""
+        rows = self._out_rows
+        known = np.isfinite(velocity[:, 0]) & (self.ground_fix[rows, _T] == self.time)
+        self.ground_fix[rows[known], _V] = velocity[known]
+
     # -- the per-frame update ----------------------------------------------------------------
 
-    def update(self, boxes: F64, scores: F64, classes: I64, t: float) -> TrackerOutput:
+    def update(
+        self,
+        boxes: F64,
+        scores: F64,
+        classes: I64,
+        t: float,
+        frame_size: tuple[int, int] | None = None,
+    ) -> TrackerOutput:
+        """One frame's detections at capture time t (s); ``frame_size`` (width, height) tells
+        boxes cut by the frame's border."""
         cfg = self.cfg
         dt = 0.0 if self.time is None else max(0.0, t - self.time)
         self.time = t
@@ -91,6 +138,7 @@ class ByteTracker:
         # residual velocity of a stopped track over a long occlusion.
         self.f.v[lost & self.still] = 0.0
         self.f.predict(dt, cfg)
+        grounded = self._predict_on_ground(lost, t)
         pred = xywh_to_boxes(self.f.x)
         track_group = _GROUP[np.argmax(self.votes, axis=1)] if len(self) else _GROUP[:0]
         det_group = _GROUP[classes]
@@ -98,6 +146,7 @@ class ByteTracker:
         low = (scores >= cfg.low_score) & ~high
         row_det = np.full(len(self), -1, dtype=np.intp)
         row_partial = np.zeros(len(self), dtype=np.bool_)
+        row_foot = np.zeros(len(self), dtype=np.bool_)
         det_used = np.zeros(len(boxes), dtype=np.bool_)
 
         def match(
@@ -142,6 +191,11 @@ class ByteTracker:
         # than perspective ever does, and gradually, so the previous frame is no reference.
         decay = np.exp(-(t - self.last_t[rows_m]) / cfg.size_memory_s)[:, None]
         ref = self.ref_wh[rows_m] * decay
+        # A track predicted on the ground knows its size from the depth ratio, which its
+        # memory from before it was lost does not (the object came nearer or went farther):
+        # a re-appearing object still half hidden must not be taken for whole.
+        g = grounded[rows_m]
+        ref[g] = np.maximum(ref[g], self.f.x[rows_m[g], 2:4])
         partial = np.any(meas[:, 2:4] < cfg.partial_shrink * ref, axis=1)
         # Occlusion reasoning: another object whose box reaches lower in the image stands
         # between this one and the camera; where their boxes overlap, this one is hidden.
@@ -168,7 +222,17 @@ class ByteTracker:
         # shrinking box looks like motion) cannot make a standing object "moving".
         whole = rows_m[~partial]
         self.still[whole] = self._stationary()[whole]
+        # Only a view whose bottom is in sight places the track on the road: an occluder
+        # creeping over the bottom drags the box up (farther away, slower) well before the
+        # view is cut enough to be called partial; the frame's border cuts boxes too.
+        foot = ~partial & ~_foot_hidden(boxes, dets_m)
+        if frame_size is not None:
+            foot &= inside_frame(boxes[dets_m], *frame_size)
+        if self.ground is not None:
+            self.ground_fix[rows_m[foot], _BOX] = self.f.x[rows_m[foot]]
+            self.ground_fix[rows_m[foot], _T] = t
         row_partial[rows_m] = partial
+        row_foot[rows_m] = foot
         np.add.at(self.votes, (rows_m, classes[dets_m]), scores[dets_m])
         self.last_t[rows_m] = t
         was_tentative = self.status[rows_m] == TENTATIVE
@@ -200,15 +264,57 @@ class ByteTracker:
             classes=np.argmax(self.votes[present], axis=1).astype(np.int64),
             observed=row_det[present] >= 0,
             partial=row_partial[present],
+            foot_seen=row_foot[present],
             det_index=row_det[present].astype(np.int64),
             ended=ended.astype(np.int64),
             birth=self.birth[present].copy(),
             det_track_ids=det_track_ids,
         )
         self._select(keep)
+        self._out_rows = np.flatnonzero(present[keep])
         births = np.flatnonzero(high & ~det_used & (scores >= cfg.new_track_score))
         self._birth(boxes[births], scores[births], classes[births], t)
         return out
+
+    def _predict_on_ground(self, lost: NDArray[np.bool_], t: float) -> NDArray[np.bool_]:
+        """Lost tracks move at constant velocity on the road, not in the image.
+
+        A vehicle hidden for a second while approaching the camera speeds up and grows in
+        the image (perspective): an image-space prediction falls behind it and the track is
+        never picked up again. On the ground plane its motion is constant, and the ratio of
+        depths gives its size. From the last view with the bottom in sight, if it is recent
+        (``ground_fix_max_age_s``) and the velocity known; a stationary track stays where it
+        was. Returns which rows were predicted so."""
+        done = np.zeros(len(self), dtype=np.bool_)
+        rows = np.flatnonzero(lost)
+        if self.ground is None or len(rows) == 0:
+            return done
+        fix = self.ground_fix[rows]
+        # A recent view (NaN compares False) and a known velocity.
+        usable = (self.last_t[rows] - fix[:, _T] <= self.cfg.ground_fix_max_age_s) & np.isfinite(
+            fix[:, _VX]
+        )
+        rows, fix = rows[usable], fix[usable]
+        n = len(rows)
+        if n == 0:
+            return done
+        then = self.ground.to_ground(fix[:, 0:2] + fix[:, 2:4] * _TO_FOOT)
+        vel = np.where(self.still[rows, None], 0.0, fix[:, _V])
+        now = then + vel * (t - fix[:, _T])[:, None]
+        # One projection for both: where it is now (and how it moves there), and the depth
+        # where it was seen.
+        foot, foot_v, depth, depth_v = self.ground.image_motion(
+            np.vstack([now, then]), np.vstack([vel, vel])
+        )
+        scale = depth[n:] / depth[:n]
+        ok = scale > 0.0  # False for NaN too: on the camera's side of the horizon
+        r = rows[ok]
+        wh = fix[ok, 2:4] * scale[ok, None]
+        wh_v = wh * -(depth_v[:n][ok] / depth[:n][ok])[:, None]
+        self.f.x[r] = np.hstack([foot[:n][ok], wh]) - wh[:, 1:2] * _FOOT_TO_CENTRE
+        self.f.v[r] = np.hstack([foot_v[:n][ok], wh_v]) - wh_v[:, 1:2] * _FOOT_TO_CENTRE
+        done[r] = True
+        return done
 
     def _stationary(self) -> NDArray[np.bool_]:
         # Motion of the top edge and the horizontal centre: an occluder in front eats into
@@ -235,7 +341,7 @@ class ByteTracker:
         self.status, self.hits = self.status[keep], self.hits[keep]
         self.ids, self.last_t, self.votes = self.ids[keep], self.last_t[keep], self.votes[keep]
         self.ref_wh, self.still = self.ref_wh[keep], self.still[keep]
-        self.birth = self.birth[keep]
+        self.birth, self.ground_fix = self.birth[keep], self.ground_fix[keep]
 
     def _birth(self, boxes: F64, scores: F64, classes: I64, t: float) -> None:
         n = len(boxes)
@@ -250,6 +356,7 @@ class ByteTracker:
         self.ref_wh = np.vstack([self.ref_wh, boxes[:, 2:4] - boxes[:, 0:2]])
         self.still = np.concatenate([self.still, np.zeros(n, dtype=np.bool_)])
         self.birth = np.vstack([self.birth, np.column_stack([boxes, np.full(n, t)])])
+        self.ground_fix = np.vstack([self.ground_fix, np.full((n, _FIX_COLS), np.nan)])
         votes = np.zeros((n, NUM_CLASSES))
         votes[np.arange(n), classes] = scores
         self.votes = np.vstack([self.votes, votes])
@@ -272,14 +379,17 @@ class ByteTracker:
             "ref_wh": self.ref_wh.tolist(),
             "still": self.still.tolist(),
             "birth": self.birth.tolist(),
+            "ground_fix": array_to_json(self.ground_fix),
             "votes": self.votes.tolist(),
             "next_id": self.next_id,
             "time": self.time,
         }
 
     @classmethod
-    def from_state(cls, cfg: TrackerSettings, s: dict[str, Any]) -> ByteTracker:
-        tr = cls(cfg)
+    def from_state(
+        cls, cfg: TrackerSettings, s: dict[str, Any], ground: Homography | None = None
+    ) -> ByteTracker:
+        tr = cls(cfg, ground)
 
         def arr(key: str, dtype: Any, cols: int | None = None) -> Any:
             a = np.asarray(s[key], dtype=dtype)
@@ -298,6 +408,14 @@ class ByteTracker:
         tr.still = arr("still", np.bool_)
         tr.birth = arr("birth", np.float64, 5)
         tr.votes = arr("votes", np.float64, NUM_CLASSES)
+        # States saved before the ground model have no fixes: those tracks are predicted in
+        # the image until they are next seen with their bottom in sight.
+        fix = s.get("ground_fix")
+        tr.ground_fix = (
+            np.full((len(tr.status), _FIX_COLS), np.nan)
+            if fix is None
+            else array_from_json(fix, np.float64).reshape(-1, _FIX_COLS)
+        )
         tr.next_id, tr.time = int(s["next_id"]), s["time"]
         return tr
 
@@ -320,6 +438,20 @@ def _occluded(track_boxes: F64, boxes: F64, own: IntArr) -> F64:
     # Overlaps of several occluders are summed (an upper bound; they rarely overlap each other).
     cover: F64 = np.minimum(np.where(in_front, inter, 0.0).sum(axis=1) / area, 1.0)
     return cover
+
+
+def _foot_hidden(boxes: F64, own: IntArr) -> NDArray[np.bool_]:
+    """Whether the bottom-centre of each own box lies inside another box reaching lower in
+    the image (standing in front of it), where it may be cut short."""
+    if len(own) == 0 or len(boxes) < 2:
+        return np.zeros(len(own), dtype=np.bool_)
+    me = boxes[own]
+    cx, bottom = (me[:, 0:1] + me[:, 2:3]) * 0.5, me[:, 3:4]
+    b = boxes[None, :, :]
+    inside = (b[..., 0] <= cx) & (cx <= b[..., 2]) & (b[..., 1] <= bottom) & (bottom < b[..., 3])
+    inside[np.arange(len(own)), own] = False
+    out: NDArray[np.bool_] = np.any(inside, axis=1)
+    return out
 
 
 def _anchored(pred_xywh: F64, det: F64) -> F64:

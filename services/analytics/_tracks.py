@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["TrackTable", "push_positions", "regress_velocity"]
+__all__ = ["TrackTable", "array_from_json", "array_to_json", "push_positions", "regress_velocity"]
 
 F64 = NDArray[np.float64]
 I64 = NDArray[np.int64]
@@ -105,7 +105,7 @@ class TrackTable:
         return {
             "capacity": self.capacity,
             "slots": live.tolist(),
-            "cols": {name: _encode(col[live]) for name, col in self._cols.items()},
+            "cols": {name: array_to_json(col[live]) for name, col in self._cols.items()},
         }
 
     def restore(self, s: dict[str, Any]) -> None:
@@ -117,14 +117,14 @@ class TrackTable:
             shape, dtype, fill = self._specs[name]
             col[:] = fill
             if len(live):
-                col[live] = _decode(s["cols"][name], dtype).reshape((len(live), *shape))
+                col[live] = array_from_json(s["cols"][name], dtype).reshape((len(live), *shape))
         self._slot_of = {int(self._cols["id"][sl]): int(sl) for sl in live.tolist()}
         taken = set(self._slot_of.values())
         self._free = [sl for sl in range(self.capacity) if sl not in taken]
         heapq.heapify(self._free)
 
 
-def _encode(a: NDArray[Any]) -> Any:
+def array_to_json(a: NDArray[Any]) -> Any:
     # JSON has no NaN in its standard; None stands for it (and is decoded back).
     if a.dtype.kind == "f":
         obj = a.astype(object)
@@ -133,7 +133,7 @@ def _encode(a: NDArray[Any]) -> Any:
     return a.tolist()
 
 
-def _decode(v: Any, dtype: Any) -> NDArray[Any]:
+def array_from_json(v: Any, dtype: Any) -> NDArray[Any]:
     if np.dtype(dtype).kind == "f":
         # None -> NaN through an object array (float(None) would raise).
         return np.asarray(v, dtype=object).astype(np.float64)

@@ -129,6 +129,20 @@ def test_frame_rejections() -> None:
     assert FrameReject.WRONG_CAMERA.error_reason == 6
 
 
+def test_a_restarted_ring_starts_its_sequence_again() -> None:
+    # A decoder restart re-creates the camera's ring, whose sequence starts again at 1: a
+    # lower sequence with a later capture time is a new stream, not a duplicate. A resend
+    # of an accepted frame has an earlier (or equal) capture time and stays a duplicate.
+    eng = _engine()
+    empty = np.zeros((0, 6))
+    assert all(eng.process(_frame(seq, empty)).accepted for seq in range(1, 41))
+    assert eng.process(_frame(1, empty, t_s=60.0)).accepted
+    assert eng.process(_frame(2, empty, t_s=61.0)).accepted
+    assert eng.process(_frame(2, empty, t_s=61.0)).rejected == FrameReject.DUPLICATE_FRAME
+    # A straggler of the old stream is refused too: its time is before the new stream's.
+    assert eng.process(_frame(30, empty)).rejected == FrameReject.TIME_BACKWARDS
+
+
 def test_late_data_after_a_flush() -> None:
     eng = _engine()
     assert eng.process(_frame(1, np.zeros((0, 6)), t_s=0.0)).accepted

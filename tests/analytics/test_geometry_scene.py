@@ -47,6 +47,20 @@ def test_homography_more_points_least_squares() -> None:
     assert np.median(err) < 0.5  # metres; 0.5 px noise is metres along the road far away
 
 
+def test_image_motion_is_the_projection_and_its_derivative() -> None:
+    h = fit_homography(IMG, GND)
+    ground = np.array([[10.0, -2.0], [60.0, 3.0], [95.0, 0.0]])
+    vel = np.array([[12.0, 0.5], [-8.0, 0.0], [0.0, 1.0]])
+    pos, pos_v, depth, depth_v = h.image_motion(ground, vel)
+    assert np.allclose(pos, h.to_image(ground))
+    dt = 1e-6
+    later, _, depth_later, _ = h.image_motion(ground + vel * dt, vel)
+    assert np.allclose(pos_v, (later - pos) / dt, rtol=1e-4, atol=1e-6)
+    assert np.allclose(depth_v, (depth_later - depth) / dt, rtol=1e-4, atol=1e-9)
+    # Farther along the road, deeper: ratios are positive and grow with the distance.
+    assert 1.0 < depth[1] / depth[0] < depth[2] / depth[0]
+
+
 def test_points_above_the_horizon_have_no_ground_point() -> None:
     h = fit_homography(IMG, GND)
     horizon_probe = np.array([[640.0, 0.0], [640.0, 400.0]])  # far above the far edge

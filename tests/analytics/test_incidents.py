@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from services.analytics._engine import CameraAnalytics
-from services.analytics._records import EventRecord, EventType, ObjectClass, Severity
-from services.analytics._scene import ZoneSpec
+from services.analytics._records import EventRecord, EventType, FrameInput, ObjectClass, Severity
+from services.analytics._scene import LaneSpec, SceneSpec, ZoneSpec
 from services.analytics._settings import AnalyticsSettings
 from tests.analytics import synth
 
@@ -99,6 +99,56 @@ def test_red_light_queue_is_not_an_incident() -> None:
         )
     _, events = _run([*queue, *_traffic()], 60.0)
     assert events == []
+
+
+def test_waiting_far_behind_a_standing_vehicle_is_queueing_until_it_leaves() -> None:
+    # A bus stops 36 m short of a truck waiting at the lane's end: too far for the gap test,
+    # but the vehicle ahead of it stands too. When the truck drives off at 35 s and the bus
+    # stays, the bus is a stopped vehicle from then on.
+    big = (2.5, 3.2)
+    truck = synth.Agent(
+        synth.piecewise([(0, 88), (35, 88), (35 + 17 / V50, 105)], -1.75),
+        ObjectClass.TRUCK,
+        size=big,
+    )
+    bus = synth.Agent(
+        synth.piecewise([(0, 10), (30 / V50, 40), (80, 40)], -1.75), ObjectClass.BUS, size=big
+    )
+    _, events = _run([truck, bus], 80.0)
+    final = _final(events)
+    assert [e.type for e in final.values()] == [EventType.STOPPED_VEHICLE]
+    (ev,) = final.values()
+    assert ev.object_class == ObjectClass.BUS
+    assert 35.0 <= _t(ev.start_time_ns) < 38.0
+
+
+@pytest.mark.parametrize("head", [True, False])
+def test_bus_behind_a_queue_head_it_hides_is_not_an_incident(head: bool) -> None:
+    # A lane ending at a stop line 60 m out. A bus waits at the line (x 47-59 m); the bus
+    # behind it (x 33-45 m) hides its bottom, so the head is seen down to the second bus's
+    # roof only and its reference point lands past the stop line, in no lane. The second
+    # bus is 27 m from the line, too far for the gap test alone, but it overlaps the head in
+    # the image: it is queued. Without the head it is a stopped vehicle.
+    lane = LaneSpec(
+        "a1",
+        synth.lane_polygon(-3.5, 0.0, 5.0, 60.0),
+        synth.to_image(5.0, -1.75),
+        synth.to_image(60.0, -1.75),
+    )
+    scene = SceneSpec(lanes=(lane,), calibration=synth.calibration())
+    second = synth.box_at(33.0, -1.75, 2.5, 3.2)
+    x1, y1, x2, _ = synth.box_at(47.0, -1.75, 2.5, 3.2)
+    rows = [[*second, 0.9, ObjectClass.BUS]]
+    if head:
+        rows.append([x1, y1, x2, second[1] + 2.0, 0.9, ObjectClass.BUS])
+    det = synth.to_array(rows)
+    eng = CameraAnalytics(synth.CAMERA, scene)
+    events: list[EventRecord] = []
+    for k in range(400):  # 40 s at 10 fps
+        t_ns = synth.T0_NS + k * 100_000_000
+        events += eng.process(FrameInput(synth.CAMERA, k + 1, t_ns, synth.W, synth.H, det)).events
+    kinds = {e.type for e in events}
+    assert kinds == (set() if head else {EventType.STOPPED_VEHICLE})
 
 
 def test_wrong_way_driver() -> None:

@@ -201,3 +201,16 @@ def test_partial_views_do_not_collapse_the_track() -> None:
             assert abs((y2 - y1) - 40) < 4, (k, out.boxes[row])
             assert abs(y2 - 320) < 4, (k, out.boxes[row])
     assert 1 in out.ids.tolist()
+
+
+def test_foot_seen_only_with_the_bottom_in_sight() -> None:
+    # Tracked: a free box, one whose bottom-centre is behind a box reaching lower (in front
+    # of it), that box, and one cut by the frame's left border.
+    tr = ByteTracker(TrackerSettings())
+    behind, front = [400.0, 200.0, 460.0, 240.0], [380.0, 230.0, 520.0, 330.0]
+    boxes = [_box(100, 100), behind, front, [0.0, 400.0, 50.0, 440.0]]
+    for k in range(4):
+        b = np.array(boxes, dtype=float)
+        out = tr.update(b, np.full(4, 0.9), np.ones(4, dtype=np.int64), k / 25.0, (1280, 720))
+    seen = dict(zip(out.det_index.tolist(), out.foot_seen.tolist(), strict=True))
+    assert seen == {0: True, 1: False, 2: True, 3: False}
