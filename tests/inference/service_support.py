@@ -7,7 +7,7 @@ import asyncio
 import threading
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -144,3 +144,20 @@ async def inference_host(
         yield host
     finally:
         await host.stop()
+
+
+def metric_value(host: ServiceHost, name: str, **labels: str) -> float:
+    """Sum of a host's samples called ``name`` (``..._total`` for counters) with ``labels``."""
+    total = 0.0
+    for metric in host.runtime.metrics.collect():
+        for sample in metric.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+async def until(predicate: Callable[[], bool], what: str, within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)

@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import secrets
-import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import grpc
@@ -24,25 +22,11 @@ from tests.inference.service_support import (
     SIM_SIZE,
     RingFeeder,
     inference_host,
+    metric_value,
     recording_analytics,
     sim_frames,
+    until,
 )
-
-
-def _value(host: ServiceHost, name: str, **labels: str) -> float:
-    total = 0.0
-    for metric in host.runtime.metrics.collect():
-        for sample in metric.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
-
-
-async def _until(predicate: Any, what: str, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 async def test_cameras_created_and_deleted_in_the_decoder_attach_and_detach(
@@ -74,10 +58,10 @@ async def test_cameras_created_and_deleted_in_the_decoder_attach_and_detach(
         await recorder.wait_frames("cameras/cam-a", 5)
         await create("cam-b", 2)
         await recorder.wait_frames("cameras/cam-b", 5)
-        assert _value(host, "inference_cameras_attached") == 2
+        assert metric_value(host, "inference_cameras_attached") == 2
 
         await cameras.DeleteCamera(camera_service_pb2.DeleteCameraRequest(name="cameras/cam-a"))
-        await _until(lambda: _value(host, "inference_cameras_attached") == 1, "cam-a detached")
+        await until(lambda: metric_value(host, "inference_cameras_attached") == 1, "cam-a detached")
         before = len(recorder.frames["cameras/cam-a"])
         growing_b = len(recorder.frames["cameras/cam-b"])
         await asyncio.sleep(1.0)
@@ -116,25 +100,27 @@ async def test_analytics_down_then_back_loses_no_acknowledged_batch(
     ) as host:
         acknowledged = "inference_analytics_frames_acknowledged_total"
         feeder.start()
-        await _until(lambda: _value(host, acknowledged) >= 10, "first acknowledgements")
+        await until(lambda: metric_value(host, acknowledged) >= 10, "first acknowledgements")
         await analytics.stop()
-        down_at = _value(host, acknowledged)
+        down_at = metric_value(host, acknowledged)
         await asyncio.sleep(2.0)  # frames keep coming; nothing can be acknowledged
-        assert _value(host, acknowledged) == down_at
+        assert metric_value(host, acknowledged) == down_at
         analytics = await start_analytics()
         await asyncio.sleep(1.0)
         feeder.close()
         delivered = "inference_frames_total"
-        await _until(
-            lambda: _value(host, acknowledged) == _value(host, delivered, source="ring"),
+        await until(
+            lambda: (
+                metric_value(host, acknowledged) == metric_value(host, delivered, source="ring")
+            ),
             "every delivered frame acknowledged",
         )
-        assert _value(host, acknowledged) > down_at + 20
-        assert _value(host, "inference_analytics_frames_undelivered_total") == 0
-        assert _value(host, "inference_analytics_reconnects_total") >= 1
+        assert metric_value(host, acknowledged) > down_at + 20
+        assert metric_value(host, "inference_analytics_frames_undelivered_total") == 0
+        assert metric_value(host, "inference_analytics_reconnects_total") >= 1
     # Leaving the host drained the producer into analytics, which still runs.
-    assert _value(host, "inference_analytics_frames_undelivered_total") == 0
-    sent = _value(host, "inference_analytics_batches_sent_total")
+    assert metric_value(host, "inference_analytics_frames_undelivered_total") == 0
+    sent = metric_value(host, "inference_analytics_batches_sent_total")
     await analytics.stop()
     connection = await asyncpg.connect(postgres_dsn)
     try:
@@ -169,7 +155,9 @@ async def test_decoder_inference_and_analytics_in_one_process(
             )
         )
         accepted = "analytics_frames_total"
-        await _until(lambda: _value(host, accepted, result="accepted") >= 15, "frames analysed")
-        assert _value(host, accepted, result="rejected") == 0
-        assert _value(host, "analytics_detections_total") > 0
+        await until(
+            lambda: metric_value(host, accepted, result="accepted") >= 15, "frames analysed"
+        )
+        assert metric_value(host, accepted, result="rejected") == 0
+        assert metric_value(host, "analytics_detections_total") > 0
         await channel.close()

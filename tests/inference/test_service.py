@@ -7,7 +7,6 @@ streams the detections to an AnalyticsService peer that records every frame it i
 from __future__ import annotations
 
 import asyncio
-import time
 
 import numpy as np
 import pytest
@@ -15,14 +14,17 @@ import torch
 
 import shm
 from its.analytics.v1 import detection_batch_pb2
+from services.common import ServiceHost
 from services.inference import load_detector
 from services.inference._map import ImageRecord, evaluate
 from services.sim import CLASSES, FrameTruth
 from tests.inference.service_support import (
     RingFeeder,
     inference_host,
+    metric_value,
     recording_analytics,
     sim_frames,
+    until,
 )
 
 FRAMES = 24
@@ -30,6 +32,10 @@ FRAMES = 24
 # day frames, through the service and alone alike; the floor leaves room for frames
 # skipped on a loaded machine.
 SERVICE_MAP50_FLOOR = 0.45
+
+
+def _skipped(host: ServiceHost) -> int:
+    return int(metric_value(host, "inference_frames_skipped_total"))
 
 
 def _boxes(frame: detection_batch_pb2.FrameDetections) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -68,7 +74,7 @@ async def test_ring_frames_are_detected_and_streamed_like_the_detector_alone(
         feeder.start()
         await asyncio.to_thread(feeder.join)
         got = recorder.frames["cameras/cam-a"]
-        await _settle(lambda: len(got) + _skipped(host) >= FRAMES)
+        await until(lambda: len(got) + _skipped(host) >= FRAMES, "every frame sent or skipped")
     feeder.close()
 
     # Nothing is lost silently: every frame written was sent, or counted as skipped.
@@ -90,22 +96,6 @@ async def test_ring_frames_are_detected_and_streamed_like_the_detector_alone(
         records.append(_record(message, truth))
     result = evaluate(records, CLASSES)
     assert result.map50 >= SERVICE_MAP50_FLOOR, result
-
-
-def _skipped(host: object) -> int:
-    registry = host.runtime.metrics  # type: ignore[attr-defined]
-    total = 0.0
-    for metric in registry.collect():
-        if metric.name == "inference_frames_skipped":
-            total += sum(s.value for s in metric.samples if s.name.endswith("_total"))
-    return int(total)
-
-
-async def _settle(done: object, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while not done():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "the pipeline did not settle"
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture(autouse=True)
