@@ -10,7 +10,6 @@ HTTP/2 flow control holds a producer that runs ahead of its 64-batch window.
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,14 +18,16 @@ import grpc
 from its.analytics.v1 import analytics_service_pb2, analytics_service_pb2_grpc, detection_batch_pb2
 from its.common.v1 import error_reason_pb2
 from services.analytics._ingest import Ingestor
-from services.common import FailedPreconditionError, InvalidArgumentError
+from services.common import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    camera_id_from_name,
+    is_token,
+)
 
 __all__ = ["AnalyticsServicer"]
 
 _Context = grpc.aio.ServicerContext[Any, Any]
-_PRODUCER_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
-# The decoder's camera id rule (AIP-122 resource ids).
-_CAMERA = re.compile(r"^cameras/([a-z](?:[a-z0-9-]{0,61}[a-z0-9])?)$")
 _MAX_FRAMES = 256
 
 
@@ -34,7 +35,7 @@ def _check(batch: detection_batch_pb2.DetectionBatch) -> str:
     """The batch's camera id, once its stream-level fields are valid."""
     if not batch.producer_id:
         raise InvalidArgumentError.for_field("batch.producer_id", "is required")
-    if not _PRODUCER_ID.match(batch.producer_id):
+    if not is_token(batch.producer_id):
         raise InvalidArgumentError.for_field(
             "batch.producer_id", "must be 1-128 printable ASCII characters"
         )
@@ -42,14 +43,21 @@ def _check(batch: detection_batch_pb2.DetectionBatch) -> str:
         raise InvalidArgumentError.for_field("batch.sequence", "is required (starts at 1)")
     if not batch.camera:
         raise InvalidArgumentError.for_field("batch.camera", "is required")
-    match = _CAMERA.match(batch.camera)
-    if match is None:
+    camera_id = camera_id_from_name(batch.camera)
+    if camera_id is None:
         raise InvalidArgumentError.for_field("batch.camera", 'must be "cameras/{camera}"')
+    model = batch.model.removeprefix("models/")
+    if model == batch.model or not is_token(model):
+        raise InvalidArgumentError.for_field("batch.model", 'must be "models/{model}"')
+    if not is_token(batch.model_version):
+        raise InvalidArgumentError.for_field(
+            "batch.model_version", "is required: 1-128 printable ASCII characters"
+        )
     if not 1 <= len(batch.frames) <= _MAX_FRAMES:
         raise InvalidArgumentError.for_field(
             "batch.frames", f"must hold 1 to {_MAX_FRAMES} frames, got {len(batch.frames)}"
         )
-    return match[1]
+    return camera_id
 
 
 class AnalyticsServicer(analytics_service_pb2_grpc.AnalyticsServiceServicer):

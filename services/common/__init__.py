@@ -41,6 +41,7 @@ from services.common._errors import (
 )
 from services.common._logging import configure_logging
 from services.common._migrations import Migration, MigrationError, MigrationSet, apply_migrations
+from services.common._names import camera_id_from_name, is_resource_id, is_token
 from services.common._server import Runtime, ServiceHost, ServiceUnit, serve
 from services.common._storage import POSTGRES_FAILURES, REDIS_FAILURES, Database, create_redis
 
@@ -84,8 +85,11 @@ __all__ = [
     "UnavailableError",
     "UnimplementedError",
     "apply_migrations",
+    "camera_id_from_name",
     "configure_logging",
     "create_redis",
+    "is_resource_id",
+    "is_token",
     "load_settings",
     "serve",
 ]

@@ -21,7 +21,7 @@ from its.common.v1 import error_reason_pb2, geometry_pb2
 # The calibration a camera is accepted with must be the one analytics can use: fit it with
 # analytics' own homography, so the two services cannot disagree on what is degenerate.
 from services.analytics._geometry import GeometryError, fit_homography
-from services.common import FieldViolation, InvalidArgumentError
+from services.common import FieldViolation, InvalidArgumentError, is_resource_id
 from services.decoder._geometry import Point, polygon_problem
 from services.decoder._uri import SourceUri, UriError, parse_source_uri
 
@@ -62,12 +62,11 @@ WRITABLE_FIELDS = frozenset(
     }
 )
 _OUTPUT_ONLY = frozenset({"name", "create_time", "update_time", "etag"})
-_ID = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def check_camera_id(camera_id: str, field: str) -> str:
-    if not _ID.match(camera_id):
+    if not is_resource_id(camera_id):
         raise InvalidArgumentError.for_field(
             field,
             "must be 1-63 lower-case letters, digits and hyphens, starting with a letter"
@@ -245,7 +244,7 @@ class _Frame:
 
 
 def _check_id(problems: _Violations, field: str, item_id: str, seen: set[str]) -> None:
-    if not _ID.match(item_id):
+    if not is_resource_id(item_id):
         problems.add(field, "must be 1-63 lower-case letters, digits and hyphens")
     elif item_id in seen:
         problems.add(field, f"duplicate id {item_id!r}")

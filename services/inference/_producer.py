@@ -34,7 +34,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import re
 import threading
 import time
 import uuid
@@ -51,7 +50,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from its.analytics.v1 import analytics_service_pb2, analytics_service_pb2_grpc, detection_batch_pb2
 from its.common.v1 import error_reason_pb2
-from services.common import ERROR_DOMAIN
+from services.common import ERROR_DOMAIN, camera_id_from_name, is_token
 
 __all__ = [
     "DetectionProducer",
@@ -71,8 +70,6 @@ PROTOCOL_MAX_UNACKED = 64
 PROTOCOL_MAX_FRAMES = 256
 # Checked here as analytics checks them: a batch analytics finds malformed fails the whole
 # stream (INVALID_ARGUMENT), which would stall every camera for one producer bug.
-_PRODUCER_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
-_CAMERA = re.compile(r"^cameras/[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 
 # capture -> sent spans decode, ring hand-off, batching and inference: ~35 ms of the 100 ms
 # end-to-end budget when healthy, seconds during an outage.
@@ -96,7 +93,7 @@ _LOG_INTERVAL_SECONDS = 10.0
 def new_producer_id(prefix: str) -> str:
     """A producer id unique to this process lifetime: ``"{prefix}/{uuid4}"``."""
     producer_id = f"{prefix}/{uuid.uuid4()}"
-    if not _PRODUCER_ID.match(producer_id):
+    if not is_token(producer_id):
         raise ValueError(f"producer id prefix {prefix!r} must be printable ASCII, no spaces")
     return producer_id
 
@@ -284,10 +281,13 @@ class DetectionProducer:
         credentials: grpc.ChannelCredentials | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        if not _PRODUCER_ID.match(producer_id):
+        if not is_token(producer_id):
             raise ValueError("producer_id must be 1-128 printable ASCII characters")
-        if not model.startswith("models/") or not model_version:
-            raise ValueError('model must be "models/{model}" and model_version non-empty')
+        model_id = model.removeprefix("models/")
+        if model_id == model or not is_token(model_id) or not is_token(model_version):
+            raise ValueError(
+                'model must be "models/{model}" and model_version 1-128 printable ASCII characters'
+            )
         if not 1 <= max_unacked_batches <= PROTOCOL_MAX_UNACKED:
             raise ValueError(f"max_unacked_batches must be 1..{PROTOCOL_MAX_UNACKED}")
         if not 1 <= max_frames_per_batch <= PROTOCOL_MAX_FRAMES:
@@ -358,7 +358,7 @@ class DetectionProducer:
             self._submitted += 1
             if not self._accepting:
                 refused = SHUTDOWN
-            elif not _CAMERA.match(camera):
+            elif camera_id_from_name(camera) is None:
                 refused = INVALID_BATCH
             else:
                 queue = self._pending.get(camera)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
 import time
 from typing import Any
 
@@ -29,6 +28,7 @@ from services.common import (
     InvalidArgumentError,
     NotFoundError,
     UnavailableError,
+    camera_id_from_name,
 )
 from services.inference._backends import Engine
 from services.inference._batching import REQUEST_LANE, BatcherClosed, DynamicBatcher, LaneFull, Work
@@ -39,7 +39,6 @@ from services.inference._pixels import ImageError, decode_image
 __all__ = ["InferenceServicer", "model_resource"]
 
 _Context = grpc.aio.ServicerContext[Any, Any]
-_CAMERA = re.compile(r"^cameras/([a-z](?:[a-z0-9-]{0,61}[a-z0-9])?)$")
 _IMAGE_FORMATS = {
     inference_service_pb2.IMAGE_FORMAT_UNSPECIFIED: None,
     inference_service_pb2.IMAGE_FORMAT_JPEG: "jpeg",
@@ -153,8 +152,8 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         ref = request.frame
         if not request.camera:
             raise InvalidArgumentError.for_field("camera", "is required with frame")
-        match = _CAMERA.match(request.camera)
-        if match is None:
+        camera_id = camera_id_from_name(request.camera)
+        if camera_id is None:
             raise InvalidArgumentError.for_field("camera", 'must be "cameras/{camera}"')
         for field, ok in (
             ("frame.ring_name", bool(ref.ring_name)),
@@ -166,7 +165,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         ):
             if not ok:
                 raise InvalidArgumentError.for_field(field, "is missing or out of range")
-        ring = self._feeds.ring_of(match[1])
+        ring = self._feeds.ring_of(camera_id)
         if ring is None:
             raise FailedPreconditionError(
                 f"camera {request.camera!r} has no ring on this server",
@@ -202,7 +201,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
 
     async def _image(self, request: inference_service_pb2.DetectRequest) -> Any:
         image = request.image
-        if request.camera and _CAMERA.match(request.camera) is None:
+        if request.camera and camera_id_from_name(request.camera) is None:
             raise InvalidArgumentError.for_field("camera", 'must be "cameras/{camera}"')
         if not image.data:
             raise InvalidArgumentError.for_field("image.data", "is required")

@@ -93,6 +93,16 @@ async def test_stream_errors_name_the_field_or_the_order(analytics: Analytics) -
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert rpc_error_details(caught.value) == ("INVALID_FIELD", ["batch.producer_id"])
 
+    for field, value in (("model", "yolo"), ("model", "models/"), ("model_version", ""),
+                         ("model_version", "v 1")):  # fmt: skip
+        bad = detection_batch_pb2.DetectionBatch()
+        bad.CopyFrom(batch)
+        setattr(bad, field, value)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stream(analytics.channel, [bad])
+        assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert rpc_error_details(caught.value) == ("INVALID_FIELD", [f"batch.{field}"])
+
     again = detection_batch_pb2.DetectionBatch()
     again.CopyFrom(batch)
     again.sequence = 1

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import re
 import socket
 import threading
 import time
@@ -324,7 +323,7 @@ async def test_a_batch_analytics_finds_malformed_is_dropped_and_the_rest_deliver
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Let a camera name analytics refuses past the producer's own check (a producer bug).
-    monkeypatch.setattr(_producer, "_CAMERA", re.compile(r"^cameras/.+$"))
+    monkeypatch.setattr(_producer, "camera_id_from_name", lambda name: name[len("cameras/") :])
     frames = wire_frames(6.0)
     await analytics.start()
     producer = make_producer()
