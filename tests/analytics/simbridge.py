@@ -5,7 +5,9 @@ sim's counting lines and lanes projected into the image, lanes split at the inte
 each approach ends at its stop line, and a calibration from ground points projected with the
 sim camera (its homography, exactly). Detections are the truth boxes (visible extent) of the
 objects a detector could see (not ``difficult``), with optional noise, missed detections and
-score jitter; classes map from the sim's 0-based label space to ObjectClass.
+score jitter; classes map from the sim's 0-based label space to ObjectClass. Scores are
+float32, as on the wire, so the same frames sent to the service (``SimRun.inputs``) give the
+service exactly the engine's input.
 """
 
 from __future__ import annotations
@@ -77,6 +79,11 @@ def analytics_scene(scene: Scene, x_near: float = 12.0, x_far: float = 160.0) ->
 @dataclass
 class SimRun:
     duration_s: float
+    spec: SceneSpec
+    size: tuple[int, int]  # width, height
+    t0_ns: int = T0_NS  # capture time of the scene's time 0
+    # the frames as fed to the engine, for replaying them elsewhere (the service)
+    inputs: list[FrameInput] = field(default_factory=list)
     crossings_truth: list[Crossing] = field(default_factory=list)
     crossings: list[LineCrossing] = field(default_factory=list)
     events: dict[str, EventRecord] = field(default_factory=dict)
@@ -97,6 +104,10 @@ class SimRun:
         v = self.votes.get(track)
         return v.most_common(1)[0][0] if v else None
 
+    def seconds(self, ns: int) -> float:
+        """Scene time (s) of a capture timestamp."""
+        return (ns - self.t0_ns) / 1e9
+
 
 def run_sim(
     cfg: SceneConfig,
@@ -107,12 +118,13 @@ def run_sim(
     dropout: float = 0.0,
     seed: int = 0,
     settings: AnalyticsSettings | None = None,
+    start_ns: int = T0_NS,
 ) -> SimRun:
     scene = Scene(cfg, size=size)
     spec = analytics_scene(scene)
     engine = CameraAnalytics(CAMERA, spec, settings)
     rng = np.random.default_rng(seed)
-    run = SimRun(duration_s, fps=cfg.fps)
+    run = SimRun(duration_s, spec, size, start_ns, fps=cfg.fps)
     n = round(duration_s * cfg.fps)
     for _, truth in scene.frames(n, size=size):
         rows, ids = [], []
@@ -126,13 +138,14 @@ def run_sim(
             box = np.array(o.box, dtype=np.float64)
             if noise_px:
                 box += rng.normal(0.0, noise_px, 4)
-            rows.append([*box, float(rng.uniform(0.55, 0.95)), float(o.class_id + 1)])
+            score = float(np.float32(rng.uniform(0.55, 0.95)))
+            rows.append([*box, score, float(o.class_id + 1)])
             ids.append(o.track_id)
         det = np.array(rows, dtype=np.float64).reshape(-1, 6)
-        capture = T0_NS + round(truth.time_s * 1e9)
-        out = engine.process(
-            FrameInput(CAMERA, truth.frame + 1, capture, truth.width, truth.height, det, "truth")
-        )
+        capture = start_ns + round(truth.time_s * 1e9)
+        frame = FrameInput(CAMERA, truth.frame + 1, capture, truth.width, truth.height, det, "1")
+        run.inputs.append(frame)
+        out = engine.process(frame)
         assert out.accepted, out.message
         now: dict[int, int] = {}
         for tid, sid in zip(out.track_ids.tolist(), ids, strict=True):
@@ -164,10 +177,6 @@ class CountScore:
     def error(self) -> float:
         """Count errors of either kind over the truth (stricter than the net difference)."""
         return (self.missed + self.extra) / max(self.truth, 1)
-
-
-def _t(ns: int) -> float:
-    return (ns - T0_NS) / 1e9
 
 
 # Sim direction +1: from the left of a->b to its right on the ground (x along the road, y to
@@ -231,7 +240,7 @@ def score_counts(
             if key not in ours:
                 s.missed += 1
     for key, c in ours.items():
-        if lo <= _t(c.time_ns) <= hi and key not in every:
+        if lo <= run.seconds(c.time_ns) <= hi and key not in every:
             scores.setdefault((key[0], key[2]), CountScore()).extra += 1
         hit = every.get(key)
         if hit is not None and c.speed_kmh is not None and lo <= hit.time_s <= hi:
@@ -263,8 +272,8 @@ def score_incidents(
                 continue
             if run.sim_id(e.track_id) != inc.track_id:
                 continue
-            start = _t(e.start_time_ns)
-            e_end = _t(e.end_time_ns) if e.end_time_ns is not None else run.duration_s
+            start = run.seconds(e.start_time_ns)
+            e_end = run.seconds(e.end_time_ns) if e.end_time_ns is not None else run.duration_s
             if start >= inc.start_s - early_s and start <= end and e_end >= inc.start_s:
                 found = e
                 break
@@ -272,6 +281,6 @@ def score_incidents(
             missed.append(inc)
         else:
             matched.add(found.event_id)
-            delays.append(_t(found.start_time_ns) - max(inc.start_s, first_seen))
+            delays.append(run.seconds(found.start_time_ns) - max(inc.start_s, first_seen))
     false = [e for e in events if e.event_id not in matched]
     return missed, false, delays

@@ -22,7 +22,15 @@ from its.analytics.v1 import (
 from its.camera.v1 import camera_pb2
 from its.common.v1 import detection_pb2, geometry_pb2
 from services.analytics._engine import CameraAnalytics
-from services.analytics._records import FrameInput
+from services.analytics._records import (
+    Direction,
+    EventRecord,
+    EventType,
+    FrameInput,
+    LineCrossing,
+    ObjectClass,
+    Severity,
+)
 from services.analytics._scene import SceneSpec, scene_from_proto
 from services.common import MigrationSet, apply_migrations
 from tests.analytics import synth
@@ -33,9 +41,9 @@ _NS = 1_000_000_000
 START_NS = (time.time_ns() // (900 * _NS) - 4) * 900 * _NS
 
 
-def camera_proto(spec: SceneSpec) -> camera_pb2.Camera:
+def camera_proto(spec: SceneSpec, size: tuple[int, int] = (synth.W, synth.H)) -> camera_pb2.Camera:
     camera = camera_pb2.Camera()
-    camera.resolution.width, camera.resolution.height = synth.W, synth.H
+    camera.resolution.width, camera.resolution.height = size
     for line in spec.lines:
         camera.lines.add(id=line.id, segment={"start": dict(zip("xy", line.start, strict=True)),
                                               "end": dict(zip("xy", line.end, strict=True))},
@@ -103,7 +111,7 @@ def to_batches(
             sequence=i // per_batch + 1,
             camera=f"cameras/{camera}",
             model="models/yolo",
-            model_version="1",
+            model_version=frames[i].model_version or "1",
         )
         for f in frames[i : i + per_batch]:
             wire = batch.frames.add(frame_sequence=f.frame_sequence,
@@ -168,6 +176,45 @@ async def stored(dsn: str, camera_id: str | None = None) -> Totals:
         for r in rows
     }  # fmt: skip
     return Totals(bins, crossings, {r["event_id"] for r in events})
+
+
+_US = "(extract(epoch FROM {}) * 1000000)::bigint"
+
+
+async def stored_records(
+    dsn: str, camera_id: str
+) -> tuple[list[LineCrossing], dict[str, EventRecord]]:
+    """The camera's crossings and events as the tables hold them (times to the microsecond,
+    as stored; events without their evidence)."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        crossings = await connection.fetch(
+            f"SELECT line_id, track_id, object_class, direction, {_US.format('crossing_time')}"
+            " AS t_us, speed_kmh, lane_id FROM analytics_crossings WHERE camera_id = $1"
+            " ORDER BY crossing_time, line_id, track_id",
+            camera_id,
+        )
+        events = await connection.fetch(
+            f"SELECT event_id, type, severity, {_US.format('start_time')} AS start_us,"
+            f" {_US.format('end_time')} AS end_us, track_id, object_class, lane_id, zone_id,"
+            f" description, {_US.format('update_time')} AS update_us"
+            " FROM analytics_events WHERE camera_id = $1",
+            camera_id,
+        )
+    finally:
+        await connection.close()
+    return [
+        LineCrossing(r["line_id"], r["track_id"], ObjectClass(r["object_class"]),
+                     Direction(r["direction"]), r["t_us"] * 1000, r["speed_kmh"], r["lane_id"])
+        for r in crossings
+    ], {
+        r["event_id"]: EventRecord(
+            r["event_id"], camera_id, EventType(r["type"]), Severity(r["severity"]),
+            r["start_us"] * 1000, None if r["end_us"] is None else r["end_us"] * 1000,
+            r["track_id"], ObjectClass(r["object_class"]), r["lane_id"], r["zone_id"], None,
+            r["description"], r["update_us"] * 1000)
+        for r in events
+    }  # fmt: skip
 
 
 async def producer_mark(dsn: str, producer: str) -> int | None:

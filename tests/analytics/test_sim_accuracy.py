@@ -1,10 +1,15 @@
-"""Accuracy against the traffic simulator's ground truth (``services.sim``).
+"""Accuracy against the traffic simulator's ground truth (``services.sim``), through the
+real service.
 
-The simulator's truth boxes (visible extent, from its id buffer) are fed as detections of a
+The simulator's truth boxes (visible extent, from its id buffer) are the detections of a
 camera configured as an operator would (its counting line, lanes split at the stop lines,
-calibration from its homography); see ``simbridge``. Counts are scored on crossings a camera
-could see (the vehicle detectable within 1.5 s before and after), speeds at the counted
-crossing against the sim's speed of that vehicle, incidents by type, vehicle and overlap.
+calibration from its homography); see ``simbridge``. They are streamed to a real analytics
+service (gRPC on loopback, PostgreSQL) in ``DetectionBatch``es, as inference sends them, and
+what its tables hold is scored: counts on crossings a camera could see (the vehicle
+detectable within 1.5 s before and after), speeds at the counted crossing against the sim's
+speed of that vehicle, incidents by type, vehicle and overlap. The same frames also go
+through the engine in-process: the sim vehicle behind each track comes from there (the wire
+carries no truth ids), and the service must store exactly what the engine computed.
 
 The default run has one short free-flow scene, one short incident scene and a check of the
 calibration's depths; the sweep over seeds and kinds of scene (free flow, a signalised
@@ -14,14 +19,90 @@ is marked ``benchmark``.
 
 from __future__ import annotations
 
+import dataclasses
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import grpc
 import numpy as np
 import pytest
 
+from services.analytics._records import EventRecord, LineCrossing
 from services.analytics._scene import Scene
+from services.analytics.server import analytics_unit
+from services.common import AnalyticsServiceSettings, ServiceHost
+from tests.analytics.test_service_support import (
+    START_NS,
+    camera_proto,
+    insert_camera,
+    stored,
+    stored_records,
+    stream,
+    to_batches,
+)
+from tests.conftest import host_settings
 
 sim = pytest.importorskip("services.sim")
 
 from tests.analytics import simbridge  # noqa: E402
+
+
+def _crossing_row(c: LineCrossing) -> tuple[Any, ...]:
+    # As stored: microseconds, NaN speeds as NULL.
+    speed = c.speed_kmh if c.speed_kmh is not None and np.isfinite(c.speed_kmh) else None
+    return (c.line_id, c.track_id, c.object_class, c.direction, c.time_ns // 1000, speed,
+            c.lane_id)  # fmt: skip
+
+
+def _event_row(e: EventRecord) -> tuple[Any, ...]:
+    end = None if e.end_time_ns is None else e.end_time_ns // 1000
+    return (e.type, e.start_time_ns // 1000, end, e.track_id, e.object_class, e.lane_id)
+
+
+async def run_service(
+    cfg: Any, duration_s: float, dsn: str, spool: Path, **kw: Any
+) -> simbridge.SimRun:
+    """The scene's frames through the engine and through a real analytics service; the run
+    as the service's tables have it."""
+    run = simbridge.run_sim(cfg, duration_s, start_ns=START_NS, **kw)
+    camera = simbridge.CAMERA
+    await insert_camera(dsn, camera, camera_proto(run.spec, run.size))
+    settings = AnalyticsServiceSettings(spool_dir=spool)
+    host = ServiceHost(host_settings(dsn), [analytics_unit(settings)])
+    await host.start()
+    try:
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{host.grpc_port}")
+        try:
+            acks = await stream(channel, to_batches(run.inputs, "sim-0", camera=camera))
+        finally:
+            await channel.close()
+    finally:
+        await host.stop()
+    assert sum(a.accepted_frames for a in acks) == len(run.inputs)
+    crossings, events = await stored_records(dsn, camera)
+    # The service stored exactly what the engine computed alone...
+    assert Counter(map(_crossing_row, crossings)) == Counter(map(_crossing_row, run.crossings))
+    assert {k: _event_row(e) for k, e in events.items()} == {
+        k: _event_row(e) for k, e in run.events.items()
+    }
+    # ...and its line bins (the counts the query service reports) add up to its crossings.
+    volumes: Counter[tuple[str, int]] = Counter()
+    for key, (volume, _, _) in (await stored(dsn, camera)).bins.items():
+        scope, line, _, direction, _, seconds = key
+        if scope == "line" and seconds == 60:
+            volumes[(line, direction)] += volume
+    assert volumes == Counter((c.line_id, int(c.direction)) for c in crossings)
+    # Tracks are deterministic, so the engine's map from tracks to sim vehicles holds.
+    sim_id = {
+        _crossing_row(c)[:5]: sid for c, sid in zip(run.crossings, run.crossing_sid, strict=True)
+    }
+    return dataclasses.replace(
+        run,
+        crossings=crossings,
+        crossing_sid=[sim_id[_crossing_row(c)[:5]] for c in crossings],
+        events=events,
+    )
 
 
 def _totals(scores: dict[tuple[str, int], simbridge.CountScore]) -> simbridge.CountScore:
@@ -33,9 +114,11 @@ def _totals(scores: dict[tuple[str, int], simbridge.CountScore]) -> simbridge.Co
     return total
 
 
-def test_free_flow_counts_are_exact_and_speeds_within_3_kmh() -> None:
+async def test_free_flow_counts_are_exact_and_speeds_within_3_kmh(
+    postgres_dsn: str, tmp_path: Path
+) -> None:
     cfg = sim.SceneConfig(seed=2, fps=10.0, intersection=None)
-    run = simbridge.run_sim(cfg, 40.0)
+    run = await run_service(cfg, 40.0, postgres_dsn, tmp_path)
     scores, errors = simbridge.score_counts(run)
     total = _totals(scores)
     assert total.truth >= 20
@@ -45,14 +128,16 @@ def test_free_flow_counts_are_exact_and_speeds_within_3_kmh() -> None:
     assert run.events == {}
 
 
-def test_incidents_are_detected_once_and_nothing_else() -> None:
+async def test_incidents_are_detected_once_and_nothing_else(
+    postgres_dsn: str, tmp_path: Path
+) -> None:
     incidents = (
         sim.IncidentConfig(kind="stopped_vehicle", start_s=3.0, duration_s=40.0),
         sim.IncidentConfig(kind="pedestrian_on_road", start_s=6.0, duration_s=15.0),
         sim.IncidentConfig(kind="wrong_way", start_s=2.0),
     )
     cfg = sim.SceneConfig(seed=1, fps=10.0, incidents=incidents)
-    run = simbridge.run_sim(cfg, 60.0, noise_px=0.5, dropout=0.03)
+    run = await run_service(cfg, 60.0, postgres_dsn, tmp_path, noise_px=0.5, dropout=0.03)
     assert len(run.incidents) >= 2
     missed, false, delays = simbridge.score_incidents(run)
     assert missed == []
@@ -103,9 +188,11 @@ SWEEP = [
 
 @pytest.mark.benchmark
 @pytest.mark.parametrize(("seed", "scene", "noise", "dropout"), SWEEP)
-def test_accuracy_sweep(seed: int, scene: str, noise: float, dropout: float) -> None:
+async def test_accuracy_sweep(
+    seed: int, scene: str, noise: float, dropout: float, postgres_dsn: str, tmp_path: Path
+) -> None:
     cfg = sim.SceneConfig(seed=seed, fps=10.0, **SCENES[scene])
-    run = simbridge.run_sim(cfg, 120.0, noise_px=noise, dropout=dropout)
+    run = await run_service(cfg, 120.0, postgres_dsn, tmp_path, noise_px=noise, dropout=dropout)
     scores, errors = simbridge.score_counts(run)
     total = _totals(scores)
     mae = float(np.mean(errors))
@@ -125,14 +212,14 @@ def test_accuracy_sweep(seed: int, scene: str, noise: float, dropout: float) -> 
 
 
 @pytest.mark.benchmark
-def test_incident_scene_long() -> None:
+async def test_incident_scene_long(postgres_dsn: str, tmp_path: Path) -> None:
     incidents = (
         sim.IncidentConfig(kind="stopped_vehicle", start_s=5.0, duration_s=60.0),
         sim.IncidentConfig(kind="pedestrian_on_road", start_s=30.0, duration_s=20.0),
         sim.IncidentConfig(kind="wrong_way", start_s=70.0),
     )
     cfg = sim.SceneConfig(seed=1, fps=10.0, incidents=incidents)
-    run = simbridge.run_sim(cfg, 130.0)
+    run = await run_service(cfg, 130.0, postgres_dsn, tmp_path)
     assert len(run.incidents) == 3
     missed, false, delays = simbridge.score_incidents(run)
     assert missed == []
