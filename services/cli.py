@@ -15,10 +15,12 @@ from services.common import ConfigError, ItsError, ServiceUnit, load_settings, s
 __all__ = ["main"]
 
 # Service name -> module whose UNIT it serves. Imported lazily: each pulls in its own stack.
+# In dependency order: `serve all` stops them in reverse, so inference drains its stream
+# into analytics before analytics closes its streams.
 SERVICES = {
     "decoder": "services.decoder.server",
-    "inference": "services.inference.server",
     "analytics": "services.analytics.server",
+    "inference": "services.inference.server",
     "query": "services.query.server",
 }
 

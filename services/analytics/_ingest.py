@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict
+from collections import Counter, OrderedDict, defaultdict
 
 import numpy as np
 
@@ -37,6 +37,8 @@ __all__ = ["Ingestor"]
 _Ack = analytics_service_pb2.StreamDetectionBatchesResponse
 _Rejection = detection_batch_pb2.FrameRejection
 _NS = 1_000_000_000
+# Producers whose de-duplication mark is cached (each new inference process is a new one).
+_MAX_MARKS = 4096
 
 
 def _frame_input(
@@ -98,9 +100,23 @@ class Ingestor:
         self._metrics = metrics
         self._engine_settings = engine_settings or AnalyticsSettings()
         self._engines: dict[str, _Camera] = {}
-        self._marks: dict[str, int] = {}
+        # A producer id lives as long as its process, so both are bounded: a lock is needed
+        # while the producer has a stream open; a mark is a cache of the store's (kept past
+        # the stream, so a producer reconnecting while PostgreSQL is down is still served),
+        # the least recently used beyond _MAX_MARKS forgotten.
+        self._streams: Counter[str] = Counter()
         self._producer_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._marks: OrderedDict[str, int] = OrderedDict()
         self._camera_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    def open_stream(self, producer: str) -> None:
+        self._streams[producer] += 1
+
+    def close_stream(self, producer: str) -> None:
+        self._streams[producer] -= 1
+        if self._streams[producer] <= 0:
+            del self._streams[producer]
+            self._producer_locks.pop(producer, None)
 
     async def apply(self, batch: detection_batch_pb2.DetectionBatch, camera_id: str) -> _Ack:
         producer = batch.producer_id
@@ -119,6 +135,9 @@ class Ingestor:
                 del self._marks[producer]
                 raise
             self._marks[producer] = batch.sequence
+            self._marks.move_to_end(producer)
+            if len(self._marks) > _MAX_MARKS:
+                self._marks.popitem(last=False)
         self._metrics.batches.labels("duplicate" if ack.duplicate else "applied").inc()
         if self._fanout is not None and stats is not None:
             self._fanout.offer(camera_id, events, stats)

@@ -6,10 +6,16 @@ one acknowledgement per batch. A stream error (raised ``ItsError``, mapped to a 
 error interceptor) ends the stream; the batches not acknowledged by then were not applied.
 Flow control needs no code: a batch is read only after the previous one was answered, and
 HTTP/2 flow control holds a producer that runs ahead of its 64-batch window.
+
+Producer streams live as long as their producer, so a stopping server would wait its whole
+drain time for them: ``close_streams`` (on the server's way down) ends each stream between
+batches with UNAVAILABLE instead, and the producer reconnects and resends what was not
+acknowledged.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,6 +27,7 @@ from services.analytics._ingest import Ingestor
 from services.common import (
     FailedPreconditionError,
     InvalidArgumentError,
+    UnavailableError,
     camera_id_from_name,
     is_token,
 )
@@ -63,6 +70,12 @@ def _check(batch: detection_batch_pb2.DetectionBatch) -> str:
 class AnalyticsServicer(analytics_service_pb2_grpc.AnalyticsServiceServicer):
     def __init__(self, ingestor: Ingestor) -> None:
         self._ingestor = ingestor
+        self._closing = asyncio.Event()
+
+    async def close_streams(self) -> None:
+        """End every stream at its next batch boundary (the batch being applied is still
+        applied and acknowledged)."""
+        self._closing.set()
 
     async def StreamDetectionBatches(
         self,
@@ -71,20 +84,46 @@ class AnalyticsServicer(analytics_service_pb2_grpc.AnalyticsServiceServicer):
     ) -> AsyncIterator[analytics_service_pb2.StreamDetectionBatchesResponse]:
         producer: str | None = None
         last_sequence = 0
-        async for request in request_iterator:
-            batch = request.batch
-            camera_id = _check(batch)
-            if producer is None:
-                producer = batch.producer_id
-            elif batch.producer_id != producer:
-                raise InvalidArgumentError.for_field(
-                    "batch.producer_id", f"changed within the stream (was {producer!r})"
-                )
-            if batch.sequence <= last_sequence:
-                raise FailedPreconditionError(
-                    f"batch.sequence {batch.sequence} does not increase (after {last_sequence})",
-                    reason=error_reason_pb2.ERROR_REASON_SEQUENCE_OUT_OF_ORDER,
-                    metadata={"sequence": str(batch.sequence), "previous": str(last_sequence)},
-                )
-            last_sequence = batch.sequence
-            yield await self._ingestor.apply(batch, camera_id)
+        requests = aiter(request_iterator)
+        closing = asyncio.ensure_future(self._closing.wait())
+        try:
+            while True:
+                if self._closing.is_set():
+                    raise _shutting_down()
+                read = asyncio.ensure_future(anext(requests))
+                await asyncio.wait((read, closing), return_when=asyncio.FIRST_COMPLETED)
+                if not read.done():
+                    read.cancel()
+                    raise _shutting_down()
+                try:
+                    request = read.result()
+                except StopAsyncIteration:
+                    return
+                batch = request.batch
+                camera_id = _check(batch)
+                if producer is None:
+                    producer = batch.producer_id
+                    self._ingestor.open_stream(producer)
+                elif batch.producer_id != producer:
+                    raise InvalidArgumentError.for_field(
+                        "batch.producer_id", f"changed within the stream (was {producer!r})"
+                    )
+                if batch.sequence <= last_sequence:
+                    raise FailedPreconditionError(
+                        f"batch.sequence {batch.sequence} does not increase"
+                        f" (after {last_sequence})",
+                        reason=error_reason_pb2.ERROR_REASON_SEQUENCE_OUT_OF_ORDER,
+                        metadata={"sequence": str(batch.sequence), "previous": str(last_sequence)},
+                    )
+                last_sequence = batch.sequence
+                yield await self._ingestor.apply(batch, camera_id)
+        finally:
+            closing.cancel()
+            if producer is not None:
+                self._ingestor.close_stream(producer)
+
+
+def _shutting_down() -> UnavailableError:
+    return UnavailableError(
+        "analytics is shutting down: reconnect and resend the batches not acknowledged"
+    )

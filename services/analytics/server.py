@@ -103,9 +103,9 @@ def analytics_unit(settings: AnalyticsServiceSettings | None = None) -> ServiceU
             spool.close()
 
         runtime.on_shutdown.append(stop)
-        analytics_service_pb2_grpc.add_AnalyticsServiceServicer_to_server(
-            AnalyticsServicer(ingestor), server
-        )
+        servicer = AnalyticsServicer(ingestor)
+        runtime.on_stopping.append(servicer.close_streams)
+        analytics_service_pb2_grpc.add_AnalyticsServiceServicer_to_server(servicer, server)
 
     return ServiceUnit(
         name="analytics",

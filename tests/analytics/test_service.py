@@ -11,7 +11,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from its.analytics.v1 import detection_batch_pb2
+from its.analytics.v1 import (
+    analytics_service_pb2,
+    analytics_service_pb2_grpc,
+    detection_batch_pb2,
+)
 from its.common.v1 import error_reason_pb2
 from services.analytics.server import analytics_unit
 from services.common import AnalyticsServiceSettings, ServiceHost
@@ -171,3 +175,39 @@ async def test_retention_deletes_rows_older_than_the_configured_age(
     finally:
         await channel.close()
         await host.stop()
+
+
+async def test_stopping_ends_idle_producer_streams_without_waiting_the_drain(
+    postgres_dsn: str, tmp_path: Path
+) -> None:
+    await insert_camera(postgres_dsn, CAMERA_ID, camera_proto(synth.road_scene()))
+    base = host_settings(postgres_dsn)
+    settings = base.model_copy(update={"grpc": base.grpc.model_copy(update={"drain_seconds": 20})})
+    host = ServiceHost(settings, [analytics_unit(AnalyticsServiceSettings(spool_dir=tmp_path))])
+    await host.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{host.grpc_port}")
+    batches = to_batches(traffic(), "inference-0/idle")[:3]
+    connected = asyncio.Event()
+
+    async def requests() -> AsyncIterator[analytics_service_pb2.StreamDetectionBatchesRequest]:
+        for batch in batches:
+            yield analytics_service_pb2.StreamDetectionBatchesRequest(batch=batch)
+        await connected.wait()  # a producer between frames: connected, sending nothing
+
+    try:
+        stub = analytics_service_pb2_grpc.AnalyticsServiceStub(channel)
+        call = stub.StreamDetectionBatches(requests())
+        acks = [await call.read() for _ in batches]
+        assert [a.acknowledged_sequence for a in acks] == [1, 2, 3]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await host.stop()
+        assert loop.time() - started < 5.0  # not the 20 s drain
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call.read()
+        assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "reconnect" in (caught.value.details() or "")
+        assert await producer_mark(postgres_dsn, "inference-0/idle") == 3
+    finally:
+        connected.set()
+        await channel.close()
