@@ -226,7 +226,7 @@ class CameraAnalytics:
             self.table["speed"][upd] = kmh
             vel[np.isnan(kmh)] = np.nan
             per_track = np.full((len(slots), 2), np.nan)
-            per_track[np.flatnonzero(observed)[took]] = vel
+            per_track[observed.nonzero()[0][took]] = vel
             self.tracker.set_ground_velocity(per_track)
         return ground
 

@@ -43,7 +43,7 @@ from services.analytics._records import (
 )
 from services.analytics._scene import Scene
 from services.analytics._settings import AnalyticsSettings
-from services.analytics._tracks import TrackTable
+from services.analytics._tracks import TrackTable, true_cells
 
 __all__ = ["IncidentDetector"]
 
@@ -53,6 +53,7 @@ _NS = 1_000_000_000
 STOPPED, WRONG_WAY, PEDESTRIAN = 0, 1, 2
 _KINDS = (EventType.STOPPED_VEHICLE, EventType.WRONG_WAY, EventType.PEDESTRIAN_ON_ROADWAY)
 _PREFIX = ("sv", "ww", "pd")
+_PERSON = int(ObjectClass.PERSON)  # an enum member costs numpy a slow conversion per use
 _LANE_FIELDS = (
     "sec",
     "frames",
@@ -135,7 +136,7 @@ class IncidentDetector:
         cond[:, STOPPED] &= ~tab["i_open"][v.slots, WRONG_WAY]
         cond[:, WRONG_WAY], right_way = self._wrong_way(v)
         exempt = (v.zones & self.exempt).any(axis=1) if v.zones.shape[1] else False
-        cond[:, PEDESTRIAN] = (v.classes == ObjectClass.PERSON) & in_lane & ~exempt
+        cond[:, PEDESTRIAN] = (v.classes == _PERSON) & in_lane & ~exempt
         return cond, right_way
 
     def _wrong_way(self, v: FrameView) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
@@ -186,7 +187,7 @@ class IncidentDetector:
             along = moving & ((s - smin) >= limit) & ((spx - pmin) >= image_limit)
         # Inside the lane, not on its edge: an occluded box's bottom-centre can stray a little
         # over the line into the oncoming lane, a wrong-way driver drives in the lane.
-        cand = np.flatnonzero(against)
+        cand = against.nonzero()[0]
         if len(cand):
             b = v.boxes[cand]
             pts = np.column_stack([(b[:, 0] + b[:, 2]) * 0.5, b[:, 3]])
@@ -211,7 +212,7 @@ class IncidentDetector:
         # The end of an incident is the last frame it was seen, not predicted (coasting).
         last = np.where(held & v.observed[:, None], t_ns, last)
         gone = ~held & (on != 0) & ((t_ns - last) > self.clear_ns)
-        for i, k in np.argwhere(gone & is_open).tolist():
+        for i, k in true_cells(gone & is_open):
             rec = self.book.close(self._key(k, int(v.ids[i])), int(last[i, k]), t_ns)
             if rec is not None:
                 out.append(rec)
@@ -222,11 +223,11 @@ class IncidentDetector:
             cond[:, WRONG_WAY], tab["ww_smax_ns"][v.slots], start[:, WRONG_WAY]
         )
         opening = cond & ~is_open & ((t_ns - on) >= self.onset_ns)
-        for i, k in np.argwhere(opening).tolist():
+        for i, k in true_cells(opening):
             adopted = self._adopt(v, i, k) if k != WRONG_WAY else None
             out.append(adopted or self._open(v, i, k, int(start[i, k])))
         is_open |= opening
-        for i, k in np.argwhere(cond & is_open & ~opening).tolist():
+        for i, k in true_cells(cond & is_open & ~opening):
             rec = self.book.touch(
                 self._key(k, int(v.ids[i])),
                 t_ns,

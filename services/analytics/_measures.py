@@ -38,7 +38,7 @@ from services.analytics._records import (
 )
 from services.analytics._scene import Scene
 from services.analytics._settings import AnalyticsSettings
-from services.analytics._tracks import TrackTable
+from services.analytics._tracks import TrackTable, true_cells
 
 __all__ = ["FrameView", "SceneMeasures"]
 
@@ -180,7 +180,7 @@ class SceneMeasures:
         lengths = self._lengths[v.classes]
         with np.errstate(invalid="ignore"):
             slow = v.stopped | (v.speed_kmh < 2.0 * cfg.stopped_kmh)
-        for j in np.unique(v.lane[members & v.stopped]).tolist():
+        for j in sorted(set(v.lane[members & v.stopped].tolist())):
             idx = np.flatnonzero(members & (v.lane == j))
             dist = sc.lane_end_s[j] - v.lane_s[idx]
             others = np.flatnonzero(v.stopped & ((v.lane == j) | (v.lane < 0)))
@@ -266,8 +266,7 @@ class SceneMeasures:
         margin = np.maximum(cfg.line_margin_px, cfg.line_margin_rel * heights)[:, None]
         new = np.where(d > margin, 1, np.where(d < -margin, -1, 0)).astype(np.int8)
         side = tab["l_side"][slots]
-        flips = np.argwhere((new != 0) & (side != 0) & (new != side))
-        for i, li in flips.tolist():
+        for i, li in true_cells((new != 0) & (side != 0) & (new != side)):
             s = int(slots[i])
             anchor = (float(tab["l_ax"][s, li]), float(tab["l_ay"][s, li]))
             ax, ay, bx, by = (float(x) for x in sc.line_segments[li])

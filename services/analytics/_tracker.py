@@ -140,7 +140,7 @@ class ByteTracker:
         self.f.predict(dt, cfg)
         grounded = self._predict_on_ground(lost, t)
         pred = xywh_to_boxes(self.f.x)
-        track_group = _GROUP[np.argmax(self.votes, axis=1)] if len(self) else _GROUP[:0]
+        track_group = _GROUP[self.votes.argmax(axis=1)] if len(self) else _GROUP[:0]
         det_group = _GROUP[classes]
         high = scores >= cfg.high_score
         low = (scores >= cfg.low_score) & ~high
@@ -165,22 +165,22 @@ class ByteTracker:
             det_used[dets[c]] = True
 
         # Stage 1: confident detections against followed and lost tracks.
-        pool = np.flatnonzero(self.status != TENTATIVE)
+        pool = (self.status != TENTATIVE).nonzero()[0]
         grow = np.minimum(cfg.lost_expand_max, cfg.lost_expand_per_s * (t - self.last_t[pool]))
         grow = np.where(self.status[pool] == LOST, np.maximum(grow, 0.0), 0.0)
-        match(pool, np.flatnonzero(high), cfg.iou_high, _expand(pred[pool], grow))
+        match(pool, high.nonzero()[0], cfg.iou_high, _expand(pred[pool], grow))
         # Stage 2: weak detections against followed tracks still unmatched.
-        rest = np.flatnonzero((self.status == TRACKED) & (row_det < 0))
-        match(rest, np.flatnonzero(low), cfg.iou_low, pred[rest])
+        rest = ((self.status == TRACKED) & (row_det < 0)).nonzero()[0]
+        match(rest, low.nonzero()[0], cfg.iou_low, pred[rest])
         # Stage 3: tentative tracks against the confident detections left. Their velocity is
         # still unknown, so both boxes are buffered (C-BIoU): a fast object near the camera
         # moves most of its size per frame and would never overlap itself enough to confirm.
-        tent = np.flatnonzero(self.status == TENTATIVE)
+        tent = (self.status == TENTATIVE).nonzero()[0]
         buf = cfg.tentative_expand
         tent_boxes = _expand(pred[tent], np.full(len(tent), buf))
-        match(tent, np.flatnonzero(high & ~det_used), cfg.iou_tentative, tent_boxes, buf)
+        match(tent, (high & ~det_used).nonzero()[0], cfg.iou_tentative, tent_boxes, buf)
 
-        rows_m = np.flatnonzero(row_det >= 0)
+        rows_m = (row_det >= 0).nonzero()[0]
         dets_m = row_det[rows_m]
         meas = boxes_to_xywh(boxes[dets_m])
         # A box much smaller than the prediction is a partial view (the object is going
@@ -199,18 +199,19 @@ class ByteTracker:
         partial = np.any(meas[:, 2:4] < cfg.partial_shrink * ref, axis=1)
         # Occlusion reasoning: another object whose box reaches lower in the image stands
         # between this one and the camera; where their boxes overlap, this one is hidden.
-        # The track's bottom as it would be uncut: its top plus its remembered height (its
-        # predicted bottom may already be cut, making objects behind it look in front).
-        full = pred[rows_m].copy()
-        full[:, 3] = np.maximum(full[:, 3], full[:, 1] + ref[:, 1])
         # ...which matters only if it did cut this box (in dense traffic most boxes overlap
-        # the one in front without losing anything).
+        # the one in front without losing anything), so only such boxes are looked into.
         # A clear cut, well beyond box noise: flagging noise-sized shrinks (but not growths)
         # would bias sizes upwards and walk tracks onto the vehicle behind in dense traffic.
         # Against the remembered size, not the prediction: a gradual cut drags the prediction
         # down with it.
-        smaller = np.any(meas[:, 2:4] < cfg.occluded_cut * ref, axis=1)
-        partial |= smaller & (_occluded(full, boxes, dets_m) >= cfg.occluded_fraction)
+        cut = np.flatnonzero(np.any(meas[:, 2:4] < cfg.occluded_cut * ref, axis=1))
+        if len(cut):
+            # The track's bottom as it would be uncut: its top plus its remembered height (its
+            # predicted bottom may already be cut, making objects behind it look in front).
+            full = pred[rows_m[cut]]
+            full[:, 3] = np.maximum(full[:, 3], full[:, 1] + ref[cut, 1])
+            partial[cut] |= _occluded(full, boxes, dets_m[cut]) >= cfg.occluded_fraction
         self.ref_wh[rows_m] = np.maximum(meas[:, 2:4], ref)
         if partial.any():
             # A partial view informs position only: anchored on its top edge (occluders in a
@@ -233,7 +234,7 @@ class ByteTracker:
             self.ground_fix[rows_m[foot], _T] = t
         row_partial[rows_m] = partial
         row_foot[rows_m] = foot
-        np.add.at(self.votes, (rows_m, classes[dets_m]), scores[dets_m])
+        self.votes[rows_m, classes[dets_m]] += scores[dets_m]  # rows_m are distinct
         self.last_t[rows_m] = t
         was_tentative = self.status[rows_m] == TENTATIVE
         self.hits[rows_m] += 1
@@ -261,7 +262,7 @@ class ByteTracker:
             ids=self.ids[present].copy(),
             boxes=xywh_to_boxes(self.f.x[present]),
             velocity=self.f.v[present, :2].copy(),
-            classes=np.argmax(self.votes[present], axis=1).astype(np.int64),
+            classes=self.votes[present].argmax(axis=1).astype(np.int64),
             observed=row_det[present] >= 0,
             partial=row_partial[present],
             foot_seen=row_foot[present],
@@ -271,8 +272,8 @@ class ByteTracker:
             det_track_ids=det_track_ids,
         )
         self._select(keep)
-        self._out_rows = np.flatnonzero(present[keep])
-        births = np.flatnonzero(high & ~det_used & (scores >= cfg.new_track_score))
+        self._out_rows = present[keep].nonzero()[0]
+        births = (high & ~det_used & (scores >= cfg.new_track_score)).nonzero()[0]
         self._birth(boxes[births], scores[births], classes[births], t)
         return out
 
@@ -286,7 +287,7 @@ class ByteTracker:
         (``ground_fix_max_age_s``) and the velocity known; a stationary track stays where it
         was. Returns which rows were predicted so."""
         done = np.zeros(len(self), dtype=np.bool_)
-        rows = np.flatnonzero(lost)
+        rows = lost.nonzero()[0]
         if self.ground is None or len(rows) == 0:
             return done
         fix = self.ground_fix[rows]
@@ -430,7 +431,7 @@ def _occluded(track_boxes: F64, boxes: F64, own: IntArr) -> F64:
     iy = np.minimum(track_boxes[:, None, 3], boxes[None, :, 3]) - np.maximum(
         track_boxes[:, None, 1], boxes[None, :, 1]
     )
-    inter = np.clip(ix, 0.0, None) * np.clip(iy, 0.0, None)
+    inter = np.maximum(ix, 0.0) * np.maximum(iy, 0.0)
     in_front = boxes[None, :, 3] > track_boxes[:, None, 3]
     in_front[np.arange(len(own)), own] = False
     wh = track_boxes[:, 2:4] - track_boxes[:, 0:2]
@@ -477,5 +478,7 @@ def _expand(boxes: F64, grow: F64) -> F64:
         return boxes
     half = 0.5 * (boxes[:, 2:4] - boxes[:, 0:2]) * (1.0 + grow)[:, None]
     centre = 0.5 * (boxes[:, 2:4] + boxes[:, 0:2])
-    out: F64 = np.hstack([centre - half, centre + half])
+    out = np.empty_like(boxes)
+    np.subtract(centre, half, out=out[:, 0:2])
+    np.add(centre, half, out=out[:, 2:4])
     return out

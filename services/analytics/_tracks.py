@@ -21,7 +21,14 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["TrackTable", "array_from_json", "array_to_json", "push_positions", "regress_velocity"]
+__all__ = [
+    "TrackTable",
+    "array_from_json",
+    "array_to_json",
+    "push_positions",
+    "regress_velocity",
+    "true_cells",
+]
 
 F64 = NDArray[np.float64]
 I64 = NDArray[np.int64]
@@ -124,6 +131,13 @@ class TrackTable:
         heapq.heapify(self._free)
 
 
+def true_cells(mask: NDArray[np.bool_]) -> list[tuple[int, int]]:
+    """(row, column) of the True cells of a 2-D mask, row by row: ``np.argwhere`` as Python
+    ints, at a fraction of its cost on the small per-frame masks."""
+    rows, cols = mask.nonzero()
+    return list(zip(rows.tolist(), cols.tolist(), strict=True))
+
+
 def array_to_json(a: NDArray[Any]) -> Any:
     # JSON has no NaN in its standard; None stands for it (and is decoded back).
     if a.dtype.kind == "f":
@@ -154,7 +168,7 @@ def push_positions(
     prev = (head[slots] - 1) % HISTORY
     last_t, last_h = ht[slots, prev], hh[slots, prev]
     take = ~(t - last_t < window_s / _SAMPLES_PER_WINDOW)  # NaN (empty ring) -> take
-    take &= np.all(np.isfinite(xy), axis=1)
+    take &= np.isfinite(xy).all(axis=1)
     take &= ~((heights < _OCCLUDED_SHRINK * last_h) & (t - last_t < _OCCLUDED_WITHIN_S))
     s = slots[take]
     h = head[s]
@@ -187,10 +201,10 @@ def regress_velocity(
     out = np.full((len(slots), 2), np.nan)
     span = np.where(valid, ht, -np.inf).max(axis=1) - np.where(valid, ht, np.inf).min(axis=1)
     ok = (n >= min_samples) & (span >= min_span_s) & (sxx > 0)
-    for k, name in enumerate(("h_x", "h_y")):
-        v = np.where(valid, table[name][slots], 0.0)
-        vm = v.sum(axis=1) / nz
-        sxy = (dt * np.where(valid, v - vm[:, None], 0.0)).sum(axis=1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out[:, k] = np.where(ok, sxy / sxx, np.nan)
+    # x and y together, as (S, 2, HISTORY): each sum still runs over one track's samples.
+    valid2, dt2 = valid[:, None, :], dt[:, None, :]
+    v = np.where(valid2, np.stack([table["h_x"][slots], table["h_y"][slots]], axis=1), 0.0)
+    vm = v.sum(axis=2) / nz[:, None]
+    sxy = (dt2 * np.where(valid2, v - vm[:, :, None], 0.0)).sum(axis=2)
+    np.divide(sxy, sxx[:, None], out=out, where=ok[:, None])
     return out
