@@ -9,7 +9,6 @@ it to validate a create/update request and analytics to build its engine from th
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +25,7 @@ from services.analytics._geometry import (
     polygon_is_simple,
 )
 from services.analytics._records import Direction
-from services.common import FieldViolation, InvalidArgumentError
+from services.common import FieldViolation, InvalidArgumentError, is_resource_id
 
 __all__ = [
     "CalibrationSpec",
@@ -41,7 +40,6 @@ __all__ = [
 F64 = NDArray[np.float64]
 Pt = tuple[float, float]
 
-_ID = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
 _MAX_LINES, _MAX_ZONES, _MAX_LANES = 64, 64, 32
 
 
@@ -236,7 +234,7 @@ def _check_ids(kind: str, ids: list[str], limit: int, bad: Any) -> None:
         bad(kind, f"at most {limit} allowed, got {len(ids)}")
     seen: set[str] = set()
     for i, ident in enumerate(ids):
-        if not _ID.match(ident):
+        if not is_resource_id(ident):
             bad(
                 f"{kind}[{i}].id",
                 "must be 1-63 lower-case letters, digits or hyphens, "
