@@ -19,6 +19,9 @@ frames. Transports:
               into the slot, plus the commit) is timed separately.
 - ring-spin:  the same with attach(spin=300 us): the reader still sleeps between frames,
               but wakes before the predicted next commit and polls around it.
+- ring-pinned: ring-spin with the reader on a core of its own (the last CPU) and the
+              producer on another (CPU 0), as a spinning reader should be deployed; the
+              scheduler otherwise puts the two on one core now and then.
 - grpc:       grpc.aio bidirectional stream on loopback, frames as raw bytes through a
               generic handler (no protos); the server wraps the bytes in a tensor. Handoff
               starts before the bytes message is built (that copy belongs to the transport).
@@ -181,8 +184,12 @@ def bench_floor(w: int, h: int, frames: int, warmup: int) -> dict[str, Any]:
 # --- ring -------------------------------------------------------------------------------
 
 
-def ring_consumer(name: str, frames: int, spin: float, ready: Any, ack: Any, out: Any) -> None:
+def ring_consumer(
+    name: str, frames: int, spin: float, cpu: int | None, ready: Any, ack: Any, out: Any
+) -> None:
     _quiet_torch()
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
     r = shm.attach(name, timeout=10, spin=spin)
     ready.set()
     lat = []
@@ -199,15 +206,23 @@ def ring_consumer(name: str, frames: int, spin: float, ready: Any, ack: Any, out
     r.close()
 
 
-def bench_ring(w: int, h: int, frames: int, warmup: int, spin: float = 0.0) -> dict[str, Any]:
+def bench_ring(
+    w: int, h: int, frames: int, warmup: int, spin: float = 0.0, pinned: bool = False
+) -> dict[str, Any]:
     name = f"bench-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     src = _frame(w, h)
     ready, ack, out = SPAWN.Event(), SPAWN.Semaphore(0), SPAWN.Queue()
     writer = shm.create(name, slots=8, max_frame_bytes=src.nbytes)
+    cpus = sorted(os.sched_getaffinity(0))
+    reader_cpu = cpus[-1] if pinned and len(cpus) > 1 else None
     p = SPAWN.Process(
-        target=ring_consumer, daemon=True, args=(name, frames + warmup, spin, ready, ack, out)
+        target=ring_consumer,
+        daemon=True,
+        args=(name, frames + warmup, spin, reader_cpu, ready, ack, out),
     )
     p.start()
+    if reader_cpu is not None:
+        os.sched_setaffinity(0, {cpus[0]})
     try:
         assert ready.wait(60)
         grid = Grid()
@@ -226,6 +241,7 @@ def bench_ring(w: int, h: int, frames: int, warmup: int, spin: float = 0.0) -> d
             assert ack.acquire(timeout=10)
         lat, dropped = out.get(timeout=60)
     finally:
+        os.sched_setaffinity(0, cpus)
         _finish(p)
         writer.close()
     assert dropped == 0
@@ -234,6 +250,10 @@ def bench_ring(w: int, h: int, frames: int, warmup: int, spin: float = 0.0) -> d
 
 def bench_ring_spin(w: int, h: int, frames: int, warmup: int) -> dict[str, Any]:
     return bench_ring(w, h, frames, warmup, spin=SPIN_S)
+
+
+def bench_ring_pinned(w: int, h: int, frames: int, warmup: int) -> dict[str, Any]:
+    return bench_ring(w, h, frames, warmup, spin=SPIN_S, pinned=True)
 
 
 def sustained_consumer(name: str, seconds: float, ready: Any, out: Any) -> None:
@@ -451,7 +471,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="few frames: a smoke test")
     ap.add_argument("--sustained-seconds", type=float, default=4.0)
-    ap.add_argument("--only", default="floor,ring,ring-spin,grpc,mpqueue,frigate,sustained")
+    ap.add_argument(
+        "--only", default="floor,ring,ring-spin,ring-pinned,grpc,mpqueue,frigate,sustained"
+    )
     args = ap.parse_args(argv)
     only = set(args.only.split(","))
     scale = 0.1 if args.quick else 1.0
@@ -459,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         "floor": {"360p": 600, "1080p": 600, "4K": 600},
         "ring": {"360p": 800, "1080p": 800, "4K": 800},
         "ring-spin": {"360p": 800, "1080p": 800, "4K": 800},
+        "ring-pinned": {"360p": 800, "1080p": 800, "4K": 800},
         "grpc": {"360p": 300, "1080p": 200, "4K": 60},
         "mpqueue": {"360p": 300, "1080p": 200, "4K": 60},
         "frigate": {"360p": 300, "1080p": 200, "4K": 60},
@@ -467,6 +490,7 @@ def main(argv: list[str] | None = None) -> int:
         "floor": bench_floor,
         "ring": bench_ring,
         "ring-spin": bench_ring_spin,
+        "ring-pinned": bench_ring_pinned,
         "grpc": bench_grpc,
         "mpqueue": bench_queue,
         "frigate": bench_frigate,
@@ -504,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {transport} | {size} | {p50:,.1f} | {p99:,.1f} | {_fmt(res.get('write'))} "
             f"| {res['busy']:.0f}% |"
         )
-    for ring in ("ring", "ring-spin"):
+    for ring in ("ring", "ring-spin", "ring-pinned"):
         if (ring, "1080p") in results and ("grpc", "1080p") in results:
             g, r = results[("grpc", "1080p")]["handoff"], results[(ring, "1080p")]["handoff"]
             print(f"\ngRPC / {ring} at 1080p: p50 {g[0] / r[0]:,.0f}x, p99 {g[1] / r[1]:,.0f}x")

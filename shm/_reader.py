@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from types import TracebackType
 from typing import Any
@@ -175,7 +176,22 @@ class RingReader:
         return head
 
     def _take(self, seq: int) -> Frame | None:
-        """Frame `seq` if its slot holds it, committed and unchanged while we looked."""
+        """Frame `seq` if its slot holds it, committed and unchanged while we looked;
+        counted as read."""
+        frame = self._frame_at(seq)
+        if frame is None:
+            return None
+        st = self.stats
+        st.frames_read += 1
+        commit_ns = frame.commit_ns
+        st.handoff.observe(max(frame.received_ns - commit_ns, 0))
+        if self._hdr[IDX_WRITER_EPOCH] != self._epoch:
+            self._note_epoch()
+        if self._spin_ns:
+            self._predict(seq, commit_ns)
+        return frame
+
+    def _frame_at(self, seq: int) -> Frame | None:
         i = seq % self._n
         words, ci = self._words, self._ci[i]
         c1: int = words[ci]
@@ -192,15 +208,7 @@ class RingReader:
         view = self._views[i].get(g)
         if view is None:
             view = self._new_view(i, g)
-        frame = Frame(self, i, c1, t, view)
-        st = self.stats
-        st.frames_read += 1
-        st.handoff.observe(max(frame.received_ns - t[1], 0))
-        if self._hdr[IDX_WRITER_EPOCH] != self._epoch:
-            self._note_epoch()
-        if self._spin_ns:
-            self._predict(seq, t[1])
-        return frame
+        return Frame(self, i, c1, t, view)
 
     def _new_geometry(self, t: tuple[Any, ...]) -> Geometry:
         plen, w, h, stride, fmt = t[4:9]
@@ -253,7 +261,14 @@ class RingReader:
                 if lead > 0:
                     chunk = min(chunk, lead / 1e9)
                 elif lead > -2 * self._spin_ns:
-                    continue  # inside the window: poll
+                    # Poll. Each round reads the last frame again and drops it: after the
+                    # sleep the read path's code and data are cold (on a VM another guest
+                    # may have had the core) and a first pass costs ~30 us instead of ~3.
+                    # And it yields: the writer about to commit may share this core, and a
+                    # spinner holding it would delay the very frame it waits for.
+                    self._frame_at(self._last_seen)
+                    os.sched_yield()
+                    continue
                 else:
                     self._expect_ns = 0  # the frame is late: sleep until it comes
             if self._waiter is None:
