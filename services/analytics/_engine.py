@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 from services.analytics._bins import BinStore
 from services.analytics._drift import DriftMonitor
 from services.analytics._events import EventBook
-from services.analytics._geometry import inside_frame
+from services.analytics._geometry import Homography, inside_frame
 from services.analytics._incidents import IncidentDetector
 from services.analytics._measures import SceneMeasures
 from services.analytics._records import (
@@ -56,6 +56,12 @@ _STATE_VERSION = 1
 _MAX_TIME_NS = 2**62  # far beyond any real clock; keeps arithmetic in int64
 
 
+def _same_plane(a: Homography | None, b: Homography | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return np.array_equal(a.image_to_ground, b.image_to_ground)
+
+
 def _is_int(x: Any) -> bool:
     return isinstance(x, int | np.integer) and not isinstance(x, bool | np.bool_)
 
@@ -71,7 +77,7 @@ class CameraAnalytics:
         self.bins = BinStore(camera, self.cfg.bin_seconds)
         self.book = EventBook(camera, self.cfg.event_update_s)
         self._build(scene if isinstance(scene, Scene) else Scene.build(scene))
-        self.tracker = ByteTracker(self.cfg.tracker, self.scene.homography)
+        self.tracker = ByteTracker(self.cfg.tracker, self.scene.road_plane)
         self.drift = DriftMonitor(self.cfg)
         self.t0_ns: int | None = None
         self.last_seq = 0
@@ -205,12 +211,15 @@ class CameraAnalytics:
     def _kinematics(
         self, slots: NDArray[np.intp], boxes: F64, observed: NDArray[np.bool_], t: float
     ) -> F64:
-        """Ground positions of the tracks' reference points; updates speeds of observed ones."""
-        h = self.scene.homography
-        if h is None:
+        """Ground positions (metres) of the tracks' reference points, NaN if not calibrated;
+        updates the speeds of observed ones, and the tracker's ground velocities (in the road
+        plane's units: metres, or the lane plane's of an uncalibrated camera)."""
+        plane = self.scene.road_plane
+        if plane is None:
             return np.full((len(slots), 2), np.nan)
+        calibrated = plane is self.scene.homography
         ref = np.column_stack([(boxes[:, 0] + boxes[:, 2]) * 0.5, boxes[:, 3]])
-        ground = h.to_ground(ref)
+        ground = plane.to_ground(ref)
         cfg = self.cfg
         obs = slots[observed]
         heights = boxes[observed, 3] - boxes[observed, 1]
@@ -220,15 +229,16 @@ class CameraAnalytics:
             vel = regress_velocity(
                 self.table, upd, t, cfg.speed_window_s, cfg.speed_min_span_s, cfg.speed_min_samples
             )
-            kmh = 3.6 * np.hypot(vel[:, 0], vel[:, 1])
-            with np.errstate(invalid="ignore"):
-                kmh[kmh > cfg.max_speed_kmh] = np.nan
-            self.table["speed"][upd] = kmh
-            vel[np.isnan(kmh)] = np.nan
+            if calibrated:
+                kmh = 3.6 * np.hypot(vel[:, 0], vel[:, 1])
+                with np.errstate(invalid="ignore"):
+                    kmh[kmh > cfg.max_speed_kmh] = np.nan
+                self.table["speed"][upd] = kmh
+                vel[np.isnan(kmh)] = np.nan
             per_track = np.full((len(slots), 2), np.nan)
             per_track[observed.nonzero()[0][took]] = vel
             self.tracker.set_ground_velocity(per_track)
-        return ground
+        return ground if calibrated else np.full((len(slots), 2), np.nan)
 
     def _drift(
         self, model_version: str, classes: NDArray[np.int64], scores: F64, seq: int, cap: int
@@ -325,10 +335,14 @@ class CameraAnalytics:
         """
         t_ns = self.last_ns or 0
         closed = self.book.close_all(t_ns, keep=("drift",))
-        keep = ("id", "h_t", "h_x", "h_y", "h_h", "h_head", "cls", "speed", "seen_t", "counted")
-        old = self.table
+        keep: tuple[str, ...] = ("id", "cls", "speed", "seen_t", "counted")
+        old, old_plane = self.table, self.scene.road_plane
         self._build(scene if isinstance(scene, Scene) else Scene.build(scene))
-        self.tracker.set_ground(self.scene.homography)
+        if _same_plane(old_plane, self.scene.road_plane):
+            # Position histories (speeds) are in the plane's coordinates.
+            keep += ("h_t", "h_x", "h_y", "h_h", "h_head")
+        else:
+            self.tracker.set_ground(self.scene.road_plane)
         live = old.live_slots()
         ids = old["id"][live]
         slots, _ = self.table.slots(ids)
@@ -377,7 +391,7 @@ class CameraAnalytics:
         eng._drift_last_ns = s["drift_last_ns"]
         eng.rejected = {FrameReject(k): int(v) for k, v in s["rejected"].items()}
         eng.issues = {DetectionIssue(k): int(v) for k, v in s["issues"].items()}
-        eng.tracker = ByteTracker.from_state(eng.cfg.tracker, s["tracker"], eng.scene.homography)
+        eng.tracker = ByteTracker.from_state(eng.cfg.tracker, s["tracker"], eng.scene.road_plane)
         eng.table.restore(s["table"])
         eng.bins.restore(s["bins"])
         eng.book.restore(s["events"])

@@ -117,6 +117,11 @@ class Scene:
 
     spec: SceneSpec
     homography: Homography | None
+    # The road plane up to an affine map of it, for the tracker's prediction of hidden
+    # objects (constant velocity on the road, size from the ratio of depths, both preserved
+    # by affine maps): the calibration, else the plane in which a four-cornered lane is the
+    # unit square (a lane drawn as a rectangle on the road). Not metres: no speeds from it.
+    road_plane: Homography | None
     line_segments: F64  # (L, 4) ax, ay, bx, by
     line_directions: tuple[Direction, ...]
     zone_polygons: tuple[F64, ...]
@@ -212,6 +217,7 @@ class Scene:
         return cls(
             spec=spec,
             homography=homography,
+            road_plane=homography or _lane_plane(polys),
             line_segments=lines.reshape(-1, 4),
             line_directions=tuple(x.direction for x in spec.lines),
             zone_polygons=zones,
@@ -309,3 +315,20 @@ def scene_from_proto(camera: camera_pb2.Camera, field_prefix: str = "camera") ->
         calibration=calibration,
     )
     return Scene.build(spec, field_prefix)
+
+
+_UNIT_SQUARE = np.array([(0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0)])
+
+
+def _lane_plane(lane_polygons: tuple[F64, ...]) -> Homography | None:
+    """The road plane of an uncalibrated camera, up to an affine map: the first lane drawn
+    with four corners is taken for a rectangle on the road (lanes are) and mapped onto the
+    unit square. Any rectangle would do; they differ by an affine map of the plane."""
+    for poly in lane_polygons:
+        if len(poly) != 4:
+            continue
+        try:
+            return fit_homography(poly, _UNIT_SQUARE)
+        except GeometryError:
+            continue  # not a convex quadrilateral: try the next lane
+    return None

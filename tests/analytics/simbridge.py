@@ -45,7 +45,9 @@ def _img(scene: Scene, pts: list[tuple[float, float]]) -> tuple[tuple[float, flo
     return tuple((float(u), float(v)) for u, v in uv)
 
 
-def analytics_scene(scene: Scene, x_near: float = 12.0, x_far: float = 160.0) -> SceneSpec:
+def analytics_scene(
+    scene: Scene, x_near: float = 12.0, x_far: float = 160.0, *, calibrated: bool = True
+) -> SceneSpec:
     w = scene.world
     lanes = []
     for ln in w.lanes:
@@ -72,7 +74,7 @@ def analytics_scene(scene: Scene, x_near: float = 12.0, x_far: float = 160.0) ->
         lines.append(LineSpec(cl.name.lower(), a, b))
     h = w.road_half
     ground = [(20.0, -h), (20.0, h), (100.0, -h), (100.0, h), (45.0, 0.5)]
-    cal = CalibrationSpec(_img(scene, ground), tuple(ground))
+    cal = CalibrationSpec(_img(scene, ground), tuple(ground)) if calibrated else None
     return SceneSpec(lines=tuple(lines), lanes=tuple(lanes), calibration=cal)
 
 
@@ -119,9 +121,10 @@ def run_sim(
     seed: int = 0,
     settings: AnalyticsSettings | None = None,
     start_ns: int = T0_NS,
+    calibrated: bool = True,
 ) -> SimRun:
     scene = Scene(cfg, size=size)
-    spec = analytics_scene(scene)
+    spec = analytics_scene(scene, calibrated=calibrated)
     engine = CameraAnalytics(CAMERA, spec, settings)
     rng = np.random.default_rng(seed)
     run = SimRun(duration_s, spec, size, start_ns, fps=cfg.fps)

@@ -18,7 +18,7 @@ from services.analytics._geometry import (
     signed_distances,
 )
 from services.analytics._records import Direction
-from services.analytics._scene import Scene, scene_from_proto
+from services.analytics._scene import LaneSpec, Scene, SceneSpec, scene_from_proto
 from services.common import InvalidArgumentError
 from tests.analytics import synth
 
@@ -197,3 +197,20 @@ def test_uncalibrated_scene_uses_image_lane_coordinates() -> None:
     assert not scene.calibrated
     assert np.isnan(scene.lane_length_m).all()
     assert np.allclose(np.hypot(*scene.lane_axis.T), 1.0)
+
+
+def test_road_plane_is_the_calibration_or_a_rectangular_lane() -> None:
+    calibrated = Scene.build(synth.road_scene())
+    assert calibrated.road_plane is calibrated.homography is not None
+
+    lane = ((100.0, 700.0), (400.0, 700.0), (560.0, 300.0), (500.0, 300.0))
+    spec = SceneSpec(lanes=(LaneSpec("a", lane, (250.0, 700.0), (530.0, 300.0)),))
+    plane = Scene.build(spec).road_plane
+    assert plane is not None
+    # The lane is taken for a rectangle on the road: its corners are the unit square.
+    square = [(0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0)]
+    assert np.allclose(plane.to_ground(np.array(lane)), square)
+
+    pentagon = (*lane, (90.0, 500.0))
+    spec = SceneSpec(lanes=(LaneSpec("a", pentagon, (250.0, 700.0), (530.0, 300.0)),))
+    assert Scene.build(spec).road_plane is None
