@@ -121,6 +121,7 @@ class DynamicBatcher:
         with self._cond:
             gone = self._lanes.pop(lane, collections.deque())
             self._waiting -= len(gone)
+            self._cond.notify()
         for work in gone:
             self._on_superseded(work)
 
@@ -148,19 +149,22 @@ class DynamicBatcher:
 
     def _next_batch(self) -> list[Work] | None:
         with self._cond:
-            while not self._closed and self._waiting == 0:
-                self._cond.wait()
-            if self._closed:
-                return None
-            deadline = self._oldest_ns() + self._delay_ns
-            while not self._closed and self._waiting < self._max_batch:
-                left = deadline - time.monotonic_ns()
-                if left <= 0:
-                    break
-                self._cond.wait(left / 1e9)
-            if self._closed:
-                return None
-            return self._take()
+            while True:
+                while not self._closed and self._waiting == 0:
+                    self._cond.wait()
+                if self._closed:
+                    return None
+                deadline = self._oldest_ns() + self._delay_ns
+                while not self._closed and 0 < self._waiting < self._max_batch:
+                    left = deadline - time.monotonic_ns()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left / 1e9)
+                if self._closed:
+                    return None
+                # drop_lane may have emptied every lane while we waited: wait afresh.
+                if self._waiting:
+                    return self._take()
 
     def _loop(self) -> None:
         while (batch := self._next_batch()) is not None:

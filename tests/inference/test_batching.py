@@ -137,3 +137,19 @@ def test_the_request_lane_refuses_beyond_its_bound_and_close_supersedes(
     ran = [w.pixels for b in recorder.batches for w in b]
     gone = [w.pixels for w in recorder.superseded]
     assert sorted(map(str, ran[1:] + gone)) == ["1", "2", "c"]  # each exactly once
+
+
+def test_dropping_the_only_waiting_lane_leaves_the_batcher_running(
+    recorder: Recorder, make_batcher: Any
+) -> None:
+    # A camera removed while its frame waits out the delay: nothing is left to batch. The
+    # batching thread must go back to waiting, not take a batch from no lanes (it died).
+    batcher = make_batcher(max_queue_delay=0.3)
+    batcher.offer(_work("cam-a", 1))
+    time.sleep(0.05)
+    batcher.drop_lane("cam-a")
+    assert [w.pixels for w in recorder.superseded] == [1]
+    time.sleep(0.4)  # past the dropped frame's deadline
+    batcher.offer(_work("cam-b", 2))
+    _wait_for(lambda: len(recorder.batches) == 1)
+    assert [w.pixels for w in recorder.batches[0]] == [2]
