@@ -2,7 +2,8 @@
 
 ``DetectionProducer`` speaks the producer side of ``StreamDetectionBatches`` (see
 ``protos/its/analytics/v1/analytics_service.proto``): every frame the batching thread hands to
-``submit()`` is delivered exactly once or counted, by reason, as not delivered.
+``submit()`` is delivered exactly once or counted, by reason, as not delivered (what is counted,
+and under which label: ``_producer_accounting``).
 
 How it is built, and why:
 
@@ -40,22 +41,25 @@ import uuid
 from collections import Counter as Tally
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from its.analytics.v1 import analytics_service_pb2, analytics_service_pb2_grpc, detection_batch_pb2
 from its.common.v1 import error_reason_pb2
 from services.common import ERROR_DOMAIN, camera_id_from_name, is_token
+from services.inference._producer_accounting import (
+    BUFFER_FULL,
+    INVALID_BATCH,
+    SHUTDOWN,
+    ProducerMetrics,
+    ProducerStats,
+)
 
 __all__ = [
     "DetectionProducer",
-    "ProducerMetrics",
-    "ProducerStats",
     "new_producer_id",
 ]
 
@@ -70,21 +74,6 @@ PROTOCOL_MAX_UNACKED = 64
 PROTOCOL_MAX_FRAMES = 256
 # Checked here as analytics checks them: a batch analytics finds malformed fails the whole
 # stream (INVALID_ARGUMENT), which would stall every camera for one producer bug.
-
-# capture -> sent spans decode, ring hand-off, batching and inference: ~35 ms of the 100 ms
-# end-to-end budget when healthy, seconds during an outage.
-_CAPTURE_TO_SEND_BUCKETS = (
-    0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-)  # fmt: skip
-# One batch made durable by analytics (its write is budgeted at 5 ms p99).
-_ACK_BUCKETS = (
-    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-)  # fmt: skip
-
-# Undelivered reasons.
-BUFFER_FULL = "buffer_full"
-SHUTDOWN = "shutdown"
-INVALID_BATCH = "invalid_batch"
 
 # Repeated conditions (drops, an outage, rejections) are logged at most this often.
 _LOG_INTERVAL_SECONDS = 10.0
@@ -122,100 +111,6 @@ def _invalid_field(trailing: grpc.aio.Metadata | None) -> bool:
             if detail.Unpack(info):
                 return bool(info.domain == ERROR_DOMAIN and info.reason == "INVALID_FIELD")
     return False
-
-
-class ProducerMetrics:
-    """Producer metrics (``inference_analytics_*``) on the given registry."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.frames_submitted = Counter(
-            "inference_analytics_frames_submitted_total",
-            "Frames handed to the producer for delivery to analytics.",
-            registry=registry,
-        )
-        self.frames_acknowledged = Counter(
-            "inference_analytics_frames_acknowledged_total",
-            "Frames analytics made durable (accepted, or acknowledged again as a duplicate).",
-            registry=registry,
-        )
-        self.frames_rejected = Counter(
-            "inference_analytics_frames_rejected_total",
-            "Frames analytics refused for good, by ErrorReason (RESOURCE_NOT_FOUND...).",
-            ["reason"],
-            registry=registry,
-        )
-        self.frames_undelivered = Counter(
-            "inference_analytics_frames_undelivered_total",
-            "Frames given up without an acknowledgement, by reason (buffer_full, shutdown,"
-            " invalid_batch).",
-            ["reason"],
-            registry=registry,
-        )
-        self.batches_sent = Counter(
-            "inference_analytics_batches_sent_total",
-            "Batches sent for the first time.",
-            registry=registry,
-        )
-        self.batches_resent = Counter(
-            "inference_analytics_batches_resent_total",
-            "Unacknowledged batches sent again on a new stream.",
-            registry=registry,
-        )
-        self.pending_frames = Gauge(
-            "inference_analytics_pending_frames",
-            "Frames waiting to be sent (bounded by max_pending_frames).",
-            registry=registry,
-        )
-        self.unacked_batches = Gauge(
-            "inference_analytics_unacked_batches",
-            "Batches sent and not yet acknowledged (at most 64).",
-            registry=registry,
-        )
-        self.connected = Gauge(
-            "inference_analytics_connected",
-            "1 while the detection stream to analytics is open.",
-            registry=registry,
-        )
-        self.reconnects = Counter(
-            "inference_analytics_reconnects_total",
-            "Streams re-established after a broken one.",
-            registry=registry,
-        )
-        self.capture_to_send = Histogram(
-            "inference_analytics_capture_to_send_latency_seconds",
-            "Per frame: wall-clock time from capture to its batch's first send to analytics.",
-            buckets=_CAPTURE_TO_SEND_BUCKETS,
-            registry=registry,
-        )
-        self.ack_latency = Histogram(
-            "inference_analytics_ack_latency_seconds",
-            "Per batch: time from its (latest) send to its acknowledgement.",
-            buckets=_ACK_BUCKETS,
-            registry=registry,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class ProducerStats:
-    """A snapshot of the producer's counters.
-
-    Every submitted frame ends in exactly one of ``frames_acknowledged``, ``frames_rejected``
-    or ``frames_undelivered``, or is still ``pending_frames`` or in an unacknowledged batch.
-    (A batch acknowledged as a ``duplicate`` counts all its frames as acknowledged: the
-    rejections of its first delivery were lost with that delivery's acknowledgement.)
-    """
-
-    frames_submitted: int
-    frames_acknowledged: int
-    frames_rejected: dict[str, int]
-    frames_undelivered: dict[str, int]
-    batches_sent: int
-    batches_resent: int
-    batches_acknowledged: int
-    reconnects: int
-    connected: bool
-    pending_frames: int
-    unacked_batches: int
 
 
 class _Batch:

@@ -39,7 +39,8 @@ from services.inference._detector import DEFAULT_MANIFEST, load_detector
 from services.inference._discovery import watch_decoder
 from services.inference._feeds import Feeds, FrameSink
 from services.inference._metrics import InferenceMetrics
-from services.inference._producer import DetectionProducer, ProducerMetrics, new_producer_id
+from services.inference._producer import DetectionProducer, new_producer_id
+from services.inference._producer_accounting import ProducerMetrics
 from services.inference._runner import BatchRunner
 from services.inference._servicer import InferenceServicer, model_resource
 from services.inference._yolo import YoloAdapter

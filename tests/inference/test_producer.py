@@ -28,12 +28,8 @@ from its.analytics.v1 import (
 from services.analytics.server import analytics_unit
 from services.common import AnalyticsServiceSettings, ServiceHost, Settings
 from services.inference import _producer
-from services.inference._producer import (
-    DetectionProducer,
-    ProducerMetrics,
-    ProducerStats,
-    new_producer_id,
-)
+from services.inference._producer import DetectionProducer, new_producer_id
+from services.inference._producer_accounting import ProducerMetrics, ProducerStats
 from tests.analytics import synth
 from tests.analytics.test_service_support import (
     CAMERA_ID,
