@@ -125,5 +125,6 @@ class AnalyticsServicer(analytics_service_pb2_grpc.AnalyticsServiceServicer):
 
 def _shutting_down() -> UnavailableError:
     return UnavailableError(
-        "analytics is shutting down: reconnect and resend the batches not acknowledged"
+        "analytics is shutting down: reconnect and resend the batches not acknowledged",
+        reason=error_reason_pb2.ERROR_REASON_SHUTTING_DOWN,
     )

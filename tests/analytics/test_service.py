@@ -207,6 +207,7 @@ async def test_stopping_ends_idle_producer_streams_without_waiting_the_drain(
             await call.read()
         assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
         assert "reconnect" in (caught.value.details() or "")
+        assert rpc_error_details(caught.value)[0] == "SHUTTING_DOWN"
         assert await producer_mark(postgres_dsn, "inference-0/idle") == 3
     finally:
         connected.set()

@@ -115,6 +115,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     specific reason applies (e.g. Detect with a frame reference for a camera that is not
     streaming). Fix the state first; retrying as is will not help.
     """
+    ERROR_REASON_SHUTTING_DOWN: _ErrorReason.ValueType  # 26
+    """UNAVAILABLE: the server is shutting down and ended the call (a long-lived stream at a
+    message boundary); what it acknowledged is kept. Reconnect, to another instance if
+    there is one, and retry what was not acknowledged.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The fixed set of machine-readable error reasons of all ITS Camera AI services (AIP-193).
@@ -232,5 +237,10 @@ ERROR_REASON_FAILED_PRECONDITION: ErrorReason.ValueType  # 25
 """FAILED_PRECONDITION: the system is not in the state the operation needs and no more
 specific reason applies (e.g. Detect with a frame reference for a camera that is not
 streaming). Fix the state first; retrying as is will not help.
+"""
+ERROR_REASON_SHUTTING_DOWN: ErrorReason.ValueType  # 26
+"""UNAVAILABLE: the server is shutting down and ended the call (a long-lived stream at a
+message boundary); what it acknowledged is kept. Reconnect, to another instance if
+there is one, and retry what was not acknowledged.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
