@@ -192,6 +192,7 @@ class RingReader:
         return frame
 
     def _frame_at(self, seq: int) -> Frame | None:
+        """``_take`` without the accounting (the spin loop re-reads frames with it)."""
         i = seq % self._n
         words, ci = self._words, self._ci[i]
         c1: int = words[ci]

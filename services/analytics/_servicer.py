@@ -16,7 +16,7 @@ acknowledged.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import grpc
@@ -84,21 +84,9 @@ class AnalyticsServicer(analytics_service_pb2_grpc.AnalyticsServiceServicer):
     ) -> AsyncIterator[analytics_service_pb2.StreamDetectionBatchesResponse]:
         producer: str | None = None
         last_sequence = 0
-        requests = aiter(request_iterator)
-        closing = asyncio.ensure_future(self._closing.wait())
+        requests = self._until_closing(request_iterator)
         try:
-            while True:
-                if self._closing.is_set():
-                    raise _shutting_down()
-                read = asyncio.ensure_future(anext(requests))
-                await asyncio.wait((read, closing), return_when=asyncio.FIRST_COMPLETED)
-                if not read.done():
-                    read.cancel()
-                    raise _shutting_down()
-                try:
-                    request = read.result()
-                except StopAsyncIteration:
-                    return
+            async for request in requests:
                 batch = request.batch
                 camera_id = _check(batch)
                 if producer is None:
@@ -118,13 +106,32 @@ class AnalyticsServicer(analytics_service_pb2_grpc.AnalyticsServiceServicer):
                 last_sequence = batch.sequence
                 yield await self._ingestor.apply(batch, camera_id)
         finally:
-            closing.cancel()
+            await requests.aclose()  # now, not when collected: it holds a waiting task
             if producer is not None:
                 self._ingestor.close_stream(producer)
 
-
-def _shutting_down() -> UnavailableError:
-    return UnavailableError(
-        "analytics is shutting down: reconnect and resend the batches not acknowledged",
-        reason=error_reason_pb2.ERROR_REASON_SHUTTING_DOWN,
-    )
+    async def _until_closing(
+        self, request_iterator: AsyncIterator[analytics_service_pb2.StreamDetectionBatchesRequest]
+    ) -> AsyncGenerator[analytics_service_pb2.StreamDetectionBatchesRequest, None]:
+        """The stream's requests, until the client ends it or ``close_streams`` is called
+        (then UNAVAILABLE, even while waiting for the next request)."""
+        requests = aiter(request_iterator)
+        closing = asyncio.ensure_future(self._closing.wait())
+        try:
+            while not self._closing.is_set():
+                read = asyncio.ensure_future(anext(requests))
+                await asyncio.wait((read, closing), return_when=asyncio.FIRST_COMPLETED)
+                if not read.done():
+                    read.cancel()
+                    break
+                try:
+                    request = read.result()
+                except StopAsyncIteration:
+                    return
+                yield request
+            raise UnavailableError(
+                "analytics is shutting down: reconnect and resend the batches not acknowledged",
+                reason=error_reason_pb2.ERROR_REASON_SHUTTING_DOWN,
+            )
+        finally:
+            closing.cancel()
