@@ -112,15 +112,29 @@ def apply_ground(
             np.put(px, sel, np.take(sources[k], sel))
 
 
+# Limits of the motion blur of one user (see ``image_motion``).
+MAX_SMEAR_PX = 24.0
+MIN_DEPTH_M = 1.0
+
+
 def image_motion(cam: Camera, xy: F64, yaw: F64, height: F64, speed: F64, exposure: float) -> F64:
-    """Pixel displacement (du, dv) of each user's centre during the exposure."""
+    """Pixel displacement (du, dv) of each user's centre during the exposure.
+
+    A centre near or behind the camera plane (a user passing right under the camera) has no
+    meaningful image motion: it gets none. Smears are capped at ``MAX_SMEAR_PX``; a longer
+    one would only be more ghosted copies of the box.
+    """
     p1 = np.column_stack([xy, height / 2])
     p0 = p1.copy()
     p0[:, 0] -= np.cos(yaw) * speed * exposure
     p0[:, 1] -= np.sin(yaw) * speed * exposure
-    uv1 = cam.project(p1)[0]
-    uv0 = cam.project(p0)[0]
-    return np.nan_to_num(uv1 - uv0)
+    uv1, z1 = cam.project(p1)
+    uv0, z0 = cam.project(p0)
+    d = uv1 - uv0
+    d[(z0 < MIN_DEPTH_M) | (z1 < MIN_DEPTH_M) | ~np.isfinite(d).all(axis=1)] = 0.0
+    length = np.hypot(d[:, 0], d[:, 1])
+    d *= np.minimum(1.0, MAX_SMEAR_PX / np.maximum(length, 1e-9))[:, None]
+    return d
 
 
 def blur_box(frame: U8, box: tuple[float, float, float, float], du: float, dv: float) -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -61,3 +62,20 @@ def test_calibration_is_json_ready_and_consistent() -> None:
     H = np.array(cal["homography_ground_to_image"])
     Hi = np.array(cal["homography_image_to_ground"])
     assert np.allclose(H @ Hi, np.eye(3) * (H @ Hi)[2, 2], atol=1e-9)
+
+
+def test_motion_blur_of_a_user_under_the_camera_stays_finite_and_bounded() -> None:
+    """Seed 279 of the training set crashed the renderer: a user passing under the camera
+    projected to ~1e5 px of smear and the blur tried to allocate a 92 GiB buffer."""
+    from services.sim._effects import MAX_SMEAR_PX, image_motion
+
+    cam = _cam(6.0, 30.0, 0.0, 800.0)
+    # Centres crossing the camera plane during the exposure (the old code: 1.9e5 px), at
+    # 0.7 m depth (1e4 px), below the camera (365 px) and a normal one 30 m ahead (6 px).
+    xy = np.array([[-3.0, -12.0], [-2.2, -12.0], [0.0, -12.0], [30.0, 0.0]])
+    motion = image_motion(cam, xy, np.zeros(4), np.full(4, 1.5), np.full(4, 30.0), 1 / 60)
+    length = np.hypot(motion[:, 0], motion[:, 1])
+    assert np.isfinite(motion).all()
+    assert length[:2].tolist() == [0.0, 0.0]  # no meaningful motion that close
+    assert length[2] == pytest.approx(MAX_SMEAR_PX)  # capped, still smeared
+    assert 5.0 < length[3] < 7.0  # untouched
