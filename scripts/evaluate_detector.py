@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--manifest", default=str(DEFAULT_MANIFEST))
     ap.add_argument("--checkpoint", default=None, help="a training state dict instead")
+    ap.add_argument("--input-size", default="480x288", help="WxH a --checkpoint was trained for")
     ap.add_argument("--data", default="var/det/heldout")
     ap.add_argument("--seeds", default="100000-100119")
     ap.add_argument("--frames-per-seed", type=int, default=5)
@@ -78,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tempfile.mkdtemp(prefix="its-eval-"))
         model = CenterNet(NetConfig())
         model.load_state_dict(torch.load(args.checkpoint, map_location="cpu", weights_only=True))
-        save_detector(model, TrainConfig(data=""), {}, tmp, "checkpoint", "checkpoint")
+        w, h = (int(v) for v in args.input_size.lower().split("x"))
+        cfg = TrainConfig(data="", input_size=(w, h))
+        save_detector(model, cfg, {}, tmp, "checkpoint", "checkpoint")
         manifest_path = tmp / "checkpoint.json"
     else:
         manifest_path = Path(args.manifest)

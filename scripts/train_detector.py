@@ -31,17 +31,33 @@ from services.sim._dataset import parse_seeds
 HELD_OUT_FROM = 100_000
 
 
+def _size(ap: argparse.ArgumentParser, flag: str, text: str) -> tuple[int, int]:
+    """'WxH' -> (w, h), both positive multiples of 32 (the network's stride)."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        ap.error(f"{flag} {text!r}: expected WxH, e.g. 480x288")
+    if w % 32 or h % 32 or w <= 0 or h <= 0:
+        ap.error(f"{flag} {text!r}: width and height must be positive multiples of 32")
+    return w, h
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default="var/det/train", help="shard directory (rendered if missing)")
     ap.add_argument("--seeds", default="0-199")
     ap.add_argument("--frames-per-seed", type=int, default=12)
     ap.add_argument("--interval", type=float, default=1.5)
+    ap.add_argument("--input-size", default="480x288", help="network input WxH (multiples of 32)")
+    ap.add_argument("--crop-size", default=None, help="train on random WxH crops (default: whole)")
+    ap.add_argument("--zoom", default="0.75,1.35", help="scale jitter range lo,hi")
     ap.add_argument("--epochs", type=float, default=8.0)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--warmup-steps", type=int, default=150)
+    ap.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    ap.add_argument("--ema-decay", type=float, default=0.999, help="0 ships the last step")
     ap.add_argument("--init", default=None, help="start from this state dict (continue a run)")
     ap.add_argument("--note", default=None, help="free text recorded in the manifest")
     ap.add_argument("--max-steps", type=int, default=None, help="stop early (CI smoke)")
@@ -53,6 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     seeds = parse_seeds(args.seeds)
+    input_size = _size(ap, "--input-size", args.input_size)
+    crop_size = None if args.crop_size is None else _size(ap, "--crop-size", args.crop_size)
+    try:
+        zoom_lo, zoom_hi = (float(v) for v in args.zoom.split(","))
+    except ValueError:
+        ap.error(f"--zoom {args.zoom!r}: expected lo,hi, e.g. 0.75,1.35")
+    if not 0 < zoom_lo <= zoom_hi:
+        ap.error(f"--zoom {args.zoom!r}: need 0 < lo <= hi")
     if max(seeds) >= HELD_OUT_FROM:
         ap.error(f"training seeds must be < {HELD_OUT_FROM} (held-out seeds start there)")
     missing = [
@@ -72,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig(
         data=args.data,
         seeds=tuple(seeds),
+        input_size=input_size,
+        crop_size=crop_size,
+        zoom=(zoom_lo, zoom_hi),
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -79,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         max_steps=args.max_steps,
         warmup_steps=args.warmup_steps,
         init=args.init,
+        precision=args.precision,
+        ema_decay=args.ema_decay,
         net=NetConfig(),
     )
     model, stats = train(

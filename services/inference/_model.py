@@ -42,8 +42,8 @@ class NetConfig:
 
     num_classes: int = 6
     stem: int = 16
-    widths: tuple[int, int, int, int] = (24, 40, 64, 96)  # strides 4, 8, 16, 32
-    depths: tuple[int, int, int, int] = (0, 1, 1, 2)
+    widths: tuple[int, int, int, int] = (24, 48, 80, 128)  # strides 4, 8, 16, 32
+    depths: tuple[int, int, int, int] = (0, 1, 2, 2)
     neck: int = 32
     head: int = 32
 

@@ -5,6 +5,12 @@ the number of objects, and GIoU on the boxes predicted at every regression cell,
 the Gaussian. AdamW with a linear warm-up and cosine decay: from scratch, a short schedule
 and a high learning rate are what fit in an hour of a 2-core CPU.
 
+Speed: the forward and backward passes run under bfloat16 autocast on channels-last tensors
+(``precision="bf16"``), which oneDNN maps to the CPU's bf16/AMX units where it has them
+(1.6-2.1x a float32 step on this AMX CPU); the weights, optimiser and losses stay float32.
+The weights shipped are an exponential moving average of the trained ones (YOLOv5's
+``ModelEMA``): at the end of a short, noisy schedule the average beats the last step.
+
 Determinism: every random draw (initialisation, order, augmentation) comes from the config's
 seed, the thread count is fixed and ``torch.use_deterministic_algorithms`` is on, so a rerun
 with the same data gives the same weights.
@@ -12,19 +18,21 @@ with the same data gives the same weights.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from torch import nn
 
 from services.inference._data import augment, build_targets, load_trainset
 from services.inference._model import STRIDE, CenterNet, NetConfig
 
-__all__ = ["TrainConfig", "focal_loss", "giou_loss", "train"]
+__all__ = ["TrainConfig", "WeightAverage", "focal_loss", "giou_loss", "train"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +40,9 @@ class TrainConfig:
     data: str
     seeds: tuple[int, ...] | None = None  # None: every shard in the data's index.json
     input_size: tuple[int, int] = (480, 288)  # (w, h), multiples of 32
+    # Train on random crops of this size (w, h) of the letterboxed frames; None: whole frames.
+    crop_size: tuple[int, int] | None = None
+    zoom: tuple[float, float] = (0.75, 1.35)  # scale jitter range
     epochs: float = 8.0
     batch_size: int = 16
     lr: float = 3e-3
@@ -46,6 +57,8 @@ class TrainConfig:
     init: str | None = None
     mean: tuple[float, float, float] = (0.45, 0.45, 0.45)
     std: tuple[float, float, float] = (0.25, 0.25, 0.25)
+    precision: Literal["bf16", "fp32"] = "bf16"
+    ema_decay: float = 0.999  # 0: ship the last step's weights
     net: NetConfig = field(default_factory=NetConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -91,6 +104,32 @@ def giou_loss(ltrb: torch.Tensor, box: torch.Tensor, weight: torch.Tensor) -> to
     return ((1 - giou) * wt).sum() / wt.sum().clamp(min=1e-6)
 
 
+class WeightAverage:
+    """Exponential moving average of a model's weights and BatchNorm statistics.
+
+    The decay ramps up from 0 (``decay * (1 - exp(-updates / 2000))``, as YOLOv5) so the
+    average is not anchored to the random initialisation of a short run.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.model = copy.deepcopy(model).eval()
+        self.decay = decay
+        self.updates = 0
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = self.decay * (1.0 - math.exp(-self.updates / 2000.0))
+        live = model.state_dict()
+        for name, avg in self.model.state_dict().items():
+            if avg.dtype.is_floating_point:
+                avg.mul_(d).add_(live[name].detach(), alpha=1.0 - d)
+            else:
+                avg.copy_(live[name])
+
+
 def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -120,6 +159,8 @@ def train(
     if cfg.init is not None:
         model.load_state_dict(torch.load(cfg.init, map_location="cpu", weights_only=True))
         log(f"initialised from {cfg.init}")
+    model = model.to(memory_format=torch.channels_last)
+    average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     decay = [p for p in model.parameters() if p.dim() > 1]
     no_decay = [p for p in model.parameters() if p.dim() <= 1]
     # No weight decay on BatchNorm and biases: decaying them only hurts a small network.
@@ -139,50 +180,65 @@ def train(
         total = min(total, cfg.max_steps)
     mean = torch.tensor(cfg.mean).view(1, 3, 1, 1)
     std = torch.tensor(cfg.std).view(1, 3, 1, 1)
+    seen = cfg.crop_size or cfg.input_size
     model.train()
     order = torch.randperm(n, generator=gen)
-    pos, ema_h, ema_b = 0, 0.0, 0.0
+    pos, smooth_h, smooth_b = 0, 0.0, 0.0
     t_train = time.perf_counter()
     for step in range(total):
         if pos + cfg.batch_size > n:
             order, pos = torch.randperm(n, generator=gen), 0
         idx = order[pos : pos + cfg.batch_size].tolist()
         pos += cfg.batch_size
-        x, boxes = augment(data.images[idx], [data.boxes[i] for i in idx], gen)
+        x, boxes = augment(
+            data.images[idx], [data.boxes[i] for i in idx], gen, scale=cfg.zoom, out_size=seen
+        )
         heat, ignore, box, weight = build_targets(
             boxes,
             [data.classes[i] for i in idx],
             [data.difficult[i] for i in idx],
-            cfg.input_size,
+            seen,
             cfg.net.num_classes,
         )
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, total, cfg)
-        heat_logits, ltrb = model((x - mean) / std)
-        lh = focal_loss(heat_logits, heat, ignore)
-        lb = giou_loss(ltrb, box, weight)
+        x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            heat_logits, ltrb = model(x)
+        lh = focal_loss(heat_logits.float(), heat, ignore)
+        lb = giou_loss(ltrb.float(), box, weight)
         loss = lh + cfg.box_loss_weight * lb
         opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         opt.step()
-        ema_h = lh.item() if step == 0 else 0.95 * ema_h + 0.05 * lh.item()
-        ema_b = lb.item() if step == 0 else 0.95 * ema_b + 0.05 * lb.item()
+        if average is not None:
+            average.update(model)
+        smooth_h = lh.item() if step == 0 else 0.95 * smooth_h + 0.05 * lh.item()
+        smooth_b = lb.item() if step == 0 else 0.95 * smooth_b + 0.05 * lb.item()
         if checkpoint is not None and (step + 1) % checkpoint_every == 0:
-            torch.save(model.state_dict(), checkpoint)
+            shipped = model if average is None else average.model
+            torch.save(_contiguous_state(shipped), checkpoint)
         if step % 25 == 0 or step == total - 1:
             el = time.perf_counter() - t_train
             log(
-                f"step {step + 1}/{total} heat {ema_h:.3f} giou {ema_b:.3f} "
+                f"step {step + 1}/{total} heat {smooth_h:.3f} giou {smooth_b:.3f} "
                 f"lr {_lr_at(step, total, cfg):.2e} {el:.0f} s "
                 f"(eta {el / (step + 1) * (total - step - 1):.0f} s)"
             )
-    model.eval()
+    if average is not None:
+        model = average.model
+    model = model.to(memory_format=torch.contiguous_format).eval()
     stats = {
         "steps": total,
         "images": n,
         "train_seconds": round(time.perf_counter() - t_train, 1),
-        "final_heat_loss": round(ema_h, 4),
-        "final_giou_loss": round(ema_b, 4),
+        "final_heat_loss": round(smooth_h, 4),
+        "final_giou_loss": round(smooth_b, 4),
     }
     return model, stats
+
+
+def _contiguous_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A state dict in the default memory format (what ``torch.load`` users expect)."""
+    return {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}

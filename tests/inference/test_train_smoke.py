@@ -80,3 +80,17 @@ def test_targets_match_boxes(tmp_path: Path) -> None:
     for b_in, b_out in zip(ds.boxes[:2], boxes, strict=True):
         w_in, w_out = b_in[:, 2] - b_in[:, 0], b_out[:, 2] - b_out[:, 0]
         np.testing.assert_allclose(w_in, w_out, atol=1e-3)
+
+
+def test_augmented_crops_carry_their_boxes() -> None:
+    """Zoomed, flipped crops smaller than the frame: each box lands where its pixels went."""
+    frames = torch.zeros(6, 384, 640, 3, dtype=torch.uint8)
+    frames[:, 170:214, 290:350] = 255  # one white object on black, near the centre
+    box = np.array([[290.0, 170.0, 350.0, 214.0]], np.float32)
+    gen = torch.Generator().manual_seed(3)
+    x, boxes = augment(frames, [box] * 6, gen, scale=(0.8, 1.25), colour=0.0, out_size=(480, 288))
+    assert x.shape == (6, 3, 288, 480)
+    for image, moved in zip(x, boxes, strict=True):
+        ys, xs = torch.nonzero(image.mean(0) > 0.75, as_tuple=True)
+        seen = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
+        np.testing.assert_allclose(seen, moved[0], atol=1.5)
