@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--manifest", default=str(DEFAULT_MANIFEST))
     ap.add_argument("--checkpoint", default=None, help="a training state dict instead")
-    ap.add_argument("--input-size", default="480x288", help="WxH a --checkpoint was trained for")
+    w, h = TrainConfig(data="").input_size
+    ap.add_argument("--input-size", default=f"{w}x{h}", help="WxH a --checkpoint was trained for")
     ap.add_argument("--data", default="var/det/heldout")
     ap.add_argument("--seeds", default="100000-100119")
     ap.add_argument("--frames-per-seed", type=int, default=5)

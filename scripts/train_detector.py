@@ -1,7 +1,10 @@
 """Train the shipped vehicle detector from scratch on simulator data (CPU, deterministic).
 
-    python scripts/train_detector.py --seeds 0-199 --epochs 8 --threads 2
+    python scripts/train_detector.py     # the shipped run: ~6 min rendering + ~50 min training
     # -> services/inference/models/its-detector-v1.pt + its-detector-v1.json
+
+The defaults are the shipped weights' recipe (``TrainConfig``'s defaults, 800 scenes of 10
+frames); the manifest's ``training`` record holds every value used.
 
 Shards of the requested seeds missing from ``--data`` are rendered first with the simulator
 (same parameters as ``python -m services.sim dataset``), so the command alone reproduces the
@@ -31,6 +34,10 @@ from services.sim._dataset import parse_seeds
 HELD_OUT_FROM = 100_000
 
 
+def _wxh(size: tuple[int, int] | None) -> str:
+    return "none" if size is None else f"{size[0]}x{size[1]}"
+
+
 def _size(ap: argparse.ArgumentParser, flag: str, text: str) -> tuple[int, int]:
     """'WxH' -> (w, h), both positive multiples of 32 (the network's stride)."""
     try:
@@ -44,24 +51,27 @@ def _size(ap: argparse.ArgumentParser, flag: str, text: str) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    d = TrainConfig(data="")
     ap.add_argument("--data", default="var/det/train", help="shard directory (rendered if missing)")
-    ap.add_argument("--seeds", default="0-199")
-    ap.add_argument("--frames-per-seed", type=int, default=12)
+    ap.add_argument("--seeds", default="0-799")
+    ap.add_argument("--frames-per-seed", type=int, default=10)
     ap.add_argument("--interval", type=float, default=1.5)
-    ap.add_argument("--input-size", default="480x288", help="network input WxH (multiples of 32)")
-    ap.add_argument("--crop-size", default=None, help="train on random WxH crops (default: whole)")
-    ap.add_argument("--zoom", default="0.75,1.35", help="scale jitter range lo,hi")
-    ap.add_argument("--epochs", type=float, default=8.0)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--warmup-steps", type=int, default=150)
-    ap.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
-    ap.add_argument("--ema-decay", type=float, default=0.999, help="0 ships the last step")
+    ap.add_argument("--input-size", default=_wxh(d.input_size), help="network input WxH")
+    ap.add_argument(
+        "--crop-size", default=_wxh(d.crop_size), help="train on random WxH crops ('none': whole)"
+    )
+    ap.add_argument("--zoom", default=f"{d.zoom[0]},{d.zoom[1]}", help="scale jitter lo,hi")
+    ap.add_argument("--epochs", type=float, default=d.epochs)
+    ap.add_argument("--batch-size", type=int, default=d.batch_size)
+    ap.add_argument("--lr", type=float, default=d.lr)
+    ap.add_argument("--threads", type=int, default=d.threads)
+    ap.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    ap.add_argument("--precision", choices=("bf16", "fp32"), default=d.precision)
+    ap.add_argument("--ema-decay", type=float, default=d.ema_decay, help="0: the last step")
     ap.add_argument("--init", default=None, help="start from this state dict (continue a run)")
     ap.add_argument("--note", default=None, help="free text recorded in the manifest")
     ap.add_argument("--max-steps", type=int, default=None, help="stop early (CI smoke)")
-    ap.add_argument("--workers", type=int, default=1, help="processes rendering missing shards")
+    ap.add_argument("--workers", type=int, default=2, help="processes rendering missing shards")
     ap.add_argument("--out", default="services/inference/models")
     ap.add_argument("--name", default="its-detector-v1")
     ap.add_argument("--version", default=time.strftime("%Y.%m.%d"))
@@ -70,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
     seeds = parse_seeds(args.seeds)
     input_size = _size(ap, "--input-size", args.input_size)
-    crop_size = None if args.crop_size is None else _size(ap, "--crop-size", args.crop_size)
+    crop_size = None if args.crop_size == "none" else _size(ap, "--crop-size", args.crop_size)
     try:
         zoom_lo, zoom_hi = (float(v) for v in args.zoom.split(","))
     except ValueError:

@@ -39,18 +39,20 @@ __all__ = ["TrainConfig", "WeightAverage", "focal_loss", "giou_loss", "train"]
 class TrainConfig:
     data: str
     seeds: tuple[int, ...] | None = None  # None: every shard in the data's index.json
-    input_size: tuple[int, int] = (480, 288)  # (w, h), multiples of 32
-    # Train on random crops of this size (w, h) of the letterboxed frames; None: whole frames.
-    crop_size: tuple[int, int] | None = None
-    zoom: tuple[float, float] = (0.75, 1.35)  # scale jitter range
-    epochs: float = 8.0
+    # Defaults: the shipped weights' recipe. The network sees whole 640x384 frames (the
+    # simulator's native size: no detail lost on the many small objects) but trains on
+    # 480x288 crops of them, zoomed by ``zoom``: the pixels of a 480x288 detector per step.
+    input_size: tuple[int, int] = (640, 384)  # (w, h), multiples of 32
+    crop_size: tuple[int, int] | None = (480, 288)  # None: whole frames
+    zoom: tuple[float, float] = (0.8, 1.25)  # scale jitter range
+    epochs: float = 12.0
     batch_size: int = 16
     lr: float = 3e-3
     weight_decay: float = 5e-4
-    warmup_steps: int = 150
+    warmup_steps: int = 300
     box_loss_weight: float = 5.0
     seed: int = 0
-    threads: int = 1
+    threads: int = 2
     max_steps: int | None = None  # the CI smoke stops after a few steps
     # Start from these weights (a state dict) instead of from scratch: continuing a run
     # that was cut short with a fresh, decaying schedule.
