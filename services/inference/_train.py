@@ -113,7 +113,7 @@ class WeightAverage:
     average is not anchored to the random initialisation of a short run.
     """
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
+    def __init__(self, model: CenterNet, decay: float) -> None:
         self.model = copy.deepcopy(model).eval()
         self.decay = decay
         self.updates = 0
@@ -161,7 +161,7 @@ def train(
     if cfg.init is not None:
         model.load_state_dict(torch.load(cfg.init, map_location="cpu", weights_only=True))
         log(f"initialised from {cfg.init}")
-    model = model.to(memory_format=torch.channels_last)
+    _set_memory_format(model, torch.channels_last)
     average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     decay = [p for p in model.parameters() if p.dim() > 1]
     no_decay = [p for p in model.parameters() if p.dim() <= 1]
@@ -230,7 +230,8 @@ def train(
             )
     if average is not None:
         model = average.model
-    model = model.to(memory_format=torch.contiguous_format).eval()
+    _set_memory_format(model, torch.contiguous_format)
+    model.eval()
     stats = {
         "steps": total,
         "images": n,
@@ -239,6 +240,13 @@ def train(
         "final_giou_loss": round(smooth_b, 4),
     }
     return model, stats
+
+
+def _set_memory_format(model: nn.Module, memory_format: torch.memory_format) -> None:
+    """What ``Module.to(memory_format=...)`` does (its 4-D weights), in typed calls."""
+    for p in model.parameters():
+        if p.dim() == 4:
+            p.data = p.data.contiguous(memory_format=memory_format)
 
 
 def _contiguous_state(model: nn.Module) -> dict[str, torch.Tensor]:
