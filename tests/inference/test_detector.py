@@ -65,7 +65,7 @@ def test_shipped_manifest() -> None:
     det = load_detector()
     assert DEFAULT_MANIFEST.with_name(det.manifest.weights).stat().st_size <= 10 * 2**20
     assert det.manifest.evaluation is not None, "run scripts/evaluate_detector.py --write-manifest"
-    assert det.input_size == (480, 288)
+    assert det.input_size == (640, 384)
 
 
 def test_missing_files(tmp_path: Path, tiny_manifest: Path) -> None:

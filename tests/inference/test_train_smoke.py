@@ -36,6 +36,7 @@ def test_training_smoke(tmp_path: Path) -> None:
         [
             "--data", str(data), "--seeds", "0-1", "--frames-per-seed", "2",
             "--max-steps", "3", "--batch-size", "2", "--out", str(out), "--version", "smoke",
+            "--workers", "1",
         ]
     )  # fmt: skip
     assert rc == 0
