@@ -51,23 +51,27 @@ def _size(ap: argparse.ArgumentParser, flag: str, text: str) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    d = TrainConfig(data="")
+    defaults = TrainConfig(data="")
     ap.add_argument("--data", default="var/det/train", help="shard directory (rendered if missing)")
     ap.add_argument("--seeds", default="0-799")
     ap.add_argument("--frames-per-seed", type=int, default=10)
     ap.add_argument("--interval", type=float, default=1.5)
-    ap.add_argument("--input-size", default=_wxh(d.input_size), help="network input WxH")
+    ap.add_argument("--input-size", default=_wxh(defaults.input_size), help="network input WxH")
     ap.add_argument(
-        "--crop-size", default=_wxh(d.crop_size), help="train on random WxH crops ('none': whole)"
+        "--crop-size",
+        default=_wxh(defaults.crop_size),
+        help="train on random WxH crops ('none': whole)",
     )
-    ap.add_argument("--zoom", default=f"{d.zoom[0]},{d.zoom[1]}", help="scale jitter lo,hi")
-    ap.add_argument("--epochs", type=float, default=d.epochs)
-    ap.add_argument("--batch-size", type=int, default=d.batch_size)
-    ap.add_argument("--lr", type=float, default=d.lr)
-    ap.add_argument("--threads", type=int, default=d.threads)
-    ap.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    ap.add_argument("--precision", choices=("bf16", "fp32"), default=d.precision)
-    ap.add_argument("--ema-decay", type=float, default=d.ema_decay, help="0: the last step")
+    ap.add_argument(
+        "--zoom", default=f"{defaults.zoom[0]},{defaults.zoom[1]}", help="scale jitter lo,hi"
+    )
+    ap.add_argument("--epochs", type=float, default=defaults.epochs)
+    ap.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    ap.add_argument("--lr", type=float, default=defaults.lr)
+    ap.add_argument("--threads", type=int, default=defaults.threads)
+    ap.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
+    ap.add_argument("--precision", choices=("bf16", "fp32"), default=defaults.precision)
+    ap.add_argument("--ema-decay", type=float, default=defaults.ema_decay, help="0: the last step")
     ap.add_argument("--init", default=None, help="start from this state dict (continue a run)")
     ap.add_argument("--note", default=None, help="free text recorded in the manifest")
     ap.add_argument("--max-steps", type=int, default=None, help="stop early (CI smoke)")

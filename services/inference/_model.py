@@ -1,7 +1,8 @@
 """The shipped network: a small anchor-free CenterNet/TTFNet-style detector.
 
-Why this shape: the whole model must run at >= 60 frames/s at batch 8 on two CPU cores, so
-the budget is a few tenths of a GFLOP per frame. A plain ResNet-ish backbone (dense 3x3
+Why this shape: the target is >= 60 frames/s at batch 8 on two CPU cores, so the budget is
+about a GFLOP per frame (0.89 at 480x288, 74 frames/s there; the shipped 640x384 input costs
+1.58 and does 35: docs/benchmarks.md weighs the two). A plain ResNet-ish backbone (dense 3x3
 convolutions run well on CPU through oneDNN; depthwise ones are memory bound) down to stride
 32, a light top-down FPN back to stride 4, and two heads at stride 4:
 
