@@ -4,6 +4,8 @@
 
 Measures the whole ``Detector.detect`` path (letterbox of a 640x384 uint8 frame, network,
 peak decoding, mapping back) and the network alone, median and p99 per batch, and frames/s.
+The baseline, side by side: the same network in its trained layout (BatchNorm unfolded,
+contiguous NCHW weights), which is what ``detect`` ran before ``inference_network``.
 The target is >= 60 frames/s at batch 8 on two cores (two cameras at 30 FPS). The machine
 is shared: run it when it is quiet, and read the p99 as an upper bound.
 """
@@ -39,9 +41,9 @@ def timeit(fn, seconds: float, min_runs: int = 5) -> list[float]:  # type: ignor
     return out
 
 
-def network_only(det: Detector, x: torch.Tensor) -> object:
+def network_only(det: Detector, net: torch.nn.Module, x: torch.Tensor) -> object:
     with torch.inference_mode():
-        return det.network(det.normalise(x.clone()))
+        return net(det.normalise(x.clone()))
 
 
 def main() -> int:
@@ -62,8 +64,15 @@ def main() -> int:
         frames = rng.integers(0, 255, (batch, 384, 640, 3), dtype=np.uint8)
         x = torch.rand(batch, 3, h, w)
         full = timeit(lambda f=frames: det.detect(f), args.seconds)
-        net = timeit(lambda x=x: network_only(det, x), args.seconds)
-        for what, ts in (("detect (end to end)", full), ("network only", net)):
+        net = timeit(lambda x=x: network_only(det, det.network, x), args.seconds)
+        trained = timeit(lambda x=x: network_only(det, det.model, x), args.seconds)
+        speedup = statistics.median(trained) / statistics.median(net)
+        print(f"batch {batch}: folded channels-last network {speedup:.2f}x the trained layout")
+        for what, ts in (
+            ("detect (end to end)", full),
+            ("network only", net),
+            ("network, trained layout (baseline)", trained),
+        ):
             med = statistics.median(ts)
             p99 = float(np.percentile(ts, 99))
             rows.append(

@@ -30,7 +30,7 @@ from services.inference._manifest import (
     verified_weights,
     write_manifest,
 )
-from services.inference._model import STRIDE, CenterNet, NetConfig
+from services.inference._model import STRIDE, CenterNet, NetConfig, inference_network
 
 __all__ = ["DEFAULT_MANIFEST", "Detector", "load_detector"]
 
@@ -44,6 +44,8 @@ class Detector:
         self.manifest = manifest
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        # What runs: BatchNorm folded, channels-last; ``model`` keeps the trained layout.
+        self._network = inference_network(self.model)
         self.input_size = (manifest.input.width, manifest.input.height)
         self.class_ids = tuple(manifest.class_ids)
         self._class_lut = torch.tensor(manifest.class_ids, dtype=torch.int64)
@@ -94,7 +96,7 @@ class Detector:
 
     @property
     def network(self) -> torch.nn.Module:
-        return self.model
+        return self._network
 
     def normalise(self, batch: torch.Tensor) -> torch.Tensor:
         mean, std = self._mean.to(batch.device), self._std.to(batch.device)
@@ -128,7 +130,7 @@ class Detector:
                 batch.to(self.device), self.input_size, self.manifest.input.letterbox_pad
             )
             with torch.inference_mode():
-                raw = self.model(self.normalise(x))
+                raw = self._network(self.normalise(x))
             results += self.postprocess(raw, [lb] * x.shape[0], [thr] * x.shape[0])
         return results
 
@@ -136,7 +138,7 @@ class Detector:
         w, h = self.input_size
         with torch.inference_mode():
             try:
-                heat, ltrb = self.model(torch.zeros(1, 3, h, w, device=self.device))
+                heat, ltrb = self._network(torch.zeros(1, 3, h, w, device=self.device))
             except Exception as e:  # any failure here is a broken model, reported at load
                 raise ModelLoadError(
                     f"model {self.manifest.name} fails on a blank input: {e}"

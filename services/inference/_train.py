@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from services.inference._data import augment, build_targets, load_trainset
-from services.inference._model import STRIDE, CenterNet, NetConfig
+from services.inference._model import STRIDE, CenterNet, NetConfig, set_memory_format
 
 __all__ = ["TrainConfig", "WeightAverage", "focal_loss", "giou_loss", "train"]
 
@@ -168,7 +168,7 @@ def train(
     if cfg.init is not None:
         model.load_state_dict(torch.load(cfg.init, map_location="cpu", weights_only=True))
         log(f"initialised from {cfg.init}")
-    _set_memory_format(model, torch.channels_last)
+    set_memory_format(model, torch.channels_last)
     average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     decay = [p for p in model.parameters() if p.dim() > 1]
     no_decay = [p for p in model.parameters() if p.dim() <= 1]
@@ -237,7 +237,7 @@ def train(
             )
     if average is not None:
         model = average.model
-    _set_memory_format(model, torch.contiguous_format)
+    set_memory_format(model, torch.contiguous_format)
     model.eval()
     stats = {
         "steps": total,
@@ -247,13 +247,6 @@ def train(
         "final_giou_loss": round(smooth_b, 4),
     }
     return model, stats
-
-
-def _set_memory_format(model: nn.Module, memory_format: torch.memory_format) -> None:
-    """What ``Module.to(memory_format=...)`` does (its 4-D weights), in typed calls."""
-    for p in model.parameters():
-        if p.dim() == 4:
-            p.data = p.data.contiguous(memory_format=memory_format)
 
 
 def _contiguous_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -26,7 +26,7 @@ from services.inference._letterbox import (
     to_float_batch,
     unletterbox_boxes,
 )
-from services.inference._model import CenterNet, count_gflops
+from services.inference._model import CenterNet, count_gflops, inference_network
 
 
 def test_detect_contract(tiny_manifest: Path) -> None:
@@ -178,11 +178,36 @@ def test_peak_decoding_is_nms_free() -> None:
 
 def test_shipped_architecture_budget_and_export() -> None:
     model = CenterNet().eval()
-    # At 480x288 this network does 74 frames/s at batch 8 on two cores (the >= 60 target,
-    # docs/benchmarks.md); growing past a GFLOP there would give that up.
-    assert count_gflops(model, (480, 288)) < 1.0
+    # At 640x384 (1.58 GFLOPs) its inference layout does ~84 frames/s at batch 8 on two
+    # cores (docs/benchmarks.md); past 2 GFLOPs the >= 60 target would be given up.
+    assert count_gflops(model, (640, 384)) < 2.0
     ep = torch.export.export(model, (torch.zeros(1, 3, 288, 480),))
     heat, _ = ep.module()(torch.zeros(1, 3, 288, 480))
     assert heat.shape == (1, 6, 72, 120)
     scripted = torch.jit.script(model)
     assert scripted(torch.zeros(1, 3, 64, 64))[1].shape == (1, 4, 16, 16)
+
+
+def test_inference_network_folds_batchnorm_without_changing_outputs() -> None:
+    torch.manual_seed(0)
+    model = CenterNet()
+    model.train()
+    with torch.no_grad():  # non-trivial running statistics for the folding to carry over
+        for _ in range(3):
+            model(torch.rand(2, 3, 96, 160))
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    net = inference_network(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    x = torch.rand(2, 3, 96, 160)
+    with torch.inference_mode():
+        want, got = model(x), net(x)
+    for a, b in zip(want, got, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+    # The trained model keeps its BatchNorms and weights (its state dict is what ships).
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    ep = torch.export.export(net, (x[:1],))  # TensorRT's way in
+    torch.testing.assert_close(ep.module()(x[:1])[0], got[0][:1], rtol=1e-4, atol=1e-4)
