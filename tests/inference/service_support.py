@@ -126,6 +126,9 @@ class RingFeeder:
             self._thread.join(timeout)
 
     def close(self) -> None:
+        """Stop writing and close the ring; safe to call again (tests close in finally)."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         self.join(5.0)
         self.writer.close()

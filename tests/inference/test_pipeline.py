@@ -91,37 +91,46 @@ async def test_analytics_down_then_back_loses_no_acknowledged_batch(
         return analytics
 
     feeder = RingFeeder(ring_name, [f for f, _ in sim_frames(10)], fps=15.0, loops=1000)
-    analytics = await start_analytics()
-    async with inference_host(
-        cameras={"cam-a": ring_name},
-        analytics_target=f"127.0.0.1:{port}",
-        reconnect_initial_seconds=0.05,
-        reconnect_max_seconds=0.5,
-    ) as host:
-        acknowledged = "inference_analytics_frames_acknowledged_total"
-        feeder.start()
-        await until(lambda: metric_value(host, acknowledged) >= 10, "first acknowledgements")
-        await analytics.stop()
-        down_at = metric_value(host, acknowledged)
-        await asyncio.sleep(2.0)  # frames keep coming; nothing can be acknowledged
-        assert metric_value(host, acknowledged) == down_at
-        analytics = await start_analytics()
-        await asyncio.sleep(1.0)
-        feeder.close()
-        delivered = "inference_frames_total"
-        await until(
-            lambda: (
-                metric_value(host, acknowledged) == metric_value(host, delivered, source="ring")
-            ),
-            "every delivered frame acknowledged",
-        )
-        assert metric_value(host, acknowledged) > down_at + 20
+    analytics: ServiceHost | None = await start_analytics()
+    # A failure anywhere below must not leave the feeder writing or analytics serving on
+    # its port: later tests would run next to them (and a slow machine is when it fails).
+    try:
+        async with inference_host(
+            cameras={"cam-a": ring_name},
+            analytics_target=f"127.0.0.1:{port}",
+            reconnect_initial_seconds=0.05,
+            reconnect_max_seconds=0.5,
+        ) as host:
+            acknowledged = "inference_analytics_frames_acknowledged_total"
+            feeder.start()
+            await until(lambda: metric_value(host, acknowledged) >= 10, "first acknowledgements")
+            await analytics.stop()
+            analytics = None
+            down_at = metric_value(host, acknowledged)
+            await asyncio.sleep(2.0)  # frames keep coming; nothing can be acknowledged
+            assert metric_value(host, acknowledged) == down_at
+            analytics = await start_analytics()
+            await asyncio.sleep(1.0)
+            feeder.close()
+            delivered = "inference_frames_total"
+            await until(
+                lambda: (
+                    metric_value(host, acknowledged) == metric_value(host, delivered, source="ring")
+                ),
+                "every delivered frame acknowledged",
+            )
+            assert metric_value(host, acknowledged) > down_at + 20
+            assert metric_value(host, "inference_analytics_frames_undelivered_total") == 0
+            assert metric_value(host, "inference_analytics_reconnects_total") >= 1
+        # Leaving the host drained the producer into analytics, which still runs.
         assert metric_value(host, "inference_analytics_frames_undelivered_total") == 0
-        assert metric_value(host, "inference_analytics_reconnects_total") >= 1
-    # Leaving the host drained the producer into analytics, which still runs.
-    assert metric_value(host, "inference_analytics_frames_undelivered_total") == 0
-    sent = metric_value(host, "inference_analytics_batches_sent_total")
-    await analytics.stop()
+        sent = metric_value(host, "inference_analytics_batches_sent_total")
+        await analytics.stop()
+        analytics = None
+    finally:
+        feeder.close()
+        if analytics is not None:
+            await analytics.stop()
     connection = await asyncpg.connect(postgres_dsn)
     try:
         marks = await connection.fetch("SELECT last_sequence FROM analytics_producers")
