@@ -1,6 +1,6 @@
 """Train the shipped vehicle detector from scratch on simulator data (CPU, deterministic).
 
-    python scripts/train_detector.py     # the shipped run: ~6 min rendering + ~50 min training
+    python scripts/train_detector.py     # the shipped run: ~4 min rendering + ~46 min training
     # -> services/inference/models/its-detector-v1.pt + its-detector-v1.json
 
 The defaults are the shipped weights' recipe (``TrainConfig``'s defaults, 800 scenes of 10
