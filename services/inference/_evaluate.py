@@ -4,10 +4,13 @@ The held-out frames come from simulator seeds never used in training (100000 and
 training script refuses them), so every held-out frame is an unseen scene: camera, road,
 traffic and condition. Figures are reported overall and for each tag the simulator sets:
 the six conditions, ``heavy_occlusion`` and ``small_objects``. Difficult boxes are ignored.
+``by_height`` splits the overall figure by object height in frame pixels (COCO-style size
+ranges, see ``_map``): where the misses are, since most objects on a traffic camera are far.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -25,6 +28,7 @@ __all__ = [
     "EVAL_SCORE_THRESHOLD",
     "GATE_CONDITION_MAP50",
     "GATE_OVERALL_MAP50",
+    "HEIGHT_BUCKETS",
     "HELD_OUT_SEEDS",
     "REPORTED_TAGS",
     "Sample",
@@ -50,6 +54,14 @@ REPORTED_TAGS: tuple[str, ...] = (
     "glare",
     "heavy_occlusion",
     "small_objects",
+)
+# Object height ranges (frame pixels, [lo, hi)) of the by-height figures; boxes under 8 px
+# are difficult (ignored) anyway, so the first bucket is 8-12 px in effect.
+HEIGHT_BUCKETS: tuple[tuple[float, float], ...] = (
+    (0.0, 12.0),
+    (12.0, 20.0),
+    (20.0, 40.0),
+    (40.0, float("inf")),
 )
 # mAP integrates the whole precision-recall curve: keep low-scored detections.
 EVAL_SCORE_THRESHOLD = 0.01
@@ -117,7 +129,15 @@ def evaluate_detector(
         "inference_seconds": round(infer_s, 2),
         "overall": _as_dict(overall),
         "per_condition": {t: _as_dict(r) for t, r in per_tag.items()},
+        "by_height": {
+            _bucket_name(lo, hi): _as_dict(evaluate(records, _CLASS_NAMES, height_range=(lo, hi)))
+            for lo, hi in HEIGHT_BUCKETS
+        },
     }
+
+
+def _bucket_name(lo: float, hi: float) -> str:
+    return f">={lo:g} px" if math.isinf(hi) else f"{lo:g}-{hi:g} px"
 
 
 def _as_dict(r: MapResult) -> dict[str, Any]:
@@ -138,7 +158,11 @@ def format_table(result: dict[str, Any]) -> str:
         "| subset | frames | mAP@0.5 | mAP@0.5:0.95 |",
         "|---|---:|---:|---:|",
     ]
-    rows = [("overall", result["overall"]), *result["per_condition"].items()]
+    rows = [
+        ("overall", result["overall"]),
+        *result["per_condition"].items(),
+        *((f"height {k}", r) for k, r in result.get("by_height", {}).items()),
+    ]
     for name, r in rows:
         lines.append(f"| {name} | {r['images']} | {r['map50']:.3f} | {r['map50_95']:.3f} |")
     return "\n".join(lines)

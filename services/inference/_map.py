@@ -8,6 +8,11 @@ dropped, neither true nor false; otherwise it is a false positive, duplicates of
 object included. Ignored boxes never count as misses. AP is the area under the precision
 envelope over all recall points (VOC 2010+), mAP the mean over classes that have at least one
 ground-truth box in the evaluated images.
+
+``height_range`` restricts an evaluation to objects of a size, as COCO's area ranges do:
+ground truth outside the range is ignored, and so is a detection outside it that matches
+nothing, so each bucket's AP says how well objects of that size are found without the others
+counting for or against it.
 """
 
 from __future__ import annotations
@@ -80,8 +85,19 @@ def average_precision(tp: NDArray[np.bool_], scores: NDArray[np.floating], n_gt:
     return float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1]))
 
 
+def _outside(boxes: F32, height_range: tuple[float, float] | None) -> NDArray[np.bool_]:
+    if height_range is None:
+        return np.zeros(len(boxes), bool)
+    h = boxes[:, 3] - boxes[:, 1]
+    out: NDArray[np.bool_] = (h < height_range[0]) | (h >= height_range[1])
+    return out
+
+
 def _match_image(
-    rec: ImageRecord, cls: int, thresholds: Sequence[float]
+    rec: ImageRecord,
+    cls: int,
+    thresholds: Sequence[float],
+    height_range: tuple[float, float] | None = None,
 ) -> tuple[NDArray[np.bool_], NDArray[np.bool_], F32, int]:
     """(tp [T, D], kept [T, D], scores [D], n_gt) for one image and class."""
     dm = rec.det_classes == cls
@@ -89,7 +105,8 @@ def _match_image(
     scores = rec.det_scores[dm]
     order = np.argsort(-scores.astype(np.float64), kind="stable")
     dboxes, scores = rec.det_boxes[dm][order], scores[order]
-    gboxes, gign = rec.gt_boxes[gm], rec.gt_ignore[gm]
+    gboxes = rec.gt_boxes[gm]
+    gign = rec.gt_ignore[gm] | _outside(gboxes, height_range)
     n_gt = int((~gign).sum())
     t_n, d_n = len(thresholds), len(dboxes)
     tp = np.zeros((t_n, d_n), bool)
@@ -107,6 +124,8 @@ def _match_image(
                 tp[ti, d] = True
             elif gign.any() and (iou[d][gign] >= thr).any():
                 kept[ti, d] = False
+    # Unmatched detections of another size belong to another bucket.
+    kept &= tp | ~_outside(dboxes, height_range)[None, :]
     return tp, kept, scores, n_gt
 
 
@@ -114,15 +133,17 @@ def evaluate(
     records: Iterable[ImageRecord],
     class_names: Sequence[str],
     thresholds: Sequence[float] = IOU_THRESHOLDS,
+    height_range: tuple[float, float] | None = None,
 ) -> MapResult:
-    """mAP@0.5 and mAP@0.5:0.95 over ``records`` (the 0.5 threshold must be first)."""
+    """mAP@0.5 and mAP@0.5:0.95 over ``records`` (the 0.5 threshold must be first), of the
+    objects ``height_range[0] <= height < height_range[1]`` pixels tall if given."""
     recs = list(records)
     per_class: dict[str, dict[str, float]] = {}
     ap50s, ap_all = [], []
     for cls, name in enumerate(class_names):
         tps, keeps, scores, n_gt = [], [], [], 0
         for r in recs:
-            tp, kept, sc, n = _match_image(r, cls, thresholds)
+            tp, kept, sc, n = _match_image(r, cls, thresholds, height_range)
             tps.append(tp)
             keeps.append(kept)
             scores.append(sc)

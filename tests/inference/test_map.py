@@ -88,3 +88,21 @@ def test_average_precision_interpolation() -> None:
     assert ap == pytest.approx(1 / 3 + (1 / 3) * (2 / 3))
     assert math.isnan(average_precision(tp, np.array([0.9, 0.8, 0.7]), 0))
     assert average_precision(np.zeros(0, bool), np.zeros(0), 2) == 0.0
+
+
+def test_height_range_scores_one_size_of_object() -> None:
+    # A 10 px car found, a 30 px car missed, and a 10 px false positive scored highest.
+    r = rec(
+        [(100, 100, 110, 110, 0.95, 0), (0, 0, 10, 10, 0.9, 0)],
+        [(0, 0, 10, 10, 0), (20, 20, 30, 50, 0)],
+    )
+    assert evaluate([r], NAMES).map50 == pytest.approx(0.5 * 0.5)
+    # Small objects: the 30 px car is not demanded; the small false positive still counts.
+    small = evaluate([r], NAMES, height_range=(0, 20))
+    assert small.map50 == pytest.approx(0.5)
+    assert small.per_class["car"]["gt"] == 1
+    # Large objects: the small detections are another bucket's business, neither true nor
+    # false here, and the missed 30 px car is all there is.
+    large = evaluate([r], NAMES, height_range=(20, math.inf))
+    assert large.map50 == pytest.approx(0.0)
+    assert large.per_class["car"]["gt"] == 1
