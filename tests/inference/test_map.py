@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from services.inference._evaluate import _any_class
 from services.inference._map import ImageRecord, average_precision, box_iou, evaluate
 
 NAMES = ("car", "truck")
@@ -106,3 +107,10 @@ def test_height_range_scores_one_size_of_object() -> None:
     large = evaluate([r], NAMES, height_range=(20, math.inf))
     assert large.map50 == pytest.approx(0.0)
     assert large.per_class["car"]["gt"] == 1
+
+
+def test_class_agnostic_scores_a_confused_class_as_found() -> None:
+    # A truck reported as a car: a miss and a false positive per class, a hit without them.
+    r = rec([(0, 0, 10, 20, 0.9, 0)], [(0, 0, 10, 20, 1)])
+    assert evaluate([r], NAMES).map50 == pytest.approx(0.0)
+    assert evaluate([_any_class(r)], ("any",)).map50 == pytest.approx(1.0)
