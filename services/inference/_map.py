@@ -124,8 +124,9 @@ def _match_image(
                 tp[ti, d] = True
             elif gign.any() and (iou[d][gign] >= thr).any():
                 kept[ti, d] = False
-    # Unmatched detections of another size belong to another bucket.
-    kept &= tp | ~_outside(dboxes, height_range)[None, :]
+    if height_range is not None:
+        # Unmatched detections of another size belong to another bucket.
+        kept &= tp | ~_outside(dboxes, height_range)[None, :]
     return tp, kept, scores, n_gt
 
 

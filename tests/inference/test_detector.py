@@ -178,7 +178,7 @@ def test_peak_decoding_is_nms_free() -> None:
 
 def test_shipped_architecture_budget_and_export() -> None:
     model = CenterNet().eval()
-    # At 640x384 (1.58 GFLOPs) its inference layout does ~84 frames/s at batch 8 on two
+    # At 640x384 (1.58 GFLOPs) its inference layout does ~92 frames/s at batch 8 on two
     # cores (docs/benchmarks.md); past 2 GFLOPs the >= 60 target would be given up.
     assert count_gflops(model, (640, 384)) < 2.0
     ep = torch.export.export(model, (torch.zeros(1, 3, 288, 480),))
