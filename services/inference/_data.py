@@ -109,8 +109,7 @@ def augment(
     frame (the network is fully convolutional, so it trains on crops at the scale it will
     see whole frames, for a fraction of the pixels).
     """
-    x = images.permute(0, 3, 1, 2).float().div_(255.0)
-    b, _, h, w = x.shape
+    b, h, w, _ = images.shape
     ow, oh = out_size or (w, h)
     s = torch.empty(b).uniform_(scale[0], scale[1], generator=gen)
     flip = torch.rand(b, generator=gen) < 0.5
@@ -118,26 +117,25 @@ def augment(
     tx = (torch.rand(b, generator=gen) - 0.5) * (w * s - ow).abs() * 1.2
     ty = (torch.rand(b, generator=gen) - 0.5) * (h * s - oh).abs() * 1.2
     sx = torch.where(flip, -s, s)
-    # Output pixel u maps from input x by u = sx * (x - w/2) + ow/2 + tx (likewise y);
-    # affine_grid wants the inverse in normalised coordinates.
-    theta = torch.zeros(b, 2, 3)
-    theta[:, 0, 0] = ow / w / sx
-    theta[:, 1, 1] = oh / h / s
-    theta[:, 0, 2] = -tx * 2.0 / w / sx
-    theta[:, 1, 2] = -ty * 2.0 / h / s
-    grid = F.affine_grid(theta, [b, 3, oh, ow], align_corners=False)
-    # grid_sample pads with zeros: shift so the padding comes out as the letterbox grey.
-    x = F.grid_sample(x - PAD_VALUE, grid, mode="bilinear", align_corners=False) + PAD_VALUE
-    # Colour: brightness, contrast, saturation per image; the sim's conditions already vary
-    # light, this widens it so night/fog scenes are not out of distribution.
+    # Output pixel u maps from input x by u = sx * (x - w/2) + ow/2 + tx (likewise y).
+    # The map is separable, so the sampling grid (normalised input coordinates of each
+    # output pixel centre) is built by broadcasting a row and a column: affine_grid's
+    # general 2x3 product cost as much as the sampling itself.
+    u = torch.arange(ow, dtype=torch.float32) + 0.5 - ow / 2
+    v = torch.arange(oh, dtype=torch.float32) + 0.5 - oh / 2
+    gx = (u[None, :] - tx[:, None]) / sx[:, None] * (2.0 / w)  # [B, ow]
+    gy = (v[None, :] - ty[:, None]) / s[:, None] * (2.0 / h)  # [B, oh]
+    grid = torch.stack((gx[:, None, :].expand(b, oh, ow), gy[:, :, None].expand(b, oh, ow)), dim=-1)
+    # grid_sample pads with zeros: sample (x - pad) so the padding comes out as the letterbox
+    # grey. The channels-last view of the HWC frames is what grid_sample reads fastest.
+    x = images.permute(0, 3, 1, 2).float().mul_(1.0 / 255.0).sub_(PAD_VALUE)
+    x = F.grid_sample(x, grid, mode="bilinear", align_corners=False)
+    # Colour: saturation, contrast and brightness per image; the sim's conditions already
+    # vary light, this widens it so night/fog scenes are not out of distribution.
     bright = 1.0 + (torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1) * colour
     contrast = 1.0 + (torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1) * colour
     sat = 1.0 + (torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1) * colour
-    grey = x.mean(dim=1, keepdim=True)
-    x = grey + (x - grey) * sat
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = ((x - mean) * contrast + mean) * bright
-    x = x.clamp_(0.0, 1.0)
+    x = _jitter_colour(x, PAD_VALUE, sat, contrast, bright)
     out_boxes = []
     for i in range(b):
         bx = boxes[i].copy()
@@ -148,6 +146,28 @@ def augment(
         bx[:, 1], bx[:, 3] = ys.min(1), ys.max(1)
         out_boxes.append(bx)
     return x, out_boxes
+
+
+def _jitter_colour(
+    x: torch.Tensor,
+    offset: float,
+    sat: torch.Tensor,
+    contrast: torch.Tensor,
+    bright: torch.Tensor,
+) -> torch.Tensor:
+    """Saturation, then contrast, then brightness (factors ``[B,1,1,1]``) of the images
+    ``x + offset``, clamped to [0, 1]; ``x`` is overwritten.
+
+    The three compose into one affine map of a pixel and its grey (channel mean), because
+    a saturation change keeps the image mean: out = a*p + g*grey + c, a few in-place passes
+    over the batch where the steps one at a time allocate a new tensor each.
+    """
+    grey = x.mean(dim=1, keepdim=True)
+    mean = grey.mean(dim=(2, 3), keepdim=True) + offset
+    a = bright * contrast * sat
+    g = bright * contrast * (1.0 - sat)
+    c = bright * (1.0 - contrast) * mean + (a + g) * offset
+    return x.mul_(a).add_(grey * g).add_(c).clamp_(0.0, 1.0)
 
 
 def _clip_boxes(

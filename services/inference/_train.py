@@ -6,10 +6,13 @@ the Gaussian. AdamW with a linear warm-up and cosine decay: from scratch, a shor
 and a high learning rate are what fit in an hour of a 2-core CPU.
 
 Speed: the forward and backward passes run under bfloat16 autocast on channels-last tensors
-(``precision="bf16"``), which oneDNN maps to the CPU's bf16/AMX units where it has them:
-a whole step of 16 crops, augmentation included, takes 0.32 s against 0.47 s in float32 on
-this AMX CPU (``--max-steps 60`` with and without ``--precision fp32``). The weights,
-optimiser and losses stay float32.
+(``precision="bf16"``), which oneDNN maps to the CPU's bf16/AMX units where it has them.
+A whole step of 16 crops, augmentation included (``--max-steps`` runs with and without
+``--precision fp32``): 0.32 s against 0.47 s in float32 on an Intel CPU with AMX; 0.42 s
+against 0.60 s on an AMD EPYC with AVX512-BF16 and no AMX, this project's other machine
+kind, with the cheaper augmentation of ``_data.augment`` (~60 ms less a step than before).
+``torch.compile`` of the network gained nothing there (0.42 s either way, 0.68 s against
+0.60 s in float32), so it is not used. The weights, optimiser and losses stay float32.
 The weights shipped are an exponential moving average of the trained ones (YOLOv5's
 ``ModelEMA``), the usual remedy for the noise of a short schedule; its gain over the last
 step was not measured separately here.

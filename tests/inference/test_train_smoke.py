@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from services.inference import load_detector
-from services.inference._data import augment, build_targets, load_trainset
+from services.inference._data import _jitter_colour, augment, build_targets, load_trainset
 from services.inference._train import focal_loss
 from services.sim import write_dataset
 
@@ -95,3 +95,17 @@ def test_augmented_crops_carry_their_boxes() -> None:
         ys, xs = torch.nonzero(image.mean(0) > 0.75, as_tuple=True)
         seen = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
         np.testing.assert_allclose(seen, moved[0], atol=1.5)
+
+
+def test_colour_jitter_is_the_three_steps_in_order() -> None:
+    """The fused colour jitter equals saturation, contrast, then brightness applied in turn."""
+    gen = torch.Generator().manual_seed(5)
+    pixels = torch.rand(4, 3, 24, 32, generator=gen)
+    sat, contrast, bright = (0.7 + 0.6 * torch.rand(4, 1, 1, 1, generator=gen) for _ in "abc")
+    grey = pixels.mean(dim=1, keepdim=True)
+    expected = grey + (pixels - grey) * sat
+    mean = expected.mean(dim=(1, 2, 3), keepdim=True)
+    expected = (((expected - mean) * contrast + mean) * bright).clamp(0.0, 1.0)
+    offset = 0.45
+    fused = _jitter_colour(pixels - offset, offset, sat, contrast, bright)
+    torch.testing.assert_close(fused, expected, atol=1e-5, rtol=0)
