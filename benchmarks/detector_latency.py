@@ -6,6 +6,9 @@ Measures the whole ``Detector.detect`` path (letterbox of a 640x384 uint8 frame,
 peak decoding, mapping back) and the network alone, median and p99 per batch, and frames/s.
 The baseline, side by side: the same network in its trained layout (BatchNorm unfolded,
 contiguous NCHW weights), which is what ``detect`` ran before ``inference_network``.
+Where the CPU has bf16 instructions it also times both paths through the engine that
+``inference.precision: bf16`` builds (its accuracy: ``scripts/evaluate_detector.py
+--precision bf16``).
 The target is >= 60 frames/s at batch 8 on two cores (two cameras at 30 FPS). The machine
 is shared: run it when it is quiet, and read the p99 as an upper bound.
 """
@@ -18,6 +21,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,24 +30,47 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.inference import DEFAULT_MANIFEST, Detector, load_detector
+from services.inference._backends import EngineSpec, build_engine
+from services.inference._contract import detect_frames
 from services.inference._model import count_gflops
 
 
-def timeit(fn, seconds: float, min_runs: int = 5) -> list[float]:  # type: ignore[no-untyped-def]
-    fn()  # warm-up (oneDNN picks its kernels on the first call)
-    fn()
-    out: list[float] = []
-    t_end = time.perf_counter() + seconds
-    while time.perf_counter() < t_end or len(out) < min_runs:
-        t = time.perf_counter()
+def timeit(
+    paths: dict[str, Callable[[], object]], seconds: float, min_runs: int = 5
+) -> dict[str, list[float]]:
+    """Seconds per call of each path, the paths taking turns for ``seconds`` each: on a
+    shared machine a busy spell then slows every path alike instead of one, so their
+    ratios hold even when the absolute figures do not."""
+    for fn in paths.values():
+        fn()  # warm-up (oneDNN picks its kernels on the first call)
         fn()
-        out.append(time.perf_counter() - t)
+    out: dict[str, list[float]] = {name: [] for name in paths}
+    t_end = time.perf_counter() + seconds * len(paths)
+    while time.perf_counter() < t_end or min(map(len, out.values())) < min_runs:
+        for name, fn in paths.items():
+            t = time.perf_counter()
+            fn()
+            out[name].append(time.perf_counter() - t)
     return out
 
 
-def network_only(det: Detector, net: torch.nn.Module, x: torch.Tensor) -> object:
+def network_only(det: Detector, net: Callable[[torch.Tensor], object], x: torch.Tensor) -> object:
     with torch.inference_mode():
         return net(det.normalise(x.clone()))
+
+
+def cpu_name() -> str:
+    """The CPU model and its bf16 instruction sets: figures differ a lot between them."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if "model name" in ln), "")
+    flags = next(
+        (ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []
+    )
+    bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return f"{name or platform.machine()} ({', '.join(bf16) or 'no bf16 instructions'})"
 
 
 def main() -> int:
@@ -59,20 +86,29 @@ def main() -> int:
     gflops = count_gflops(det.model, (w, h))
     params = sum(p.numel() for p in det.model.parameters()) / 1e6
     rng = np.random.default_rng(0)
+    bf16 = None
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        bf16 = build_engine(det, EngineSpec(precision="bf16", max_batch_size=8))
     rows = []
     for batch in (1, 8):
         frames = rng.integers(0, 255, (batch, 384, 640, 3), dtype=np.uint8)
         x = torch.rand(batch, 3, h, w)
-        full = timeit(lambda f=frames: det.detect(f), args.seconds)
-        net = timeit(lambda x=x: network_only(det, det.network, x), args.seconds)
-        trained = timeit(lambda x=x: network_only(det, det.model, x), args.seconds)
-        speedup = statistics.median(trained) / statistics.median(net)
-        print(f"batch {batch}: folded channels-last network {speedup:.2f}x the trained layout")
-        for what, ts in (
-            ("detect (end to end)", full),
-            ("network only", net),
-            ("network, trained layout (baseline)", trained),
-        ):
+        paths: dict[str, Callable[[], object]] = {
+            "detect (end to end)": lambda f=frames: det.detect(f),
+            "network only": lambda x=x: network_only(det, det.network, x),
+            "network, trained layout (baseline)": lambda x=x: network_only(det, det.model, x),
+        }
+        if bf16 is not None:
+            paths["detect, bf16 engine"] = lambda f=frames, e=bf16: detect_frames(det, e, f)
+            paths["network only, bf16 engine"] = lambda x=x, e=bf16: network_only(det, e, x)
+        timed = timeit(paths, args.seconds)
+        medians = {name: statistics.median(ts) for name, ts in timed.items()}
+        ratio = medians["network, trained layout (baseline)"] / medians["network only"]
+        print(f"batch {batch}: folded channels-last network {ratio:.2f}x the trained layout")
+        if bf16 is not None:
+            ratio = medians["network only"] / medians["network only, bf16 engine"]
+            print(f"batch {batch}: bf16 engine's network {ratio:.2f}x the fp32 network")
+        for what, ts in timed.items():
             med = statistics.median(ts)
             p99 = float(np.percentile(ts, 99))
             rows.append(
@@ -85,7 +121,7 @@ def main() -> int:
                     "runs": len(ts),
                 }
             )
-    cpu = platform.processor() or platform.machine()
+    cpu = cpu_name()
     print(
         f"model {det.manifest.name} {det.manifest.version}: input {w}x{h}, "
         f"{gflops:.3f} GFLOPs/frame (2 x MACs), {params:.2f} M params, "

@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/inference_pipeline.py            # ~3 min
     .venv/bin/python benchmarks/inference_pipeline.py --quick    # smoke test
+    .venv/bin/python benchmarks/inference_pipeline.py --precision fp32 bf16  # both, side by side
 
 Each camera is a ring written by a thread at 30 FPS with rendered simulator frames
 (1280x720 RGB, looped), as the decoder writes them. The real inference service (in-process
@@ -16,8 +17,9 @@ arrival. Reported per configuration, side by side in one run:
 - mean model batch size.
 
 "batching off" is max_batch_size=1 (every frame alone); "batching on" is max_batch_size=8
-with a 5 ms maximum queue delay. Torch uses all cores (the writer threads and the gRPC peer
-share them, as on a real node).
+with a 5 ms maximum queue delay. ``--precision`` is ``inference.precision`` (bf16 needs a CPU
+with bf16 instructions); several values run every configuration in each. Torch uses all
+cores (the writer threads and the gRPC peer share them, as on a real node).
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ def _stage_totals(host: Any) -> dict[str, tuple[float, float]]:
 
 
 async def run(
-    cameras: int, batching: bool, seconds: float, frames: list[np.ndarray]
+    cameras: int, batching: bool, precision: str, seconds: float, frames: list[np.ndarray]
 ) -> dict[str, Any]:
     rings = {f"cam-{i}": f"bench-{uuid.uuid4().hex[:8]}" for i in range(cameras)}
     feeders = [RingFeeder(ring, frames, fps=30.0, slots=8, loops=10**6) for ring in rings.values()]
@@ -89,6 +91,7 @@ async def run(
             "max_queue_delay_ms": 0.0,
         }
     )
+    options["precision"] = precision
     async with recording_analytics() as (recorder, target):
         arrivals = recorder.latencies_ms
         async with inference_host(cameras=rings, analytics_target=target, **options) as host:
@@ -117,6 +120,7 @@ async def run(
     return {
         "cameras": cameras,
         "batching": "on (8, 5 ms)" if batching else "off (1)",
+        "precision": precision,
         "fps": delivered / elapsed,
         "written_fps": written / elapsed,
         "skipped": max(0.0, 1.0 - delivered / written) if written else 0.0,
@@ -140,21 +144,23 @@ async def main_async(args: argparse.Namespace) -> None:
     rows = []
     for cameras in counts:
         for batching in (False, True):
-            rows.append(await run(cameras, batching, seconds, frames))
-            print(rows[-1], flush=True)
+            for precision in args.precision:
+                rows.append(await run(cameras, batching, precision, seconds, frames))
+                print(rows[-1], flush=True)
     print(
         f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads, {seconds:.0f} s per row\n"
     )
     print(
-        "| cameras (720p30) | batching | delivered fps | written fps | skipped "
+        "| cameras (720p30) | batching | precision | delivered fps | written fps | skipped "
         "| p50 ms | p99 ms | mean batch | queue wait ms | preprocess ms/batch "
         "| model ms/batch | postprocess ms/batch |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['cameras']} | {r['batching']} | {r['fps']:.1f} | {r['written_fps']:.1f} | "
+            f"| {r['cameras']} | {r['batching']} | {r['precision']} | {r['fps']:.1f} | "
+            f"{r['written_fps']:.1f} | "
             f"{r['skipped']:.0%} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['mean_batch']:.2f} | "
             f"{r['queue_wait_ms']:.1f} | {r['preprocess_ms']:.1f} | {r['model_ms']:.1f} | "
             f"{r['postprocess_ms']:.1f} |"
@@ -165,6 +171,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--precision", nargs="+", choices=("fp32", "bf16"), default=["fp32"])
     asyncio.run(main_async(parser.parse_args()))
     return 0
 

@@ -4,6 +4,7 @@ per condition (day, dusk, night, rain, fog, glare, heavy occlusion, small object
     python scripts/evaluate_detector.py                      # the shipped weights
     python scripts/evaluate_detector.py --write-manifest     # record the figures in its manifest
     python scripts/evaluate_detector.py --checkpoint var/det/ckpt.pt   # a training checkpoint
+    python scripts/evaluate_detector.py --precision bf16     # as inference.precision bf16 runs
 
 The held-out set (seeds 100000-100119, 5 frames each, 600 frames) is rendered into ``--data``
 if missing. Training uses seeds below 100000 only, so these are unseen scenes.
@@ -23,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from services.inference._backends import EngineSpec, build_engine
 from services.inference._data import shard_files
 from services.inference._detector import DEFAULT_MANIFEST, load_detector, save_detector
 from services.inference._evaluate import (
@@ -62,9 +64,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--interval", type=float, default=2.0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="run the network in this precision (inference.precision); the manifest's "
+        "figures are fp32's",
+    )
     ap.add_argument("--json", default=None, help="write the full figures here")
     ap.add_argument("--write-manifest", action="store_true", help="store figures in the manifest")
     args = ap.parse_args(argv)
+    if args.write_manifest and args.precision != "fp32":
+        ap.error("--write-manifest records the fp32 figures; drop --precision")
     torch.set_num_threads(args.threads)
 
     seeds = parse_seeds(args.seeds)
@@ -87,8 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         manifest_path = Path(args.manifest)
     detector = load_detector(manifest_path)
+    engine = None
+    if args.precision != "fp32":
+        spec = EngineSpec(precision=args.precision, max_batch_size=args.batch_size)
+        engine = build_engine(detector, spec)
     t = time.perf_counter()
-    result = evaluate_detector(detector, samples(paths), batch_size=args.batch_size)
+    result = evaluate_detector(detector, samples(paths), batch_size=args.batch_size, engine=engine)
+    result["precision"] = args.precision
     result["seconds"] = round(time.perf_counter() - t, 1)
     result["command"] = "python scripts/evaluate_detector.py " + " ".join(argv or sys.argv[1:])
     result["held_out_seeds"] = args.seeds

@@ -189,10 +189,12 @@ class InferenceSettings(_Section):
     yolo_input_size: tuple[int, int] = (640, 640)
     yolo_num_classes: int = Field(80, ge=1, le=4096)
     # Runtime: "torch" (eager), "torch-compile" (Inductor) or "tensorrt" (Torch-TensorRT,
-    # CUDA only); device in torch notation; fp16 needs CUDA.
+    # CUDA only); device in torch notation; fp16 needs CUDA; bf16 needs a GPU or a CPU with
+    # bf16 instructions (AVX512-BF16 or AMX), where it runs the shipped network ~1.9x faster
+    # for 0.002 of held-out mAP (docs/benchmarks.md).
     backend: BackendName = "torch"
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:[0-9]+)?)$")
-    precision: Literal["fp32", "fp16"] = "fp32"
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     # Compiled TensorRT engines, keyed by model hash, GPU and library versions.
     engine_cache_dir: Path = Path("var/inference/engines")
     # CPU threads for torch's operators (0: torch's default, one per core).

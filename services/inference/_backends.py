@@ -7,7 +7,8 @@ copy of the network (moved, cast, compiled), so the model's own ``detect`` keeps
 unchanged on the CPU.
 
 Everything that can go wrong does so at build time, at start-up, naming the setting: CUDA
-missing or a CPU build of torch, fp16 on a CPU, torch_tensorrt not installed, compilation
+missing or a CPU build of torch, fp16 on a CPU, bf16 on a CPU or GPU without bf16 support,
+torch_tensorrt not installed, compilation
 failing (``BackendUnavailableError``), outputs whose shapes differ from the eager network's
 on a blank batch (``OutputFormatError``). The check runs at batch 1 and at the largest
 batch, which is also the warm-up of the compiling backends: the first live frame pays no
@@ -53,6 +54,13 @@ _INSTALL_GPU = "pip install 'its-camera-ai[gpu]'"
 # so that entries written the old way are no longer picked up.
 _CACHE_FORMAT = 1
 
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_PRECISIONS = {
+    "fp32": model_pb2.PRECISION_FP32,
+    "fp16": model_pb2.PRECISION_FP16,
+    "bf16": model_pb2.PRECISION_BF16,
+}
+
 _Runner = Callable[[torch.Tensor], Any]
 # Output tensor shapes, flattened; non-tensor leaves by type name.
 _Shapes = list[tuple[int, ...] | str]
@@ -64,7 +72,7 @@ class EngineSpec:
 
     backend: BackendName = "torch"
     device: str = "cpu"  # torch notation: "cpu", "cuda", "cuda:1"
-    precision: Literal["fp32", "fp16"] = "fp32"
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     max_batch_size: int = 8
     cache_dir: Path = Path("var/inference/engines")  # TensorRT engines
 
@@ -84,7 +92,7 @@ class EngineSpec:
 
     @property
     def dtype(self) -> torch.dtype:
-        return torch.float16 if self.precision == "fp16" else torch.float32
+        return _DTYPES[self.precision]
 
 
 class Engine:
@@ -108,9 +116,7 @@ class Engine:
         self.input_size = input_size
         self.max_batch_size = spec.max_batch_size
         self.backend: int = _backend_value(spec.backend, device)
-        self.precision: int = (
-            model_pb2.PRECISION_FP16 if spec.precision == "fp16" else model_pb2.PRECISION_FP32
-        )
+        self.precision: int = _PRECISIONS[spec.precision]
         # TensorRT only: whether the engine came from the on-disk cache instead of a build.
         self.loaded_from_cache = loaded_from_cache
         self._run = run
@@ -118,7 +124,8 @@ class Engine:
 
     def __call__(self, x: torch.Tensor) -> Any:
         """Normalised float32 ``[B,3,H,W]`` on ``device``, 1 <= B <= ``max_batch_size`` ->
-        the raw outputs as ``model.network`` returns them (fp16 tensors at fp16)."""
+        the raw outputs as ``model.network`` returns them, in the engine's precision
+        (``postprocess`` decodes in float32: bf16 keeps 8 bits of a box coordinate)."""
         w, h = self.input_size
         if (
             x.dim() != 4
@@ -352,6 +359,12 @@ def _target_device(spec: EngineSpec) -> torch.device:
             raise BackendUnavailableError(
                 "inference.backend='tensorrt' needs a cuda device, inference.device is 'cpu'"
             )
+        # Without bf16 instructions oneDNN emulates bf16, slower than fp32.
+        if spec.precision == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            raise BackendUnavailableError(
+                "inference.precision='bf16' needs a CPU with bf16 instructions (AVX512-BF16 "
+                "or AMX), which this one lacks; use precision 'fp32'"
+            )
         return dev
     if dev.type != "cuda":
         raise BackendUnavailableError(
@@ -372,7 +385,14 @@ def _target_device(spec: EngineSpec) -> torch.device:
             f"inference.device={spec.device!r}: only {torch.cuda.device_count()} CUDA "
             "device(s) visible"
         )
-    return torch.device("cuda", index)
+    cuda = torch.device("cuda", index)
+    major, minor = torch.cuda.get_device_capability(cuda)
+    if spec.precision == "bf16" and major < 8:  # bf16 tensor cores came with Ampere
+        raise BackendUnavailableError(
+            f"inference.precision='bf16' needs a GPU of compute capability 8.0 or newer, "
+            f"{torch.cuda.get_device_name(cuda)} is {major}.{minor}; use precision 'fp16'"
+        )
+    return cuda
 
 
 def _backend_value(backend: str, device: torch.device) -> int:

@@ -11,20 +11,22 @@ frames of different cameras (and sizes) together, and hand the middle one to a b
 3. ``postprocess`` turns the raw outputs into one ``Detections`` per frame, in the frame's
    own pixels.
 
-``detect`` composes the three for callers that want one call (scripts, evaluation).
+``detect`` composes the three for callers that want one call (scripts, evaluation);
+``detect_frames`` is that composition with any runner in the middle (the model's own
+network, or a backend's engine).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
 
-from services.inference._letterbox import Letterbox, as_batch
+from services.inference._letterbox import Letterbox, as_batch, letterbox_any
 
-__all__ = ["DetectionModel", "Detections", "ImageInput", "frames_of"]
+__all__ = ["DetectionModel", "Detections", "ImageInput", "detect_frames", "frames_of"]
 
 ImageInput = torch.Tensor | np.ndarray[Any, Any] | Sequence[torch.Tensor | np.ndarray[Any, Any]]
 
@@ -95,3 +97,23 @@ def frames_of(images: ImageInput) -> list[torch.Tensor]:
         t = torch.from_numpy(np.ascontiguousarray(im)) if isinstance(im, np.ndarray) else im
         out.append(as_batch(t))
     return out
+
+
+def detect_frames(
+    model: DetectionModel,
+    run: Callable[[torch.Tensor], Any],
+    images: ImageInput,
+    score_threshold: float | None = None,
+    device: torch.device | str = "cpu",
+) -> list[Detections]:
+    """The three stages on frames of any sizes, ``run`` (``model.network`` or an engine on
+    ``device``) in the middle; one ``Detections`` per frame, in input order."""
+    thr = model.default_score_threshold if score_threshold is None else score_threshold
+    results: list[Detections] = []
+    for batch in frames_of(images):
+        x, lb = letterbox_any(batch.to(device), model.input_size, model.pad_value)
+        with torch.inference_mode():
+            raw = run(model.normalise(x))
+        n = x.shape[0]
+        results += model.postprocess(raw, [lb] * n, [thr] * n)
+    return results

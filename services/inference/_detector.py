@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from services.inference._contract import Detections, ImageInput, frames_of
+from services.inference._contract import Detections, ImageInput, detect_frames
 from services.inference._decode import peak_boxes
 from services.inference._errors import ManifestError, ModelLoadError, OutputFormatError
-from services.inference._letterbox import PAD_VALUE, Letterbox, letterbox_any, unletterbox_boxes
+from services.inference._letterbox import PAD_VALUE, Letterbox, unletterbox_boxes
 from services.inference._manifest import (
     CLASS_IDS,
     Decoding,
@@ -123,16 +123,7 @@ class Detector:
     def detect(self, images: ImageInput, score_threshold: float | None = None) -> list[Detections]:
         """Frames (uint8 ``[B,H,W,3]`` RGB, float ``[B,3,H,W]`` in [0,1], or a list of
         frames of any sizes) -> one ``Detections`` per frame, in input order."""
-        thr = self.default_score_threshold if score_threshold is None else score_threshold
-        results: list[Detections] = []
-        for batch in frames_of(images):
-            x, lb = letterbox_any(
-                batch.to(self.device), self.input_size, self.manifest.input.letterbox_pad
-            )
-            with torch.inference_mode():
-                raw = self._network(self.normalise(x))
-            results += self.postprocess(raw, [lb] * x.shape[0], [thr] * x.shape[0])
-        return results
+        return detect_frames(self, self._network, images, score_threshold, self.device)
 
     def _check_output(self) -> None:
         w, h = self.input_size

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from services.inference._contract import DetectionModel, Detections
+from services.inference._backends import Engine
+from services.inference._contract import DetectionModel, Detections, detect_frames
 from services.inference._manifest import CLASS_IDS
 from services.inference._map import ImageRecord, MapResult, evaluate
 
@@ -97,8 +98,13 @@ def evaluate_detector(
     *,
     batch_size: int = 8,
     tags: Sequence[str] = REPORTED_TAGS,
+    engine: Engine | None = None,
 ) -> dict[str, Any]:
-    """Run ``detector`` over (image, boxes, classes, difficult, tags) samples; mAP figures."""
+    """Run ``detector`` over (image, boxes, classes, difficult, tags) samples; mAP figures.
+
+    ``engine``: run the network through it (a backend or precision of ``build_engine``)
+    instead of the detector's own.
+    """
     records: list[ImageRecord] = []
     pending: list[Sample] = []
     infer_s = 0.0
@@ -106,9 +112,11 @@ def evaluate_detector(
     def flush() -> None:
         nonlocal infer_s
         t = time.perf_counter()
-        dets = detector.detect(
-            np.stack([s[0] for s in pending]), score_threshold=EVAL_SCORE_THRESHOLD
-        )
+        frames = np.stack([s[0] for s in pending])
+        if engine is None:
+            dets = detector.detect(frames, score_threshold=EVAL_SCORE_THRESHOLD)
+        else:
+            dets = detect_frames(detector, engine, frames, EVAL_SCORE_THRESHOLD, engine.device)
         infer_s += time.perf_counter() - t
         records.extend(_record(d, s) for d, s in zip(dets, pending, strict=True))
         pending.clear()

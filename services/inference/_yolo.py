@@ -17,14 +17,14 @@ from typing import Any
 
 import torch
 
-from services.inference._contract import Detections, ImageInput, frames_of
+from services.inference._contract import Detections, ImageInput, detect_frames
 from services.inference._errors import (
     ChecksumMismatchError,
     ModelLoadError,
     OutputFormatError,
     WeightsNotFoundError,
 )
-from services.inference._letterbox import PAD_VALUE, Letterbox, letterbox_any, unletterbox_boxes
+from services.inference._letterbox import PAD_VALUE, Letterbox, unletterbox_boxes
 from services.inference._manifest import sha256_file
 
 __all__ = ["COCO_TO_ITS", "YoloAdapter", "nms"]
@@ -219,11 +219,4 @@ class YoloAdapter:
         return results
 
     def detect(self, images: ImageInput, score_threshold: float | None = None) -> list[Detections]:
-        thr = self.score_threshold if score_threshold is None else score_threshold
-        results: list[Detections] = []
-        for batch in frames_of(images):
-            x, lb = letterbox_any(batch, self.input_size, PAD_VALUE)
-            with torch.inference_mode():
-                raw = self._network(x)
-            results += self.postprocess(raw, [lb] * x.shape[0], [thr] * x.shape[0])
-        return results
+        return detect_frames(self, self._network, images, score_threshold)

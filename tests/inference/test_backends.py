@@ -27,10 +27,11 @@ from services.inference._backends import (
     EngineSpec,
     build_engine,
 )
-from services.inference._contract import DetectionModel
+from services.inference._contract import DetectionModel, detect_frames
 from services.inference._errors import ModelLoadError, OutputFormatError
-from services.inference._letterbox import letterbox_any
+from services.inference._map import box_iou
 from services.inference._yolo import YoloAdapter
+from services.sim import load_shard, write_dataset
 
 
 class ConvYolo(torch.nn.Module):
@@ -76,15 +77,6 @@ def frames(n: int, h: int = 360, w: int = 640, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
 
 
-def via_engine(
-    model: DetectionModel, engine: Engine, images: np.ndarray, thr: float
-) -> list[Detections]:
-    """What the service does: letterbox, normalise, the engine, postprocess."""
-    x, lb = letterbox_any(torch.from_numpy(images), model.input_size, model.pad_value)
-    raw = engine(model.normalise(x))
-    return model.postprocess(raw, [lb] * len(images), [thr] * len(images))
-
-
 def assert_same(got: list[Detections], want: list[Detections]) -> None:
     assert len(got) == len(want)
     for g, w in zip(got, want, strict=True):
@@ -109,7 +101,7 @@ def test_eager_engine_reproduces_detect_of_the_shipped_detector(detector: Detect
     assert not engine.loaded_from_cache
     images = frames(3)
     # A low threshold so that noise frames still yield plenty of peaks to compare.
-    got = via_engine(detector, engine, images, 0.05)
+    got = detect_frames(detector, engine, images, 0.05)
     assert sum(len(d.scores) for d in got) > 0
     assert_same(got, detector.detect(images, score_threshold=0.05))
     # The engine works on its own copy: the model's network is the same object, unchanged.
@@ -121,7 +113,7 @@ def test_eager_engine_reproduces_detect_of_the_shipped_detector(detector: Detect
 def test_eager_engine_reproduces_detect_of_a_yolo_adapter(yolo: DetectionModel) -> None:
     engine = build_engine(yolo, EngineSpec("torch", max_batch_size=3))
     images = frames(3, 240, 320, seed=1)
-    got = via_engine(yolo, engine, images, 0.5)
+    got = detect_frames(yolo, engine, images, 0.5)
     assert sum(len(d.scores) for d in got) > 0
     assert_same(got, yolo.detect(images))
 
@@ -156,6 +148,38 @@ def test_cuda_without_a_gpu_names_the_device(yolo: DetectionModel, device: str) 
 def test_fp16_on_cpu_names_the_precision(yolo: DetectionModel) -> None:
     with pytest.raises(BackendUnavailableError, match=r"inference\.precision='fp16'.*'cpu'"):
         build_engine(yolo, EngineSpec("torch", precision="fp16"))
+
+
+@pytest.mark.skipif(
+    not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU has no bf16 instructions"
+)
+def test_bf16_engine_finds_what_fp32_finds_on_a_rendered_scene(
+    detector: DetectionModel, tmp_path: Path
+) -> None:
+    """bf16 halves the CPU cost of the network; on a real scene it must find the same
+    objects, in the same classes, at the same places (its held-out mAP is in the docs)."""
+    write_dataset(tmp_path, [100_003], 2, compress=False)
+    images = load_shard(tmp_path / "seed_100003.npz").images
+    engine = build_engine(detector, EngineSpec("torch", precision="bf16", max_batch_size=2))
+    assert engine.precision == model_pb2.PRECISION_BF16
+    got = detect_frames(detector, engine, images, 0.3)
+    want = detector.detect(images, score_threshold=0.3)
+    for g, w in zip(got, want, strict=True):
+        assert g.boxes.dtype == torch.float32  # decoded in float32 whatever the engine ran
+        assert len(w.scores) >= 5
+        iou = box_iou(w.boxes.numpy(), g.boxes.numpy())
+        best = iou.argmax(axis=1)
+        same_class = (g.classes[best] == w.classes).numpy()
+        # Near the threshold a peak may fall on either side; the rest match one to one.
+        matched = (iou.max(axis=1) >= 0.9) & same_class
+        assert matched.mean() >= 0.9, (matched.mean(), w, g)
+        close = (g.scores[best] - w.scores).abs().numpy()[matched]
+        assert close.max() < 0.05
+
+
+def test_settings_take_bf16_on_the_cpu() -> None:
+    spec = EngineSpec.from_settings(InferenceSettings(precision="bf16"))
+    assert (spec.device, spec.dtype) == ("cpu", torch.bfloat16)
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])

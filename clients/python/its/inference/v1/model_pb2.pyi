@@ -66,6 +66,10 @@ class _PrecisionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Precision.V
     """32-bit IEEE floating point."""
     PRECISION_FP16: _Precision.ValueType  # 2
     """16-bit IEEE floating point (half)."""
+    PRECISION_BF16: _Precision.ValueType  # 3
+    """bfloat16 (8-bit exponent, 8-bit significand): on CPUs with bf16 instructions (AVX512-BF16,
+    AMX) and on CUDA GPUs.
+    """
 
 class Precision(_Precision, metaclass=_PrecisionEnumTypeWrapper):
     """The numeric precision of a model's weights and activations."""
@@ -76,6 +80,10 @@ PRECISION_FP32: Precision.ValueType  # 1
 """32-bit IEEE floating point."""
 PRECISION_FP16: Precision.ValueType  # 2
 """16-bit IEEE floating point (half)."""
+PRECISION_BF16: Precision.ValueType  # 3
+"""bfloat16 (8-bit exponent, 8-bit significand): on CPUs with bf16 instructions (AVX512-BF16,
+AMX) and on CUDA GPUs.
+"""
 Global___Precision: _TypeAlias = Precision  # noqa: Y015
 
 @_typing.final
