@@ -116,7 +116,10 @@ def _match_image(
     iou = box_iou(dboxes, gboxes)
     for ti, thr in enumerate(thresholds):
         taken = np.zeros(len(gboxes), bool)
-        for d in range(d_n):
+        # A detection overlapping no ground truth is a false positive whatever came
+        # before it: the greedy pass (in score order) only visits the others, a few per
+        # object where the low-score tail kept for mAP holds hundreds per image.
+        for d in np.flatnonzero((iou >= thr).any(axis=1)):
             cand = np.where(~gign & ~taken & (iou[d] >= thr), iou[d], -1.0)
             if cand.size and cand.max() >= 0:
                 j = int(cand.argmax())
