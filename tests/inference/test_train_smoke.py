@@ -12,7 +12,7 @@ import torch
 from services.inference import load_detector
 from services.inference._data import _jitter_colour, augment, build_targets, load_trainset
 from services.inference._train import focal_loss
-from services.sim import write_dataset
+from services.sim import load_shard, write_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -109,3 +109,15 @@ def test_colour_jitter_is_the_three_steps_in_order() -> None:
     offset = 0.45
     fused = _jitter_colour(pixels - offset, offset, sat, contrast, bright)
     torch.testing.assert_close(fused, expected, atol=1e-5, rtol=0)
+
+
+def test_frames_of_the_input_size_load_unchanged(tmp_path: Path) -> None:
+    """At the simulator's native size letterboxing is the identity: the loaded frames and
+    boxes are the shard's own (the fast path skips the float round trip)."""
+    write_dataset(tmp_path, [7], 2, compress=False)
+    shard = load_shard(tmp_path / "seed_000007.npz")
+    _, h, w, _ = shard.images.shape
+    ds = load_trainset(tmp_path, (w, h))
+    assert torch.equal(ds.images, torch.from_numpy(shard.images))
+    for i in range(len(shard)):
+        np.testing.assert_array_equal(ds.boxes[i], shard.labels(i)[0])
