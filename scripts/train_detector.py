@@ -1,6 +1,6 @@
 """Train the shipped vehicle detector from scratch on simulator data (CPU, deterministic).
 
-    python scripts/train_detector.py     # the shipped run: ~4 min rendering + ~46 min training
+    python scripts/train_detector.py     # the shipped run: ~5 min rendering + ~53 min training
     # -> services/inference/models/its-detector-v1.pt + its-detector-v1.json
 
 The defaults are the shipped weights' recipe (``TrainConfig``'s defaults, 800 scenes of 10
@@ -71,6 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=defaults.threads)
     ap.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
     ap.add_argument("--precision", choices=("bf16", "fp32"), default=defaults.precision)
+    ap.add_argument(
+        "--class-balance",
+        type=float,
+        default=defaults.class_balance,
+        help="weigh each class's heatmap loss by its object count to this power, negated "
+        "(0: every object alike)",
+    )
     ap.add_argument("--ema-decay", type=float, default=defaults.ema_decay, help="0: the last step")
     ap.add_argument("--init", default=None, help="start from this state dict (continue a run)")
     ap.add_argument("--note", default=None, help="free text recorded in the manifest")
@@ -121,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup_steps=args.warmup_steps,
         init=args.init,
         precision=args.precision,
+        class_balance=args.class_balance,
         ema_decay=args.ema_decay,
         net=NetConfig(),
     )

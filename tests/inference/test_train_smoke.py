@@ -7,11 +7,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from services.inference import load_detector
 from services.inference._data import _jitter_colour, augment, build_targets, load_trainset
-from services.inference._train import focal_loss
+from services.inference._train import class_weights, focal_loss
 from services.sim import load_shard, write_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,3 +122,15 @@ def test_frames_of_the_input_size_load_unchanged(tmp_path: Path) -> None:
     assert torch.equal(ds.images, torch.from_numpy(shard.images))
     for i in range(len(shard)):
         np.testing.assert_array_equal(ds.boxes[i], shard.labels(i)[0])
+
+
+def test_class_weights_lift_rare_classes_and_keep_the_mean() -> None:
+    """(count)^-power per class, difficult objects not counted, mean weight per object 1."""
+    classes = [np.array([0] * 8 + [1] * 2 + [2] * 2), np.array([0] * 8)]
+    difficult = [np.array([False] * 10 + [True] * 2), np.zeros(8, bool)]
+    w = class_weights(classes, difficult, 3, 0.5)
+    counts = np.array([16, 2, 0])
+    assert float(w[1] / w[0]) == pytest.approx(np.sqrt(16 / 2))
+    assert float((w[:2].numpy() * counts[:2]).sum() / counts.sum()) == pytest.approx(1.0)
+    flat = class_weights(classes, difficult, 3, 0.0)
+    torch.testing.assert_close(flat[:2], torch.ones(2))
