@@ -8,11 +8,10 @@ unchanged on the CPU.
 
 Everything that can go wrong does so at build time, at start-up, naming the setting: CUDA
 missing or a CPU build of torch, fp16 on a CPU, bf16 on a CPU or GPU without bf16 support,
-torch_tensorrt not installed, compilation
-failing (``BackendUnavailableError``), outputs whose shapes differ from the eager network's
-on a blank batch (``OutputFormatError``). The check runs at batch 1 and at the largest
-batch, which is also the warm-up of the compiling backends: the first live frame pays no
-compilation.
+torch_tensorrt not installed, compilation failing (``BackendUnavailableError``), outputs
+whose shapes differ from the eager network's on a blank batch (``OutputFormatError``). The
+check runs at batch 1 and at the largest batch, which is also the warm-up of the compiling
+backends: the first live frame pays no compilation.
 
 TensorRT engines take minutes to build, so they are cached on disk, under a key of
 everything an engine depends on (model digest, GPU and compute capability, library

@@ -16,15 +16,17 @@ import dataclasses
 import math
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from services.inference._backends import Engine
 from services.inference._contract import DetectionModel, Detections, detect_frames
 from services.inference._manifest import CLASS_IDS
 from services.inference._map import ImageRecord, MapResult, evaluate
+
+if TYPE_CHECKING:
+    from services.inference._backends import Engine
 
 __all__ = [
     "CI_SEEDS",
