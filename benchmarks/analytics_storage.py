@@ -30,7 +30,7 @@ from typing import Any
 
 import asyncpg
 
-from services.analytics._records import (
+from its_camera_ai.analytics._records import (
     BinKey,
     BinRecord,
     Direction,
@@ -41,14 +41,14 @@ from services.analytics._records import (
     Scope,
     Severity,
 )
-from services.analytics._store import (
+from its_camera_ai.analytics._store import (
     INSERT_CROSSING,
     UPSERT_BIN,
     UPSERT_EVENT,
     bin_row,
     event_row,
 )
-from services.common import MigrationSet, apply_migrations
+from its_camera_ai.common import MigrationSet, apply_migrations
 
 _NS = 1_000_000_000
 _T0 = (time.time_ns() // (60 * _NS)) * 60 * _NS
@@ -130,7 +130,7 @@ async def main() -> None:
     dsn = head.rsplit("/", 1)[0] + f"/{name}" + (f"?{query}" if query else "")
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
     try:
-        await apply_migrations(pool, [MigrationSet("analytics", "services.analytics")])
+        await apply_migrations(pool, [MigrationSet("analytics", "its_camera_ai.analytics")])
         print(f"{batches} batches x {args.batch} rows per table; rows/s and median ms/batch")
         print(f"{'table':<10} {'mode':<11} {'rows/s':>9} {'ms/batch':>9}")
         for table, (statement, make) in _TABLES.items():

@@ -19,19 +19,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from services.analytics._engine import CameraAnalytics
-from services.analytics._geometry import fit_homography
-from services.analytics._records import FrameInput
-from services.analytics._scene import CalibrationSpec, LaneSpec, LineSpec, SceneSpec, ZoneSpec
-from services.analytics._tracker import ByteTracker
+from its_camera_ai.analytics._engine import CameraAnalytics
+from its_camera_ai.analytics._geometry import fit_homography
+from its_camera_ai.analytics._records import FrameInput
+from its_camera_ai.analytics._scene import CalibrationSpec, LaneSpec, LineSpec, SceneSpec, ZoneSpec
+from its_camera_ai.analytics._tracker import ByteTracker
 
 W, H, FPS = 1280, 720, 25.0
 GROUND = np.array([(0.0, -8.0), (0.0, 8.0), (100.0, 8.0), (100.0, -8.0)])

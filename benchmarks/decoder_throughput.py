@@ -34,13 +34,13 @@ import av
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 
-import shm
-from services.decoder._metrics import CameraMetrics, DecoderMetrics
-from services.decoder._settings import DecoderSettings
-from services.decoder._status import StatusBoard
-from services.decoder._uri import parse_source_uri
-from services.decoder._worker import CameraWorker, DecodeSpec
-from services.sim import CameraConfig, Scene, SceneConfig
+from its_camera_ai import shm
+from its_camera_ai.decoder._metrics import CameraMetrics, DecoderMetrics
+from its_camera_ai.decoder._settings import DecoderSettings
+from its_camera_ai.decoder._status import StatusBoard
+from its_camera_ai.decoder._uri import parse_source_uri
+from its_camera_ai.decoder._worker import CameraWorker, DecodeSpec
+from its_camera_ai.sim import CameraConfig, Scene, SceneConfig
 
 SIZES = {"720p": (1280, 720), "1080p": (1920, 1080)}
 # Seconds of footage per sample (rendering 1080p costs ~0.2 s a frame); files loop.

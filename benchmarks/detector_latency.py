@@ -19,7 +19,6 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,12 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from services.inference import DEFAULT_MANIFEST, Detector, load_detector
-from services.inference._backends import EngineSpec, build_engine
-from services.inference._contract import detect_frames
-from services.inference._model import count_gflops
+from its_camera_ai.inference import DEFAULT_MANIFEST, Detector, load_detector
+from its_camera_ai.inference._backends import EngineSpec, build_engine
+from its_camera_ai.inference._contract import detect_frames
+from its_camera_ai.inference._model import count_gflops
 
 
 def timeit(

@@ -38,7 +38,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from services.sim import Scene, SceneConfig
+from its_camera_ai.sim import Scene, SceneConfig
 from tests.inference.service_support import RingFeeder, inference_host, recording_analytics
 
 

@@ -56,9 +56,7 @@ import numpy as np
 import posix_ipc
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import shm
+from its_camera_ai import shm
 
 SIZES = {"360p": (640, 360), "1080p": (1920, 1080), "4K": (3840, 2160)}
 SPAWN = mp.get_context("spawn")

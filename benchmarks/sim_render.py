@@ -22,7 +22,7 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
-from services.sim import CameraConfig, Scene, SceneConfig  # noqa: E402
+from its_camera_ai.sim import CameraConfig, Scene, SceneConfig  # noqa: E402
 
 SIZES = ((640, 360), (1280, 720), (1920, 1080))
 

@@ -22,12 +22,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from services.inference._backends import EngineSpec, build_engine
-from services.inference._data import shard_files
-from services.inference._detector import DEFAULT_MANIFEST, load_detector, save_detector
-from services.inference._evaluate import (
+from its_camera_ai.inference._backends import EngineSpec, build_engine
+from its_camera_ai.inference._data import shard_files
+from its_camera_ai.inference._detector import DEFAULT_MANIFEST, load_detector, save_detector
+from its_camera_ai.inference._evaluate import (
     CI_SEEDS,
     GATE_CONDITION_MAP50,
     GATE_OVERALL_MAP50,
@@ -35,11 +33,11 @@ from services.inference._evaluate import (
     evaluate_detector,
     format_table,
 )
-from services.inference._manifest import read_manifest, write_manifest
-from services.inference._model import CenterNet, NetConfig
-from services.inference._train import TrainConfig
-from services.sim import load_shard, write_dataset
-from services.sim._dataset import TAGS, parse_seeds
+from its_camera_ai.inference._manifest import read_manifest, write_manifest
+from its_camera_ai.inference._model import CenterNet, NetConfig
+from its_camera_ai.inference._train import TrainConfig
+from its_camera_ai.sim import load_shard, write_dataset
+from its_camera_ai.sim._dataset import TAGS, parse_seeds
 
 
 def samples(paths: list[Path]) -> Iterator[Sample]:

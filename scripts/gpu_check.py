@@ -49,7 +49,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "clients" / "python"))  # the generated its.* protos
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "src"))  # the its_camera_ai package, installed or not
 
 # Seconds a part is expected to take at most, to decide whether it still fits the budget.
 BUILD_ESTIMATE_S = {"torch": 10.0, "tensorrt": 120.0, "torch-compile": 90.0}
@@ -71,7 +71,7 @@ PROTO_ENUMS = {
 
 
 def install_stand_ins() -> list[str]:
-    """Make ``services.inference._detector`` and ``._backends`` importable on a machine
+    """Make ``its_camera_ai.inference._detector`` and ``._backends`` importable on a machine
     without the service's dependencies; returns what was stood in for, and why."""
     used = []
     try:
@@ -83,26 +83,26 @@ def install_stand_ins() -> list[str]:
         importlib.import_module("its.inference.v1").model_pb2 = stub
         used.append(f"its model_pb2 enums ({type(e).__name__}: {e})")
     try:
-        importlib.import_module("services.inference")
+        importlib.import_module("its_camera_ai.inference")
     except Exception as e:  # the package pulls in the whole service: grpc, posix_ipc, ...
         # An empty package object: its submodules import without running __init__.
-        pkg = types.ModuleType("services.inference")
-        pkg.__path__ = [str(REPO / "services" / "inference")]
+        pkg = types.ModuleType("its_camera_ai.inference")
+        pkg.__path__ = [str(REPO / "src" / "its_camera_ai" / "inference")]
         sys.modules[pkg.__name__] = pkg
-        importlib.import_module("services").inference = pkg
-        used.append(f"services.inference package ({type(e).__name__}: {e})")
+        importlib.import_module("its_camera_ai").inference = pkg
+        used.append(f"its_camera_ai.inference package ({type(e).__name__}: {e})")
     try:
         importlib.import_module("pydantic")
     except ImportError as e:
-        sys.modules["services.inference._manifest"] = manifest_stand_in()
+        sys.modules["its_camera_ai.inference._manifest"] = manifest_stand_in()
         used.append(f"manifest reader without validation ({e})")
     return used
 
 
 def manifest_stand_in() -> types.ModuleType:
-    """``services.inference._manifest`` without pydantic: the manifest's JSON as attributes,
+    """``its_camera_ai.inference._manifest`` without pydantic: the manifest's JSON as attributes,
     the weights' sha256 still checked; what ``_detector`` imports, nothing more."""
-    m = types.ModuleType("services.inference._manifest")
+    m = types.ModuleType("its_camera_ai.inference._manifest")
 
     def sha256_file(path: Path) -> str:
         return hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -279,9 +279,9 @@ def part_environment(stand_ins: list[str]) -> dict[str, Any]:
 def project() -> SimpleNamespace:
     """The project's inference modules, imported only once the stand-ins are in place (and
     inside a part, so that a failing import fails that part alone)."""
-    from services.inference._backends import EngineSpec, build_engine  # noqa: PLC0415
-    from services.inference._detector import load_detector  # noqa: PLC0415
-    from services.inference._letterbox import letterbox_any  # noqa: PLC0415
+    from its_camera_ai.inference._backends import EngineSpec, build_engine  # noqa: PLC0415
+    from its_camera_ai.inference._detector import load_detector  # noqa: PLC0415
+    from its_camera_ai.inference._letterbox import letterbox_any  # noqa: PLC0415
 
     return SimpleNamespace(
         EngineSpec=EngineSpec,
@@ -294,7 +294,7 @@ def project() -> SimpleNamespace:
 def test_frames(n: int) -> tuple[np.ndarray, str]:
     """n RGB frames: simulator scenes (day and night) when the simulator imports."""
     try:
-        from services.sim import Scene, SceneConfig  # noqa: PLC0415 (needs pydantic)
+        from its_camera_ai.sim import Scene, SceneConfig  # noqa: PLC0415 (needs pydantic)
 
         out: list[np.ndarray] = []
         for seed, condition in ((1, "day"), (2, "night")):
@@ -435,7 +435,7 @@ def part_transfer(opts: argparse.Namespace) -> dict[str, Any]:
     frame = np.random.default_rng(0).integers(0, 256, (FRAME_H, FRAME_W, 3), dtype=np.uint8)
     out: dict[str, Any] = {"frame_bytes": nbytes}
     try:
-        import shm  # noqa: PLC0415 (needs posix_ipc)
+        from its_camera_ai import shm  # noqa: PLC0415 (needs posix_ipc)
     except Exception as e:  # posix_ipc missing: the same copies from torch's own memory
         out["source"] = f"torch tensors (shm unavailable: {type(e).__name__}: {e})"
         out["pageable"] = copy_times(torch.from_numpy(frame), runs)

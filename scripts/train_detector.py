@@ -1,13 +1,13 @@
 """Train the shipped vehicle detector from scratch on simulator data (CPU, deterministic).
 
     python scripts/train_detector.py     # the shipped run: ~5 min rendering + ~53 min training
-    # -> services/inference/models/its-detector-v1.pt + its-detector-v1.json
+    # -> src/its_camera_ai/inference/models/its-detector-v1.pt + its-detector-v1.json
 
 The defaults are the shipped weights' recipe (``TrainConfig``'s defaults, 800 scenes of 10
 frames); the manifest's ``training`` record holds every value used.
 
 Shards of the requested seeds missing from ``--data`` are rendered first with the simulator
-(same parameters as ``python -m services.sim dataset``), so the command alone reproduces the
+(same parameters as ``its-camera-ai sim dataset``), so the command alone reproduces the
 run. Training seeds must stay disjoint from the held-out seeds (100000+) that
 ``scripts/evaluate_detector.py`` renders. The manifest gets the training config and the
 weights' sha256; evaluation figures are added by the evaluation script (``--write-manifest``).
@@ -16,20 +16,17 @@ weights' sha256; evaluation figures are added by the evaluation script (``--writ
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from services.inference._data import shard_files
-from services.inference._detector import save_detector
-from services.inference._model import NetConfig
-from services.inference._train import TrainConfig, train
-from services.sim import write_dataset
-from services.sim._dataset import parse_seeds
+from its_camera_ai.inference._data import shard_files
+from its_camera_ai.inference._detector import save_detector
+from its_camera_ai.inference._model import NetConfig
+from its_camera_ai.inference._train import TrainConfig, train
+from its_camera_ai.sim import write_dataset
+from its_camera_ai.sim._dataset import parse_seeds
 
 HELD_OUT_FROM = 100_000
 
@@ -83,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--note", default=None, help="free text recorded in the manifest")
     ap.add_argument("--max-steps", type=int, default=None, help="stop early (CI smoke)")
     ap.add_argument("--workers", type=int, default=2, help="processes rendering missing shards")
-    ap.add_argument("--out", default="services/inference/models")
+    ap.add_argument("--out", default="src/its_camera_ai/inference/models")
     ap.add_argument("--name", default="its-detector-v1")
     ap.add_argument("--version", default=time.strftime("%Y.%m.%d"))
     ap.add_argument("--checkpoint", default=None, help="save a state dict here every 200 steps")

@@ -16,7 +16,7 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from services.common import Settings
+from its_camera_ai.common import Settings
 
 # The machine's PostgreSQL and Redis (.ci/run starts them). Overridable for other setups.
 POSTGRES_ADMIN_DSN = os.environ.get(

@@ -18,18 +18,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from services.analytics._engine import CameraAnalytics
-from services.analytics._records import (
+from its_camera_ai.analytics._engine import CameraAnalytics
+from its_camera_ai.analytics._records import (
     Direction,
     EventRecord,
     EventType,
     FrameInput,
     LineCrossing,
 )
-from services.analytics._scene import CalibrationSpec, LaneSpec, LineSpec, SceneSpec
-from services.analytics._settings import AnalyticsSettings
-from services.sim import Scene, SceneConfig
-from services.sim._truth import Crossing, IncidentTruth
+from its_camera_ai.analytics._scene import CalibrationSpec, LaneSpec, LineSpec, SceneSpec
+from its_camera_ai.analytics._settings import AnalyticsSettings
+from its_camera_ai.sim import Scene, SceneConfig
+from its_camera_ai.sim._truth import Crossing, IncidentTruth
 
 CAMERA = "sim"
 T0_NS = 1_699_999_200 * 10**9

@@ -6,13 +6,13 @@ from collections import Counter
 
 import numpy as np
 
-from services.analytics._bins import BinStore
-from services.analytics._engine import CameraAnalytics
-from services.analytics._measures import SceneMeasures
-from services.analytics._records import Direction, LineCrossing, ObjectClass, Scope
-from services.analytics._scene import LineSpec, Scene, SceneSpec
-from services.analytics._settings import AnalyticsSettings
-from services.analytics._tracks import TrackTable
+from its_camera_ai.analytics._bins import BinStore
+from its_camera_ai.analytics._engine import CameraAnalytics
+from its_camera_ai.analytics._measures import SceneMeasures
+from its_camera_ai.analytics._records import Direction, LineCrossing, ObjectClass, Scope
+from its_camera_ai.analytics._scene import LineSpec, Scene, SceneSpec
+from its_camera_ai.analytics._settings import AnalyticsSettings
+from its_camera_ai.analytics._tracks import TrackTable
 from tests.analytics import synth
 
 LTR, RTL = Direction.LEFT_TO_RIGHT, Direction.RIGHT_TO_LEFT

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.analytics._drift import DriftMonitor, kl_divergence
-from services.analytics._engine import CameraAnalytics
-from services.analytics._events import EventBook
-from services.analytics._records import EventType, FrameInput
-from services.analytics._scene import SceneSpec
-from services.analytics._settings import AnalyticsSettings
+from its_camera_ai.analytics._drift import DriftMonitor, kl_divergence
+from its_camera_ai.analytics._engine import CameraAnalytics
+from its_camera_ai.analytics._events import EventBook
+from its_camera_ai.analytics._records import EventType, FrameInput
+from its_camera_ai.analytics._scene import SceneSpec
+from its_camera_ai.analytics._settings import AnalyticsSettings
 from tests.analytics import synth
 
 MIX = np.array([0.0, 0.7, 0.1, 0.05, 0.05, 0.03, 0.07])

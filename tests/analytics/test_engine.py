@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from services.analytics._engine import CameraAnalytics
-from services.analytics._records import (
+from its_camera_ai.analytics._engine import CameraAnalytics
+from its_camera_ai.analytics._records import (
     BinRecord,
     DetectionIssue,
     EventRecord,
@@ -19,7 +19,7 @@ from services.analytics._records import (
     FrameOutcome,
     FrameReject,
 )
-from services.analytics._scene import ZoneSpec
+from its_camera_ai.analytics._scene import ZoneSpec
 from tests.analytics import synth
 
 FAR = synth.T0_NS + 10**15
@@ -77,7 +77,7 @@ def test_malformed_detections_are_counted_and_repaired_or_dropped() -> None:
 
 
 def test_too_many_detections_keeps_the_most_confident() -> None:
-    from services.analytics._settings import AnalyticsSettings
+    from its_camera_ai.analytics._settings import AnalyticsSettings
 
     eng = CameraAnalytics(synth.CAMERA, synth.road_scene(), AnalyticsSettings(max_detections=3))
     det = synth.to_array(
@@ -88,7 +88,7 @@ def test_too_many_detections_keeps_the_most_confident() -> None:
 
 
 def test_strict_mode_rejects_the_frame() -> None:
-    from services.analytics._settings import AnalyticsSettings
+    from its_camera_ai.analytics._settings import AnalyticsSettings
 
     eng = CameraAnalytics(
         synth.CAMERA, synth.road_scene(), AnalyticsSettings(reject_frame_on_bad_detection=True)

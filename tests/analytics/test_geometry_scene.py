@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from its.camera.v1 import camera_pb2
 from its.common.v1 import geometry_pb2
-from services.analytics._geometry import (
+from its_camera_ai.analytics._geometry import (
     GeometryError,
     PolygonSet,
     fit_homography,
@@ -17,9 +17,9 @@ from services.analytics._geometry import (
     segment_crossing,
     signed_distances,
 )
-from services.analytics._records import Direction
-from services.analytics._scene import LaneSpec, Scene, SceneSpec, scene_from_proto
-from services.common import InvalidArgumentError
+from its_camera_ai.analytics._records import Direction
+from its_camera_ai.analytics._scene import LaneSpec, Scene, SceneSpec, scene_from_proto
+from its_camera_ai.common import InvalidArgumentError
 from tests.analytics import synth
 
 IMG = np.array(synth.IMAGE_PTS)

@@ -7,10 +7,16 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from services.analytics._engine import CameraAnalytics
-from services.analytics._records import EventRecord, EventType, FrameInput, ObjectClass, Severity
-from services.analytics._scene import LaneSpec, SceneSpec, ZoneSpec
-from services.analytics._settings import AnalyticsSettings
+from its_camera_ai.analytics._engine import CameraAnalytics
+from its_camera_ai.analytics._records import (
+    EventRecord,
+    EventType,
+    FrameInput,
+    ObjectClass,
+    Severity,
+)
+from its_camera_ai.analytics._scene import LaneSpec, SceneSpec, ZoneSpec
+from its_camera_ai.analytics._settings import AnalyticsSettings
 from tests.analytics import synth
 
 V50 = 50 / 3.6

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.analytics._bins import BinStore
-from services.analytics._engine import CameraAnalytics
-from services.analytics._records import (
+from its_camera_ai.analytics._bins import BinStore
+from its_camera_ai.analytics._engine import CameraAnalytics
+from its_camera_ai.analytics._records import (
     SPEED_BINS,
     BinRecord,
     Direction,
@@ -21,8 +21,8 @@ from services.analytics._records import (
     histogram_percentile,
     level_of_service,
 )
-from services.analytics._scene import ZoneSpec
-from services.analytics._settings import AnalyticsSettings
+from its_camera_ai.analytics._scene import ZoneSpec
+from its_camera_ai.analytics._settings import AnalyticsSettings
 from tests.analytics import synth
 
 FAR_FUTURE = synth.T0_NS + 10**15

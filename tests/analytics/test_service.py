@@ -17,8 +17,8 @@ from its.analytics.v1 import (
     detection_batch_pb2,
 )
 from its.common.v1 import error_reason_pb2
-from services.analytics.server import analytics_unit
-from services.common import AnalyticsServiceSettings, ServiceHost
+from its_camera_ai.analytics.server import analytics_unit
+from its_camera_ai.common import AnalyticsServiceSettings, ServiceHost
 from tests.analytics import synth
 from tests.analytics.test_service_support import (
     CAMERA_ID,

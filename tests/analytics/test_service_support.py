@@ -21,8 +21,8 @@ from its.analytics.v1 import (
 )
 from its.camera.v1 import camera_pb2
 from its.common.v1 import detection_pb2, geometry_pb2
-from services.analytics._engine import CameraAnalytics
-from services.analytics._records import (
+from its_camera_ai.analytics._engine import CameraAnalytics
+from its_camera_ai.analytics._records import (
     Direction,
     EventRecord,
     EventType,
@@ -31,8 +31,8 @@ from services.analytics._records import (
     ObjectClass,
     Severity,
 )
-from services.analytics._scene import SceneSpec, scene_from_proto
-from services.common import MigrationSet, apply_migrations
+from its_camera_ai.analytics._scene import SceneSpec, scene_from_proto
+from its_camera_ai.common import MigrationSet, apply_migrations
 from tests.analytics import synth
 
 CAMERA_ID = synth.CAMERA
@@ -75,7 +75,7 @@ async def insert_camera(dsn: str, camera_id: str, camera: camera_pb2.Camera) -> 
         scene.calibration.CopyFrom(camera.calibration)
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
     try:
-        await apply_migrations(pool, [MigrationSet("decoder", "services.decoder")])
+        await apply_migrations(pool, [MigrationSet("decoder", "its_camera_ai.decoder")])
         await pool.execute(
             "INSERT INTO decoder_cameras (camera_id, source_masked, source_key_id, source_sealed,"
             " width, height, scene, etag) VALUES ($1, 'sim://x', 'k1', '\\x00', $2, $3,"

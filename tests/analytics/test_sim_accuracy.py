@@ -1,4 +1,4 @@
-"""Accuracy against the traffic simulator's ground truth (``services.sim``), through the
+"""Accuracy against the traffic simulator's ground truth (``its_camera_ai.sim``), through the
 real service.
 
 The simulator's truth boxes (visible extent, from its id buffer) are the detections of a
@@ -28,10 +28,10 @@ import grpc
 import numpy as np
 import pytest
 
-from services.analytics._records import EventRecord, LineCrossing
-from services.analytics._scene import Scene
-from services.analytics.server import analytics_unit
-from services.common import AnalyticsServiceSettings, ServiceHost
+from its_camera_ai.analytics._records import EventRecord, LineCrossing
+from its_camera_ai.analytics._scene import Scene
+from its_camera_ai.analytics.server import analytics_unit
+from its_camera_ai.common import AnalyticsServiceSettings, ServiceHost
 from tests.analytics.test_service_support import (
     START_NS,
     camera_proto,
@@ -43,7 +43,7 @@ from tests.analytics.test_service_support import (
 )
 from tests.conftest import host_settings
 
-sim = pytest.importorskip("services.sim")
+sim = pytest.importorskip("its_camera_ai.sim")
 
 from tests.analytics import simbridge  # noqa: E402
 

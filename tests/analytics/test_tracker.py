@@ -7,9 +7,9 @@ import itertools
 import numpy as np
 import pytest
 
-from services.analytics._assign import assign, hungarian, iou_matrix
-from services.analytics._settings import TrackerSettings
-from services.analytics._tracker import ByteTracker
+from its_camera_ai.analytics._assign import assign, hungarian, iou_matrix
+from its_camera_ai.analytics._settings import TrackerSettings
+from its_camera_ai.analytics._tracker import ByteTracker
 
 
 def _lapjv_cost(cost: np.ndarray, limit: float, rows: np.ndarray, cols: np.ndarray) -> float:

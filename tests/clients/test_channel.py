@@ -9,8 +9,8 @@ import grpc
 import pytest
 
 from its.camera.v1 import camera_pb2, camera_service_pb2, camera_service_pb2_grpc
-from its_client import SERVICES, aio_channel, service_config
-from services.common import InvalidArgumentError, Runtime, ServiceHost, ServiceUnit, Settings
+from its_camera_ai.client import SERVICES, aio_channel, service_config
+from its_camera_ai.common import InvalidArgumentError, Runtime, ServiceHost, ServiceUnit, Settings
 
 
 class FlakyCameras(camera_service_pb2_grpc.CameraServiceServicer):

@@ -11,7 +11,7 @@ import sys
 
 import grpc
 
-from services.common import Runtime, ServiceUnit, load_settings, serve
+from its_camera_ai.common import Runtime, ServiceUnit, load_settings, serve
 
 SERVICE = "its.test.v1.SlowService"
 

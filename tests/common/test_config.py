@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from services.common import ConfigError, load_settings
+from its_camera_ai.common import ConfigError, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -113,7 +113,7 @@ def test_shipped_configs_are_valid(environment: str) -> None:
 def test_cli_stops_with_one_clear_message(tmp_path: Path) -> None:
     path = write(tmp_path, "grpc:\n  port: 70000\n")
     result = subprocess.run(
-        [sys.executable, "-m", "services.cli", "serve", "decoder", "--config", str(path)],
+        [sys.executable, "-m", "its_camera_ai.cli", "serve", "decoder", "--config", str(path)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.common import camera_id_from_name, is_resource_id, is_token
+from its_camera_ai.common import camera_id_from_name, is_resource_id, is_token
 
 
 @pytest.mark.parametrize("ident", ["a", "cam-1", "a" * 63, "x9", "north-gate-2"])

@@ -23,8 +23,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 from grpc_status import rpc_status
 
-from services.cli import SERVICES, _units
-from services.common import (
+from its_camera_ai.cli import SERVICES, _units
+from its_camera_ai.common import (
     ERROR_DOMAIN,
     ConfigError,
     FailedPreconditionError,
@@ -342,7 +342,7 @@ def test_serve_all_on_the_embedded_default(embedded_data_dir: Path) -> None:
         "ITS_DATABASE__EMBEDDED_DATA_DIR": str(embedded_data_dir),
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "serve", "all"],
+        [sys.executable, "-m", "its_camera_ai.cli", "serve", "all"],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
-from services.common import (
+from its_camera_ai.common import (
     Database,
     DatabaseSettings,
     MigrationError,
@@ -30,7 +30,7 @@ async def test_embedded_default_starts_migrates_and_restarts(embedded_data_dir: 
     try:
         assert database.is_embedded
         assert await database.ping()
-        core = [MigrationSet("core", "services.common")]
+        core = [MigrationSet("core", "its_camera_ai.common")]
         assert await apply_migrations(database.pool, core) == 1
         assert await apply_migrations(database.pool, core) == 0  # idempotent
         await database.pool.execute(

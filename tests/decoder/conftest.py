@@ -18,11 +18,11 @@ import grpc
 import numpy as np
 import pytest
 
-import shm
 from its.camera.v1 import camera_pb2, camera_service_pb2, camera_service_pb2_grpc
 from its.camera.v1 import camera_status_pb2 as status_pb2
-from services.common import DecoderSettings, ServiceHost
-from services.decoder.server import decoder_unit
+from its_camera_ai import shm
+from its_camera_ai.common import DecoderSettings, ServiceHost
+from its_camera_ai.decoder.server import decoder_unit
 from tests.conftest import host_settings
 
 SAMPLE_SIZE = (320, 240)

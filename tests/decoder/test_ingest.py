@@ -11,10 +11,10 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2, field_mask_pb2
 
-import shm
 from its.camera.v1 import camera_pb2, camera_service_pb2
 from its.camera.v1 import camera_status_pb2 as status_pb2
 from its.common.v1 import geometry_pb2
+from its_camera_ai import shm
 from tests.decoder.conftest import SAMPLE_FPS, Decoder, read_frames, read_until_told, streaming
 
 STREAMING = status_pb2.CAMERA_STATE_STREAMING

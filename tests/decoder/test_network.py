@@ -20,8 +20,8 @@ import av
 import numpy as np
 import pytest
 
-import shm
 from its.camera.v1 import camera_status_pb2 as status_pb2
+from its_camera_ai import shm
 from tests.conftest import free_port
 from tests.decoder.conftest import Decoder, read_frames, read_until_told, streaming
 

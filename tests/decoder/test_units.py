@@ -10,12 +10,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.common import ConfigError, DecoderSettings, InvalidArgumentError, load_settings
-from services.decoder._crypto import KeyRing, Sealed, SealedUnreadable, load_key_ring
-from services.decoder._geometry import polygon_problem
-from services.decoder._listing import compile_list_query, page_token_after
-from services.decoder._timing import Backoff, FrameClock, Verdict
-from services.decoder._uri import SourceKind, UriError, mask_uri, parse_source_uri, scrub
+from its_camera_ai.common import ConfigError, DecoderSettings, InvalidArgumentError, load_settings
+from its_camera_ai.decoder._crypto import KeyRing, Sealed, SealedUnreadable, load_key_ring
+from its_camera_ai.decoder._geometry import polygon_problem
+from its_camera_ai.decoder._listing import compile_list_query, page_token_after
+from its_camera_ai.decoder._timing import Backoff, FrameClock, Verdict
+from its_camera_ai.decoder._uri import SourceKind, UriError, mask_uri, parse_source_uri, scrub
 from tests.decoder.conftest import new_key
 
 

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.common import DecoderSettings
-from services.decoder import _worker
-from services.decoder._metrics import DecoderMetrics
-from services.decoder._sources import Picture, SourceError
-from services.decoder._status import CameraState, StatusBoard, StatusTracker
-from services.decoder._uri import parse_source_uri
-from services.decoder._worker import CameraWorker, DecodeSpec
+from its_camera_ai.common import DecoderSettings
+from its_camera_ai.decoder import _worker
+from its_camera_ai.decoder._metrics import DecoderMetrics
+from its_camera_ai.decoder._sources import Picture, SourceError
+from its_camera_ai.decoder._status import CameraState, StatusBoard, StatusTracker
+from its_camera_ai.decoder._uri import parse_source_uri
+from its_camera_ai.decoder._worker import CameraWorker, DecodeSpec
 
 
 class ScriptedSource:

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from its.inference.v1 import model_pb2
-from services.inference import Detections
-from services.inference._backends import Engine, EngineSpec, build_engine
-from services.inference._contract import DetectionModel
-from services.inference._letterbox import letterbox_any
-from services.inference._map import box_iou
+from its_camera_ai.inference import Detections
+from its_camera_ai.inference._backends import Engine, EngineSpec, build_engine
+from its_camera_ai.inference._contract import DetectionModel
+from its_camera_ai.inference._letterbox import letterbox_any
+from its_camera_ai.inference._map import box_iou
 
 pytestmark = [
     pytest.mark.gpu,
@@ -27,7 +27,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def sim_frames() -> np.ndarray:
     """Simulator frames (day and night): real vehicles, so there are detections to compare."""
-    from services.sim import Scene, SceneConfig
+    from its_camera_ai.sim import Scene, SceneConfig
 
     out = []
     for seed, condition in ((1, "day"), (2, "night")):

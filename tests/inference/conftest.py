@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from services.inference import Detector, load_detector
-from services.inference._detector import save_detector
-from services.inference._model import CenterNet, NetConfig
-from services.inference._train import TrainConfig
+from its_camera_ai.inference import Detector, load_detector
+from its_camera_ai.inference._detector import save_detector
+from its_camera_ai.inference._model import CenterNet, NetConfig
+from its_camera_ai.inference._train import TrainConfig
 from tests.shm.conftest import TEST_PREFIX, remove_ring_objects
 
 

@@ -15,11 +15,11 @@ from typing import Any
 import grpc
 import numpy as np
 
-import shm
 from its.analytics.v1 import analytics_service_pb2, analytics_service_pb2_grpc, detection_batch_pb2
-from services.common import InferenceSettings, ServiceHost, ServiceUnit
-from services.inference.server import inference_unit
-from services.sim import FrameTruth, Scene, SceneConfig
+from its_camera_ai import shm
+from its_camera_ai.common import InferenceSettings, ServiceHost, ServiceUnit
+from its_camera_ai.inference.server import inference_unit
+from its_camera_ai.sim import FrameTruth, Scene, SceneConfig
 from tests.conftest import host_settings
 
 SIM_SIZE = (640, 360)

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from services.inference import DEFAULT_MANIFEST, load_detector
-from services.inference._evaluate import (
+from its_camera_ai.inference import DEFAULT_MANIFEST, load_detector
+from its_camera_ai.inference._evaluate import (
     CI_SEEDS,
     CI_TOLERANCE,
     GATE_CONDITION_MAP50,
@@ -27,7 +27,7 @@ from services.inference._evaluate import (
     evaluate_detector,
     format_table,
 )
-from services.sim import iter_samples, write_dataset
+from its_camera_ai.sim import iter_samples, write_dataset
 
 
 @pytest.fixture(scope="module")

@@ -18,20 +18,20 @@ import pytest
 import torch
 
 from its.inference.v1 import model_pb2
-from services.common import InferenceSettings
-from services.inference import Detections, load_detector
-from services.inference import _backends as backends
-from services.inference._backends import (
+from its_camera_ai.common import InferenceSettings
+from its_camera_ai.inference import Detections, load_detector
+from its_camera_ai.inference import _backends as backends
+from its_camera_ai.inference._backends import (
     BackendUnavailableError,
     Engine,
     EngineSpec,
     build_engine,
 )
-from services.inference._contract import DetectionModel, detect_frames
-from services.inference._errors import ModelLoadError, OutputFormatError
-from services.inference._map import box_iou
-from services.inference._yolo import YoloAdapter
-from services.sim import load_shard, write_dataset
+from its_camera_ai.inference._contract import DetectionModel, detect_frames
+from its_camera_ai.inference._errors import ModelLoadError, OutputFormatError
+from its_camera_ai.inference._map import box_iou
+from its_camera_ai.inference._yolo import YoloAdapter
+from its_camera_ai.sim import load_shard, write_dataset
 
 
 class ConvYolo(torch.nn.Module):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from services.inference import (
+from its_camera_ai.inference import (
     DEFAULT_MANIFEST,
     ChecksumMismatchError,
     Detector,
@@ -19,14 +19,14 @@ from services.inference import (
     WeightsNotFoundError,
     load_detector,
 )
-from services.inference._decode import peak_boxes
-from services.inference._letterbox import (
+from its_camera_ai.inference._decode import peak_boxes
+from its_camera_ai.inference._letterbox import (
     letterbox,
     letterbox_any,
     to_float_batch,
     unletterbox_boxes,
 )
-from services.inference._model import CenterNet, count_gflops, inference_network
+from its_camera_ai.inference._model import CenterNet, count_gflops, inference_network
 
 
 def test_detect_contract(tiny_manifest: Path) -> None:
@@ -158,7 +158,7 @@ def test_letterbox_roundtrip() -> None:
 def test_separable_max_filter_equals_max_pool() -> None:
     import torch.nn.functional as F
 
-    from services.inference._decode import _max3x3
+    from its_camera_ai.inference._decode import _max3x3
 
     h = torch.randn(2, 6, 9, 13)
     assert torch.equal(_max3x3(h), F.max_pool2d(h, 3, stride=1, padding=1))

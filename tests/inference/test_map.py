@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from services.inference._evaluate import _any_class
-from services.inference._map import ImageRecord, average_precision, box_iou, evaluate
+from its_camera_ai.inference._evaluate import _any_class
+from its_camera_ai.inference._map import ImageRecord, average_precision, box_iou, evaluate
 
 NAMES = ("car", "truck")
 

@@ -13,9 +13,9 @@ import asyncpg
 import grpc
 
 from its.camera.v1 import camera_pb2, camera_service_pb2, camera_service_pb2_grpc
-from services.analytics.server import analytics_unit
-from services.common import AnalyticsServiceSettings, DecoderSettings, ServiceHost
-from services.decoder.server import decoder_unit
+from its_camera_ai.analytics.server import analytics_unit
+from its_camera_ai.common import AnalyticsServiceSettings, DecoderSettings, ServiceHost
+from its_camera_ai.decoder.server import decoder_unit
 from tests.analytics.test_service_support import insert_camera
 from tests.conftest import free_port, host_settings
 from tests.inference.service_support import (

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-import shm
-from services.inference._letterbox import letterbox_any
-from services.inference._pixels import (
+from its_camera_ai import shm
+from its_camera_ai.inference._letterbox import letterbox_any
+from its_camera_ai.inference._pixels import (
     MAX_IMAGE_PIXELS,
     ImageError,
     decode_image,

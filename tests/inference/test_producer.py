@@ -25,11 +25,11 @@ from its.analytics.v1 import (
     analytics_service_pb2_grpc,
     detection_batch_pb2,
 )
-from services.analytics.server import analytics_unit
-from services.common import AnalyticsServiceSettings, ServiceHost, Settings
-from services.inference import _producer
-from services.inference._producer import DetectionProducer, new_producer_id
-from services.inference._producer_accounting import ProducerMetrics, ProducerStats
+from its_camera_ai.analytics.server import analytics_unit
+from its_camera_ai.common import AnalyticsServiceSettings, ServiceHost, Settings
+from its_camera_ai.inference import _producer
+from its_camera_ai.inference._producer import DetectionProducer, new_producer_id
+from its_camera_ai.inference._producer_accounting import ProducerMetrics, ProducerStats
 from tests.analytics import synth
 from tests.analytics.test_service_support import (
     CAMERA_ID,

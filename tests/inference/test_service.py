@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-import shm
 from its.analytics.v1 import detection_batch_pb2
-from services.common import ServiceHost
-from services.inference import load_detector
-from services.inference._map import ImageRecord, evaluate
-from services.sim import CLASSES, FrameTruth
+from its_camera_ai import shm
+from its_camera_ai.common import ServiceHost
+from its_camera_ai.inference import load_detector
+from its_camera_ai.inference._map import ImageRecord, evaluate
+from its_camera_ai.sim import CLASSES, FrameTruth
 from tests.inference.service_support import (
     RingFeeder,
     inference_host,

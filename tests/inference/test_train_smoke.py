@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from services.inference import load_detector
-from services.inference._data import _jitter_colour, augment, build_targets, load_trainset
-from services.inference._train import class_weights, focal_loss
-from services.sim import load_shard, write_dataset
+from its_camera_ai.inference import load_detector
+from its_camera_ai.inference._data import _jitter_colour, augment, build_targets, load_trainset
+from its_camera_ai.inference._train import class_weights, focal_loss
+from its_camera_ai.sim import load_shard, write_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from services.inference import (
+from its_camera_ai.inference import (
     ChecksumMismatchError,
     ModelLoadError,
     OutputFormatError,
     WeightsNotFoundError,
     YoloAdapter,
 )
-from services.inference._yolo import nms
+from its_camera_ai.inference._yolo import nms
 
 
 class FixedYolo(torch.nn.Module):

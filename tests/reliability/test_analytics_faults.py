@@ -14,8 +14,8 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 
-from services.analytics.server import analytics_unit
-from services.common import AnalyticsServiceSettings, ServiceHost, Settings
+from its_camera_ai.analytics.server import analytics_unit
+from its_camera_ai.common import AnalyticsServiceSettings, ServiceHost, Settings
 from tests.analytics import synth
 from tests.analytics.test_service_support import (
     CAMERA_ID,

@@ -52,7 +52,7 @@ class Process:
         self.process: subprocess.Popen[bytes] | None = None
 
     async def start(self) -> grpc.aio.Channel:
-        command = [sys.executable, "-m", "services.cli", "serve", "analytics"]
+        command = [sys.executable, "-m", "its_camera_ai.cli", "serve", "analytics"]
         self.process = subprocess.Popen(command, env=self.env)  # noqa: ASYNC220 - returns at once
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.port}")
         await asyncio.wait_for(channel.channel_ready(), 60)

@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.common import (
+from its_camera_ai.common import (
     POSTGRES_FAILURES,
     REDIS_FAILURES,
     BreakerState,

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-import shm
+from its_camera_ai import shm
 
 WIDTH, HEIGHT = 64, 48
 FRAME_BYTES = shm.frame_bytes(shm.PixelFormat.RGB24, WIDTH, HEIGHT)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import shm
+from its_camera_ai import shm
 
 pytestmark = [
     pytest.mark.gpu,

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-import shm
-from shm import _layout as L
+from its_camera_ai import shm
+from its_camera_ai.shm import _layout as L
 
 u64 = st.integers(0, 2**64 - 1)
 i64 = st.integers(-(2**63), 2**63 - 1)

@@ -11,9 +11,9 @@ import numpy as np
 import posix_ipc
 import pytest
 
-import shm
-from shm._layout import HEADER_SIZE, OFF_WRITER
-from shm._system import SHM_DIR
+from its_camera_ai import shm
+from its_camera_ai.shm._layout import HEADER_SIZE, OFF_WRITER
+from its_camera_ai.shm._system import SHM_DIR
 
 from . import _procs as P
 

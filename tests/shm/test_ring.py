@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-import shm
-from shm._system import SHM_DIR
+from its_camera_ai import shm
+from its_camera_ai.shm._system import SHM_DIR
 
 from ._procs import FRAME_BYTES, HEIGHT, WIDTH, check_pattern, pattern
 

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-import shm
+from its_camera_ai import shm
 
 from . import _procs as P
 

@@ -11,9 +11,9 @@ import sys
 import posix_ipc
 from prometheus_client import CollectorRegistry, generate_latest
 
-import shm
-from shm import _tool
-from shm._system import SHM_DIR
+from its_camera_ai import shm
+from its_camera_ai.shm import _tool
+from its_camera_ai.shm._system import SHM_DIR
 
 from . import _procs as P
 from .conftest import TEST_PREFIX
@@ -117,10 +117,10 @@ def test_clean_min_age_spares_recent_rings(ring_name: str) -> None:
     assert not os.path.exists(f"{SHM_DIR}/its-ring-{ring_name}")
 
 
-def test_python_dash_m_shm(ring_name: str) -> None:
+def test_shm_subcommand_of_the_one_cli(ring_name: str) -> None:
     with shm.create(ring_name, slots=2, max_frame_bytes=100):
         res = subprocess.run(
-            [sys.executable, "-m", "shm", "list", "--match", ring_name],
+            [sys.executable, "-m", "its_camera_ai", "shm", "list", "--match", ring_name],
             check=False,
             capture_output=True,
             text=True,
@@ -129,7 +129,11 @@ def test_python_dash_m_shm(ring_name: str) -> None:
     assert res.returncode == 0, res.stderr
     assert ring_name in res.stdout
     res = subprocess.run(
-        [sys.executable, "-m", "shm"], check=False, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "its_camera_ai", "shm"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert res.returncode == 2
     assert "usage" in res.stderr

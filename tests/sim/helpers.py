@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.sim import CameraConfig, EffectsConfig, SceneConfig, TrafficConfig
+from its_camera_ai.sim import CameraConfig, EffectsConfig, SceneConfig, TrafficConfig
 
 QUIET = EffectsConfig(noise=0, motion_blur=False, shadows=False, rain_streaks=False)
 EMPTY = TrafficConfig(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.sim import CLASSES, TAGS, iter_samples, load_shard, main, read_video
+from its_camera_ai.sim import CLASSES, TAGS, iter_samples, load_shard, main, read_video
 
 
 def test_write_video_writes_mp4_and_truth(tmp_path: Path) -> None:
@@ -89,7 +89,7 @@ def test_bad_arguments_fail_cleanly(tmp_path: Path) -> None:
 
 def test_module_entry_point() -> None:
     r = subprocess.run(
-        [sys.executable, "-m", "services.sim", "--help"],
+        [sys.executable, "-m", "its_camera_ai.sim", "--help"],
         capture_output=True,
         text=True,
         check=False,

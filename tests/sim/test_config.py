@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from services.sim import IncidentConfig, RoadConfig, SceneConfig
+from its_camera_ai.sim import IncidentConfig, RoadConfig, SceneConfig
 
 
 @pytest.mark.parametrize(

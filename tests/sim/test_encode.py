@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.sim import Scene, VideoWriter, h264_roundtrip, read_video, write_png
+from its_camera_ai.sim import Scene, VideoWriter, h264_roundtrip, read_video, write_png
 
 from .helpers import small
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.sim import CONDITIONS, Scene, SceneConfig
-from services.sim._traffic import Agent
+from its_camera_ai.sim import CONDITIONS, Scene, SceneConfig
+from its_camera_ai.sim._traffic import Agent
 
 from .helpers import EMPTY, QUIET, small
 

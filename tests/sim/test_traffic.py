@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.sim import IncidentConfig, RoadConfig, Scene, SceneConfig, TrafficConfig
-from services.sim._traffic import Agent
+from its_camera_ai.sim import IncidentConfig, RoadConfig, Scene, SceneConfig, TrafficConfig
+from its_camera_ai.sim._traffic import Agent
 
 from .helpers import small
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.sim import CountingLineConfig, IncidentConfig, Scene, TrafficConfig
-from services.sim._truth import CountingLine, ObjectTruth, frame_tags, is_difficult
+from its_camera_ai.sim import CountingLineConfig, IncidentConfig, Scene, TrafficConfig
+from its_camera_ai.sim._truth import CountingLine, ObjectTruth, frame_tags, is_difficult
 
 from .helpers import small
 
@@ -150,8 +150,8 @@ def test_tags_and_difficult_rules() -> None:
 
 
 def test_random_scene_configs_are_valid_for_every_condition() -> None:
-    from services.sim import CONDITIONS
-    from services.sim._dataset import random_scene_config
+    from its_camera_ai.sim import CONDITIONS
+    from its_camera_ai.sim._dataset import random_scene_config
 
     for seed in range(60):
         cfg = random_scene_config(seed, CONDITIONS[seed % len(CONDITIONS)], 640, 384)

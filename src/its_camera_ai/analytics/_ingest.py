@@ -1,0 +1,249 @@
+"""One batch, applied exactly once: de-duplicate, run the engine, make it durable, answer.
+
+Under the producer's lock (its batches apply in sequence order, even across two streams of
+one producer) and the camera's lock (one caller per engine):
+
+1. a batch at or below the producer's high-water mark was applied already: ``duplicate``;
+2. the camera's engine (restored from its last durable state on first use) processes every
+   frame; the touched bins' full values, the events, crossings and the new engine state are
+   collected into one ``BatchWrite``;
+3. the write goes to PostgreSQL, or to the spool while it is down; only then is the batch
+   acknowledged. If neither can take it, the engine goes back to its state before the
+   batch and the stream fails with UNAVAILABLE: the producer resends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, OrderedDict, defaultdict
+
+import numpy as np
+
+from its.analytics.v1 import analytics_service_pb2, detection_batch_pb2
+from its.common.v1 import error_reason_pb2
+from its_camera_ai.analytics._cameras import CameraDirectory, CameraScene
+from its_camera_ai.analytics._durable import DurableWriter, Written
+from its_camera_ai.analytics._engine import CameraAnalytics
+from its_camera_ai.analytics._fanout import Fanout
+from its_camera_ai.analytics._metrics import AnalyticsMetrics
+from its_camera_ai.analytics._records import CameraStats, EventRecord, FrameInput, FrameOutcome
+from its_camera_ai.analytics._settings import AnalyticsSettings
+from its_camera_ai.analytics._store import BatchWrite, bin_row, crossing_row, event_row
+from its_camera_ai.common import UnavailableError
+
+__all__ = ["Ingestor"]
+
+_Ack = analytics_service_pb2.StreamDetectionBatchesResponse
+_Rejection = detection_batch_pb2.FrameRejection
+_NS = 1_000_000_000
+# Producers whose de-duplication mark is cached (each new inference process is a new one).
+_MAX_MARKS = 4096
+
+
+def _frame_input(
+    camera_id: str, frame: detection_batch_pb2.FrameDetections, scene: CameraScene, model: str
+) -> FrameInput:
+    """The engine's view of a wire frame; the engine repairs or rejects what is wrong."""
+    det = np.array(
+        [(d.box.x_min, d.box.y_min, d.box.x_max, d.box.y_max, d.score, d.object_class)
+         for d in frame.detections],
+        dtype=np.float64,
+    ).reshape(-1, 6)  # fmt: skip
+    width, height = frame.frame_size.width, frame.frame_size.height
+    if not frame.HasField("frame_size"):
+        width, height = scene.width, scene.height
+    # A missing capture time becomes an invalid one, which the engine rejects (never 1970).
+    capture_ns = -1
+    if frame.HasField("capture_time"):
+        capture_ns = frame.capture_time.seconds * _NS + frame.capture_time.nanos
+    return FrameInput(camera_id, frame.frame_sequence, capture_ns, width, height, det, model)
+
+
+def _reason(number: int) -> error_reason_pb2.ErrorReason.ValueType:
+    # The engine's reasons are the wire enum's numbers (see _records.FrameReject).
+    return error_reason_pb2.ErrorReason.ValueType(number)
+
+
+def _unknown_camera(batch: detection_batch_pb2.DetectionBatch) -> list[_Rejection]:
+    return [
+        _Rejection(
+            frame_sequence=frame.frame_sequence,
+            reason=error_reason_pb2.ERROR_REASON_RESOURCE_NOT_FOUND,
+            message=f"unknown camera {batch.camera!r}",
+        )
+        for frame in batch.frames
+    ]
+
+
+class _Camera:
+    """A camera's engine and the durable state it was last restored from or wrote."""
+
+    def __init__(self, engine: CameraAnalytics, state: bytes | None) -> None:
+        self.engine = engine
+        self.state = state
+
+
+class Ingestor:
+    def __init__(
+        self,
+        *,
+        cameras: CameraDirectory,
+        writer: DurableWriter,
+        fanout: Fanout | None,
+        metrics: AnalyticsMetrics,
+        engine_settings: AnalyticsSettings | None = None,
+    ) -> None:
+        self._cameras = cameras
+        self._writer = writer
+        self._fanout = fanout
+        self._metrics = metrics
+        self._engine_settings = engine_settings or AnalyticsSettings()
+        self._engines: dict[str, _Camera] = {}
+        # A producer id lives as long as its process, so both are bounded: a lock is needed
+        # while the producer has a stream open; a mark is a cache of the store's (kept past
+        # the stream, so a producer reconnecting while PostgreSQL is down is still served),
+        # the least recently used beyond _MAX_MARKS forgotten.
+        self._streams: Counter[str] = Counter()
+        self._producer_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._marks: OrderedDict[str, int] = OrderedDict()
+        self._camera_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    def open_stream(self, producer: str) -> None:
+        self._streams[producer] += 1
+
+    def close_stream(self, producer: str) -> None:
+        self._streams[producer] -= 1
+        if self._streams[producer] <= 0:
+            del self._streams[producer]
+            self._producer_locks.pop(producer, None)
+
+    async def apply(self, batch: detection_batch_pb2.DetectionBatch, camera_id: str) -> _Ack:
+        producer = batch.producer_id
+        async with self._producer_locks[producer]:
+            if producer not in self._marks:
+                self._marks[producer] = await self._writer.producer_mark(producer)
+            if batch.sequence <= self._marks[producer]:
+                self._metrics.batches.labels("duplicate").inc()
+                return _Ack(acknowledged_sequence=batch.sequence, duplicate=True)
+            try:
+                async with self._camera_locks[camera_id]:
+                    ack, events, stats = await self._apply_new(batch, camera_id)
+            except BaseException:
+                # Whether the write happened is unknown (cancelled mid-commit): ask the
+                # store again next time rather than trust this mark.
+                del self._marks[producer]
+                raise
+            self._marks[producer] = batch.sequence
+            self._marks.move_to_end(producer)
+            if len(self._marks) > _MAX_MARKS:
+                self._marks.popitem(last=False)
+        self._metrics.batches.labels("duplicate" if ack.duplicate else "applied").inc()
+        if self._fanout is not None and stats is not None:
+            self._fanout.offer(camera_id, events, stats)
+        return ack
+
+    async def _apply_new(
+        self, batch: detection_batch_pb2.DetectionBatch, camera_id: str
+    ) -> tuple[_Ack, list[EventRecord], CameraStats | None]:
+        scene = await self._cameras.get(camera_id)
+        if scene is None:
+            # Rejections are final, so the batch is still recorded (its mark) as applied.
+            write = BatchWrite(batch.producer_id, batch.sequence, camera_id, [], [], [], None)
+            await self._writer.write(write)
+            rejections = _unknown_camera(batch)
+            self._metrics.frames.labels("rejected", "unknown_camera").inc(len(rejections))
+            return (
+                _Ack(acknowledged_sequence=batch.sequence, rejected_frames=len(rejections),
+                     rejections=rejections),
+                [],
+                None,
+            )  # fmt: skip
+        camera = await self._camera(camera_id, scene)
+        engine = camera.engine
+        events: list[EventRecord] = []
+        if engine.scene.spec != scene.scene.spec:
+            events += engine.reconfigure(scene.scene)
+        now_ns = time.time_ns()
+        outcomes = [
+            engine.process(_frame_input(camera_id, f, scene, batch.model_version), now_ns)
+            for f in batch.frames
+        ]
+        for outcome in outcomes:
+            events += outcome.events
+        crossings = [crossing_row(camera_id, c) for o in outcomes for c in o.crossings]
+        bins = [bin_row(b) for b in engine.drain_bins()]
+        state = engine.state_bytes()
+        write = BatchWrite(
+            batch.producer_id,
+            batch.sequence,
+            camera_id,
+            bins,
+            # Several versions of one event in a batch: the newest is the one to keep.
+            list({e.event_id: event_row(e) for e in events}.values()),
+            crossings,
+            state,
+        )
+        try:
+            written = await self._writer.write(write)
+        except UnavailableError:
+            # Known not written: back to the state of the last durable batch.
+            if camera.state is None:
+                del self._engines[camera_id]
+            else:
+                camera.engine = CameraAnalytics.from_state_bytes(camera.state)
+            raise
+        except BaseException:
+            # Maybe written (cancelled mid-commit): reload from the durable state next time.
+            del self._engines[camera_id]
+            raise
+        if written is Written.ALREADY_APPLIED:
+            # Another writer applied this batch first: our engine ran ahead of the store.
+            del self._engines[camera_id]
+            return _Ack(acknowledged_sequence=batch.sequence, duplicate=True), [], None
+        camera.state = state
+        rejections = [
+            _Rejection(frame_sequence=o.frame_sequence, reason=_reason(o.rejected.error_reason),
+                       message=o.message)
+            for o in outcomes if o.rejected is not None
+        ]  # fmt: skip
+        stats = engine.snapshot()
+        self._count(batch, outcomes, events, stats)
+        ack = _Ack(
+            acknowledged_sequence=batch.sequence,
+            accepted_frames=len(outcomes) - len(rejections),
+            rejected_frames=len(rejections),
+            rejections=rejections,
+        )
+        return ack, events, stats
+
+    async def _camera(self, camera_id: str, scene: CameraScene) -> _Camera:
+        camera = self._engines.get(camera_id)
+        if camera is None:
+            state = await self._writer.camera_state(camera_id)
+            if state is None:
+                engine = CameraAnalytics(camera_id, scene.scene, self._engine_settings)
+            else:
+                engine = CameraAnalytics.from_state_bytes(state)
+            camera = self._engines[camera_id] = _Camera(engine, state)
+        return camera
+
+    def _count(
+        self,
+        batch: detection_batch_pb2.DetectionBatch,
+        outcomes: list[FrameOutcome],
+        events: list[EventRecord],
+        stats: CameraStats,
+    ) -> None:
+        metrics = self._metrics
+        metrics.detections.inc(sum(len(f.detections) for f in batch.frames))
+        for outcome in outcomes:
+            for issue, n in outcome.issues.items():
+                metrics.detection_issues.labels(issue.value).inc(n)
+            if outcome.rejected is None:
+                metrics.frames.labels("accepted", "").inc()
+            else:
+                metrics.frames.labels("rejected", outcome.rejected.value).inc()
+        for event in events:
+            metrics.events.labels(event.type.name.lower()).inc()
+        metrics.tracks_active.labels(stats.camera).set(stats.active_tracks)

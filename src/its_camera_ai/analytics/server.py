@@ -1,0 +1,140 @@
+"""The analytics service: detection batches in; tracks, counts, speeds and events stored.
+
+Registration builds the pipeline for ``AnalyticsService.StreamDetectionBatches``: camera
+scenes from the decoder's table, the PostgreSQL store behind a circuit breaker with the local
+spool for outages, optional Redis fan-out, and three background tasks (spool replay, scene
+refresh on demand, retention). A spool left by a previous run is replayed before the server
+takes batches, when PostgreSQL allows; otherwise the replay task keeps at it while the
+spool indexes the newest marks and engine states, so nothing acknowledged is lost either way.
+
+``UNIT`` takes the ``analytics`` section of the settings (``ITS_ANALYTICS__*``);
+``analytics_unit(settings)`` builds one with explicit settings (tests, embedding).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import grpc
+
+from its.analytics.v1 import analytics_service_pb2, analytics_service_pb2_grpc
+from its_camera_ai.analytics._cameras import CameraDirectory
+from its_camera_ai.analytics._durable import DurableWriter
+from its_camera_ai.analytics._fanout import Fanout
+from its_camera_ai.analytics._ingest import Ingestor
+from its_camera_ai.analytics._metrics import AnalyticsMetrics
+from its_camera_ai.analytics._servicer import AnalyticsServicer
+from its_camera_ai.analytics._spool import Spool
+from its_camera_ai.analytics._store import Store
+from its_camera_ai.common import (
+    POSTGRES_FAILURES,
+    REDIS_FAILURES,
+    AnalyticsServiceSettings,
+    CircuitBreaker,
+    MigrationSet,
+    Runtime,
+    ServiceUnit,
+    UnavailableError,
+)
+
+__all__ = ["UNIT", "analytics_unit"]
+
+# A dependency being down, whether the breaker knew it already or the call found out.
+_POSTGRES_DOWN: tuple[type[BaseException], ...] = (UnavailableError, *POSTGRES_FAILURES)
+
+_log = logging.getLogger(__name__)
+
+MIGRATIONS = MigrationSet("analytics", "its_camera_ai.analytics")
+_DAY_SECONDS = 86400.0
+
+
+def analytics_unit(settings: AnalyticsServiceSettings | None = None) -> ServiceUnit:
+    async def register(server: grpc.aio.Server, runtime: Runtime) -> None:
+        config = settings or runtime.settings.analytics
+        assert runtime.database is not None  # needs_database=True
+        metrics = AnalyticsMetrics(runtime.metrics)
+
+        def breaker(dependency: str, failures: tuple[type[BaseException], ...]) -> CircuitBreaker:
+            return CircuitBreaker(
+                dependency,
+                failure_threshold=config.breaker_failure_threshold,
+                reset_timeout_seconds=config.breaker_reset_seconds,
+                failures=failures,
+                registry=runtime.metrics,
+            )
+
+        postgres = breaker("postgres", POSTGRES_FAILURES)
+        store = Store(runtime.database.pool)
+        spool = Spool(
+            config.spool_dir,
+            max_bytes=config.spool_max_bytes,
+            alert_fraction=config.spool_alert_fraction,
+            on_change=metrics.spool_changed,
+        )
+        writer = DurableWriter(store, spool, postgres, metrics)
+        if await asyncio.to_thread(writer.recover):
+            with contextlib.suppress(*_POSTGRES_DOWN):
+                await writer.replay()
+
+        fanout = None
+        if runtime.redis is not None:
+            fanout = Fanout(runtime.redis, config, breaker("redis", REDIS_FAILURES), metrics)
+            fanout.start()
+            runtime.on_shutdown.append(fanout.close)
+
+        cameras = CameraDirectory(runtime.database.pool, postgres, config.camera_refresh_seconds)
+        ingestor = Ingestor(cameras=cameras, writer=writer, fanout=fanout, metrics=metrics)
+        tasks = [asyncio.create_task(writer.run_replay(config.replay_interval_seconds))]
+        if config.retention_days is not None:
+            age = config.retention_days * _DAY_SECONDS
+            tasks.append(
+                asyncio.create_task(
+                    _retention(store, postgres, metrics, age, config.retention_interval_seconds)
+                )
+            )
+
+        async def stop() -> None:
+            # After the gRPC server drained: no batch is in flight any more.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            spool.close()
+
+        runtime.on_shutdown.append(stop)
+        servicer = AnalyticsServicer(ingestor)
+        runtime.on_stopping.append(servicer.close_streams)
+        analytics_service_pb2_grpc.add_AnalyticsServiceServicer_to_server(servicer, server)
+
+    return ServiceUnit(
+        name="analytics",
+        grpc_services=(
+            analytics_service_pb2.DESCRIPTOR.services_by_name["AnalyticsService"].full_name,
+        ),
+        register=register,
+        needs_database=True,
+        migrations=(MIGRATIONS,),
+    )
+
+
+async def _retention(
+    store: Store,
+    breaker: CircuitBreaker,
+    metrics: AnalyticsMetrics,
+    age_seconds: float,
+    interval_seconds: float,
+) -> None:
+    """Delete rows older than the retention age, every interval (skipped while PG is down)."""
+    while True:
+        await asyncio.sleep(interval_seconds)
+        try:
+            deleted = await breaker.call(lambda: store.delete_older_than(age_seconds))
+        except _POSTGRES_DOWN:
+            continue
+        metrics.retention_deleted.inc(deleted)
+        if deleted:
+            _log.info("analytics retention", extra={"deleted_rows": deleted})
+
+
+UNIT = analytics_unit()

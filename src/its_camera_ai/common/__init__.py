@@ -1,0 +1,116 @@
+"""The runtime every ITS Camera AI service shares.
+
+Configuration, the gRPC host (health, reflection, graceful shutdown, interceptors), the
+HTTP side port, logging and tracing, the error tree and its wire mapping, and storage
+(asyncpg pool with the embedded PostgreSQL default, migrations, Redis), and the rules every
+service shares: resource names, reconnect backoff, circuit breakers.
+"""
+
+from __future__ import annotations
+
+from its_camera_ai.common._backoff import Backoff
+from its_camera_ai.common._breaker import BreakerState, CircuitBreaker, CircuitOpenError
+from its_camera_ai.common._config import (
+    AnalyticsServiceSettings,
+    ConfigError,
+    DatabaseSettings,
+    DecoderSettings,
+    GrpcSettings,
+    HttpSettings,
+    InferenceSettings,
+    LoggingSettings,
+    PixelFormatName,
+    RedisSettings,
+    Settings,
+    TracingSettings,
+    load_settings,
+)
+from its_camera_ai.common._errors import (
+    ERROR_DOMAIN,
+    AbortedError,
+    AlreadyExistsError,
+    FailedPreconditionError,
+    FieldViolation,
+    InternalError,
+    InvalidArgumentError,
+    ItsError,
+    NotFoundError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    UnauthenticatedError,
+    UnavailableError,
+    UnimplementedError,
+)
+from its_camera_ai.common._logging import configure_logging
+from its_camera_ai.common._migrations import (
+    Migration,
+    MigrationError,
+    MigrationSet,
+    apply_migrations,
+)
+from its_camera_ai.common._names import (
+    camera_id_from_name,
+    is_resource_id,
+    is_token,
+    parse_camera_name,
+)
+from its_camera_ai.common._server import Runtime, ServiceHost, ServiceUnit, serve
+from its_camera_ai.common._storage import (
+    POSTGRES_DOWN,
+    POSTGRES_FAILURES,
+    REDIS_FAILURES,
+    Database,
+    create_redis,
+)
+
+__all__ = [
+    "ERROR_DOMAIN",
+    "POSTGRES_DOWN",
+    "POSTGRES_FAILURES",
+    "REDIS_FAILURES",
+    "AbortedError",
+    "AlreadyExistsError",
+    "AnalyticsServiceSettings",
+    "Backoff",
+    "BreakerState",
+    "CircuitBreaker",
+    "CircuitOpenError",
+    "ConfigError",
+    "Database",
+    "DatabaseSettings",
+    "DecoderSettings",
+    "FailedPreconditionError",
+    "FieldViolation",
+    "GrpcSettings",
+    "HttpSettings",
+    "InferenceSettings",
+    "InternalError",
+    "InvalidArgumentError",
+    "ItsError",
+    "LoggingSettings",
+    "Migration",
+    "MigrationError",
+    "MigrationSet",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "PixelFormatName",
+    "RedisSettings",
+    "ResourceExhaustedError",
+    "Runtime",
+    "ServiceHost",
+    "ServiceUnit",
+    "Settings",
+    "TracingSettings",
+    "UnauthenticatedError",
+    "UnavailableError",
+    "UnimplementedError",
+    "apply_migrations",
+    "camera_id_from_name",
+    "configure_logging",
+    "create_redis",
+    "is_resource_id",
+    "is_token",
+    "load_settings",
+    "parse_camera_name",
+    "serve",
+]

@@ -1,0 +1,245 @@
+"""The gRPC server every service runs on, and its life cycle.
+
+A ``ServiceHost`` serves one or more ``ServiceUnit``s on one grpc.aio server: health
+(``grpc.health.v1``, a status per service), server reflection (so ``grpcurl`` needs no local
+protos), message size limits, keepalive, tracing, metrics and error mapping on every RPC,
+plus the HTTP side port. ``serve()`` runs a host until SIGTERM/SIGINT, then drains:
+health turns NOT_SERVING, new RPCs are refused, in-flight ones get ``grpc.drain_seconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from prometheus_client import REGISTRY, CollectorRegistry
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
+
+from its_camera_ai.common._config import Settings
+from its_camera_ai.common._http import HttpSidePort
+from its_camera_ai.common._interceptors import ErrorMappingInterceptor, RpcMetricsInterceptor
+from its_camera_ai.common._logging import configure_logging
+from its_camera_ai.common._migrations import MigrationSet, apply_migrations
+from its_camera_ai.common._storage import Database, create_redis
+from its_camera_ai.common._tracing import configure_tracing
+
+__all__ = ["Runtime", "ServiceHost", "ServiceUnit", "serve"]
+
+_log = logging.getLogger(__name__)
+
+# The schema every service with a database shares (audit log).
+CORE_MIGRATIONS = MigrationSet(component="core", package="its_camera_ai.common")
+
+
+@dataclass
+class Runtime:
+    """What a service's registration gets to build its servicers with."""
+
+    settings: Settings
+    metrics: CollectorRegistry
+    database: Database | None = None
+    redis: Redis | RedisCluster | None = None
+    # The units served by this host, by name: a unit can use a peer in the same process.
+    units: tuple[str, ...] = ()
+    # The bound gRPC port, known once the server started (0 before).
+    grpc_port: int = 0
+    # Coroutines run once the server is serving (clients of peers in this process).
+    on_started: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Coroutines run when shutdown starts, while the server still serves: clients of peers
+    # in this process (inference streaming to analytics) finish their work first.
+    on_stopping: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Coroutines run on shutdown, after the gRPC server has drained (stop workers, flush).
+    on_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    def loopback_target(self) -> str:
+        """Address at which this host's own gRPC server is reachable from this process."""
+        host = self.settings.grpc.host
+        if host in ("[::]", "0.0.0.0", "", "localhost"):
+            host = "127.0.0.1"
+        return f"{host}:{self.grpc_port}"
+
+
+@dataclass(frozen=True)
+class ServiceUnit:
+    """One service's contribution to a server: its gRPC services and what they need."""
+
+    name: str
+    grpc_services: tuple[str, ...]
+    register: Callable[[grpc.aio.Server, Runtime], Awaitable[None]]
+    needs_database: bool = False
+    migrations: tuple[MigrationSet, ...] = ()
+
+
+class ServiceHost:
+    def __init__(self, settings: Settings, units: Sequence[ServiceUnit]) -> None:
+        if not units:
+            raise ValueError("a host needs at least one service unit")
+        self.settings = settings
+        self.units = tuple(units)
+        self.name = "+".join(unit.name for unit in units)
+        self.runtime = Runtime(
+            settings=settings,
+            metrics=CollectorRegistry(),
+            units=tuple(unit.name for unit in self.units),
+        )
+        self.grpc_port = 0
+        self.http_port = 0
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._http: HttpSidePort | None = None
+        self._tracer_provider: Any = None
+        self._serving = False
+
+    @property
+    def service_names(self) -> list[str]:
+        return [name for unit in self.units for name in unit.grpc_services]
+
+    def _server_options(self) -> list[tuple[str, Any]]:
+        grpc_settings = self.settings.grpc
+        return [
+            ("grpc.max_receive_message_length", grpc_settings.max_receive_message_bytes),
+            ("grpc.max_send_message_length", grpc_settings.max_send_message_bytes),
+            ("grpc.keepalive_time_ms", int(grpc_settings.keepalive_time_seconds * 1000)),
+            ("grpc.keepalive_timeout_ms", int(grpc_settings.keepalive_timeout_seconds * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            (
+                "grpc.http2.min_ping_interval_without_data_ms",
+                int(grpc_settings.min_client_ping_interval_seconds * 1000),
+            ),
+            ("grpc.so_reuseport", 0),
+        ]
+
+    async def _open_dependencies(self) -> None:
+        if any(unit.needs_database for unit in self.units):
+            database = await Database.open(
+                self.settings.database, application_name=f"its-camera-ai-{self.name}"
+            )
+            self.runtime.database = database
+            sets = [CORE_MIGRATIONS, *(s for unit in self.units for s in unit.migrations)]
+            applied = await apply_migrations(database.pool, sets)
+            _log.info(
+                "database ready", extra={"kind": database.dsn_kind, "migrations_applied": applied}
+            )
+        self.runtime.redis = create_redis(self.settings.redis)
+
+    async def start(self) -> None:
+        """Open dependencies, register every unit, bind and start serving."""
+        self._tracer_provider = configure_tracing(self.name, self.settings.tracing)
+        await self._open_dependencies()
+
+        server = grpc.aio.server(
+            interceptors=[
+                aio_server_interceptor(tracer_provider=self._tracer_provider),  # type: ignore[no-untyped-call]
+                RpcMetricsInterceptor(self.runtime.metrics),
+                ErrorMappingInterceptor(),
+            ],
+            options=self._server_options(),
+            maximum_concurrent_rpcs=self.settings.grpc.max_concurrent_rpcs,
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        for unit in self.units:
+            await unit.register(server, self.runtime)
+        reflection.enable_server_reflection(
+            [
+                *self.service_names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            server,
+        )
+        address = f"{self.settings.grpc.host}:{self.settings.grpc.port}"
+        try:
+            self.grpc_port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen for gRPC on {address}: {exc}") from exc
+        await server.start()
+        self._server = server
+        self.runtime.grpc_port = self.grpc_port
+        for hook in self.runtime.on_started:
+            await hook()
+
+        if self.settings.http.enabled:
+            self._http = HttpSidePort([self.runtime.metrics, REGISTRY], self.health_report)
+            self.http_port = await self._http.start(
+                self.settings.http.host, self.settings.http.port
+            )
+
+        for name in ("", *self.service_names):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._serving = True
+        _log.info(
+            "serving",
+            extra={
+                "services": self.service_names,
+                "grpc_port": self.grpc_port,
+                "http_port": self.http_port,
+            },
+        )
+
+    async def health_report(self) -> tuple[bool, dict[str, Any]]:
+        dependencies: dict[str, str] = {}
+        healthy = self._serving
+        if self.runtime.database is not None:
+            up = await self.runtime.database.ping()
+            dependencies["database"] = "up" if up else "down"
+            healthy = healthy and up
+        if self.runtime.redis is not None:
+            try:
+                await self.runtime.redis.ping()
+                dependencies["redis"] = "up"
+            except (RedisError, OSError):
+                # Redis is optional: losing it degrades live fan-out, it does not stop serving.
+                dependencies["redis"] = "down"
+        body = {
+            "status": "SERVING" if healthy else "NOT_SERVING",
+            "services": self.service_names,
+            "dependencies": dependencies,
+        }
+        return healthy, body
+
+    async def stop(self) -> None:
+        """Drain and stop: refuse new RPCs, let in-flight ones finish, then close everything."""
+        self._serving = False
+        await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            for hook in reversed(self.runtime.on_stopping):
+                await hook()
+            _log.info("draining", extra={"grace_seconds": self.settings.grpc.drain_seconds})
+            await self._server.stop(self.settings.grpc.drain_seconds)
+            self._server = None
+        for hook in reversed(self.runtime.on_shutdown):
+            await hook()
+        if self._http is not None:
+            await self._http.stop()
+        if self.runtime.redis is not None:
+            await self.runtime.redis.aclose()
+        if self.runtime.database is not None:
+            await self.runtime.database.close()
+        if self._tracer_provider is not None:
+            self._tracer_provider.shutdown()
+        _log.info("stopped")
+
+
+async def serve(settings: Settings, units: Sequence[ServiceUnit]) -> None:
+    """Run a host until SIGTERM or SIGINT, then drain and return."""
+    host = ServiceHost(settings, units)
+    configure_logging(host.name, settings.logging.level, settings.logging.format)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await host.start()
+        await stop.wait()
+    finally:
+        await host.stop()

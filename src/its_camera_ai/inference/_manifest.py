@@ -1,0 +1,151 @@
+"""The model manifest: what a weights file is, how to feed it, and what it scored.
+
+A manifest is a JSON file next to its weights. It names the weights file and its sha256
+(checked before the file is deserialised: ``torch.load`` of an unknown file is the thing to
+avoid), the classes in order with their ``its.common.v1.ObjectClass`` numbers, the input
+size, the normalisation, the network widths to rebuild the module, the training config and
+the evaluation figures. Validation is strict (pydantic, ``extra="forbid"``): a wrong or
+missing field fails at load time with the field named.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from its_camera_ai.inference._errors import (
+    ChecksumMismatchError,
+    ManifestError,
+    WeightsNotFoundError,
+)
+
+__all__ = [
+    "CLASS_IDS",
+    "Decoding",
+    "InputSpec",
+    "Manifest",
+    "Normalisation",
+    "read_manifest",
+    "sha256_file",
+    "verified_weights",
+    "write_manifest",
+]
+
+# Our class names -> its.common.v1.ObjectClass numbers (CAR=1 ... PERSON=6).
+CLASS_IDS: dict[str, int] = {
+    "car": 1,
+    "truck": 2,
+    "bus": 3,
+    "motorcycle": 4,
+    "bicycle": 5,
+    "person": 6,
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Strict):
+    width: int = Field(gt=0, multiple_of=32)
+    height: int = Field(gt=0, multiple_of=32)
+    layout: Literal["NCHW"] = "NCHW"
+    colour: Literal["RGB"] = "RGB"
+    letterbox_pad: float = Field(ge=0.0, le=1.0)
+
+
+class Normalisation(_Strict):
+    """``x = (pixel / 255 - mean) / std`` per channel."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @model_validator(mode="after")
+    def _positive_std(self) -> Normalisation:
+        if min(self.std) <= 0:
+            raise ValueError("std must be > 0")
+        return self
+
+
+class Decoding(_Strict):
+    stride: int = Field(gt=0)
+    top_k: int = Field(gt=0, le=1000)
+    score_threshold: float = Field(ge=0.0, le=1.0)
+
+
+class Manifest(_Strict):
+    format: Literal["its-detector-manifest"] = "its-detector-manifest"
+    format_version: Literal[1] = 1
+    name: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+    architecture: Literal["centernet-ttf"] = "centernet-ttf"
+    weights: str = Field(min_length=1, description="file name, relative to the manifest")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size_bytes: int = Field(gt=0)
+    classes: tuple[str, ...] = Field(min_length=1)
+    class_ids: tuple[int, ...] = Field(min_length=1)
+    input: InputSpec
+    normalisation: Normalisation
+    decoding: Decoding
+    net: dict[str, Any]
+    training: dict[str, Any] = Field(default_factory=dict)
+    evaluation: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _classes_known(self) -> Manifest:
+        if len(self.classes) != len(self.class_ids):
+            raise ValueError("classes and class_ids differ in length")
+        for name, cid in zip(self.classes, self.class_ids, strict=True):
+            if CLASS_IDS.get(name) != cid:
+                raise ValueError(f"class {name!r} has id {cid}, expected {CLASS_IDS.get(name)}")
+        if self.net.get("num_classes") != len(self.classes):
+            raise ValueError("net.num_classes does not match the number of classes")
+        return self
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    p = Path(path)
+    if not p.is_file():
+        raise WeightsNotFoundError(f"model manifest {p} does not exist")
+    try:
+        raw = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ManifestError(f"model manifest {p} is not readable JSON: {e}") from e
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as e:
+        raise ManifestError(f"model manifest {p} is invalid: {e}") from e
+
+
+def verified_weights(manifest_path: str | Path, manifest: Manifest) -> Path:
+    """The weights file the manifest names, after checking its size and sha256."""
+    base = Path(manifest_path).parent
+    w = (base / manifest.weights).resolve()
+    if base.resolve() not in w.parents:
+        # A manifest must not point the loader at arbitrary files elsewhere on the host.
+        raise ManifestError(f"manifest weights {manifest.weights!r} escapes {base}")
+    if not w.is_file():
+        raise WeightsNotFoundError(f"weights file {w} named by {manifest_path} does not exist")
+    digest = sha256_file(w)
+    if digest != manifest.sha256:
+        raise ChecksumMismatchError(
+            f"weights file {w} has sha256 {digest}, manifest {manifest_path} says "
+            f"{manifest.sha256}: the file was modified or truncated"
+        )
+    return w
+
+
+def write_manifest(path: str | Path, manifest: Manifest) -> None:
+    Path(path).write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")

@@ -1,0 +1,171 @@
+"""The inference service: frames from the camera rings in, detections out to analytics.
+
+Registration loads and checks the model (manifest, sha256, output shapes) and builds its
+backend engine before the server takes a call, so a bad deployment fails at start-up with
+the reason. It then wires the pipeline::
+
+    decoder's WatchCameraStatus ─▶ Feeds (a reader thread per ring) ─▶ DynamicBatcher
+        ─▶ BatchRunner (preprocess, model, postprocess) ─▶ FrameSink ─▶ DetectionProducer
+        ─▶ AnalyticsService.StreamDetectionBatches
+
+and serves ``InferenceService`` (``Detect`` joins the same batches). The decoder and
+analytics are reached at ``inference.decoder_target``/``analytics_target``, or, left unset,
+in this same process when ``serve all`` runs them here. Shutdown, before the server drains,
+stops reading rings, finishes the batch in progress and gives the producer a moment to
+deliver what it holds (to this very server, in ``serve all``).
+
+``UNIT`` takes the ``inference`` section of the settings (``ITS_INFERENCE__*``);
+``inference_unit(settings)`` builds one with explicit settings (tests, embedding).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+
+import grpc
+import torch
+
+from its.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
+from its_camera_ai.common import ConfigError, InferenceSettings, Runtime, ServiceUnit
+from its_camera_ai.inference._backends import EngineSpec, build_engine
+from its_camera_ai.inference._batching import DynamicBatcher
+from its_camera_ai.inference._contract import DetectionModel
+from its_camera_ai.inference._detector import DEFAULT_MANIFEST, load_detector
+from its_camera_ai.inference._discovery import watch_decoder
+from its_camera_ai.inference._feeds import Feeds, FrameSink
+from its_camera_ai.inference._metrics import InferenceMetrics
+from its_camera_ai.inference._producer import DetectionProducer, new_producer_id
+from its_camera_ai.inference._producer_accounting import ProducerMetrics
+from its_camera_ai.inference._runner import BatchRunner
+from its_camera_ai.inference._servicer import InferenceServicer, model_resource
+from its_camera_ai.inference._yolo import YoloAdapter
+
+__all__ = ["UNIT", "inference_unit", "load_model"]
+
+_log = logging.getLogger(__name__)
+_DRAIN_SECONDS = 5.0
+
+
+def load_model(settings: InferenceSettings) -> DetectionModel:
+    """The configured model on the CPU (a backend makes its own copy on its device)."""
+    if settings.yolo_model is not None:
+        return YoloAdapter.load(
+            settings.yolo_model,
+            sha256=settings.yolo_sha256,
+            input_size=settings.yolo_input_size,
+            num_classes=settings.yolo_num_classes,
+        )
+    return load_detector(settings.model_manifest or DEFAULT_MANIFEST)
+
+
+def _target(configured: str | None, peer: str, runtime: Runtime) -> str | None:
+    if configured is not None:
+        return configured
+    if peer in runtime.units:
+        return runtime.loopback_target()
+    return None
+
+
+def inference_unit(settings: InferenceSettings | None = None) -> ServiceUnit:
+    async def register(server: grpc.aio.Server, runtime: Runtime) -> None:
+        config = settings or runtime.settings.inference
+        if config.analytics_target is None and "analytics" not in runtime.units:
+            raise ConfigError(
+                "inference.analytics_target is required when analytics does not run in "
+                "this process (set ITS_INFERENCE__ANALYTICS_TARGET)"
+            )
+        if config.torch_threads:
+            torch.set_num_threads(config.torch_threads)
+        model = await asyncio.to_thread(load_model, config)
+        engine = await asyncio.to_thread(build_engine, model, EngineSpec.from_settings(config))
+        resource = model_resource(model, engine, config.max_batch_size, time.time_ns())
+        _log.info(
+            "model ready",
+            extra={"model": resource.name, "version": resource.version, "device": resource.device},
+        )
+
+        metrics = InferenceMetrics(runtime.metrics)
+        producer_metrics = ProducerMetrics(runtime.metrics)
+        producers: list[DetectionProducer] = []
+        sink = FrameSink(metrics)
+        runner = BatchRunner(model, engine, metrics, config.max_batch_size)
+        batcher = DynamicBatcher(
+            runner,
+            max_batch_size=config.max_batch_size,
+            max_queue_delay=config.max_queue_delay_ms / 1000.0,
+            lane_depth=config.frames_per_camera,
+            max_requests=config.max_pending_requests,
+            on_superseded=lambda work: work.done(work, None, None),
+        )
+        threshold = (
+            model.default_score_threshold
+            if config.score_threshold is None
+            else config.score_threshold
+        )
+        feeds = Feeds(batcher, sink, metrics, score_threshold=threshold, device=engine.device)
+        servicer = InferenceServicer(model, resource, batcher, feeds)
+        tasks: list[asyncio.Task[None]] = []
+
+        async def started() -> None:
+            analytics = _target(config.analytics_target, "analytics", runtime)
+            assert analytics is not None  # checked above
+            producer = DetectionProducer(
+                analytics,
+                producer_id=new_producer_id(f"inference-{socket.gethostname()}-{os.getpid()}"),
+                model=resource.name,
+                model_version=resource.version,
+                metrics=producer_metrics,
+                max_unacked_batches=config.max_unacked_batches,
+                max_pending_frames=config.max_pending_frames,
+                backoff_initial_seconds=config.reconnect_initial_seconds,
+                backoff_max_seconds=config.reconnect_max_seconds,
+            )
+            producers.append(producer)
+            sink.connect(producer.submit)
+            await producer.start()
+            for camera, ring in config.cameras.items():
+                feeds.set(camera, ring)
+            decoder = _target(config.decoder_target, "decoder", runtime)
+            if decoder is not None:
+                tasks.append(
+                    asyncio.create_task(
+                        watch_decoder(
+                            decoder,
+                            feeds.set,
+                            initial_backoff=config.reconnect_initial_seconds,
+                            max_backoff=config.reconnect_max_seconds,
+                        )
+                    )
+                )
+
+        async def stop() -> None:
+            for task in tasks:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(*tasks)
+            await asyncio.to_thread(feeds.close)
+            await asyncio.to_thread(batcher.close)
+            servicer.close()
+            for producer in producers:
+                await producer.close(_DRAIN_SECONDS)
+
+        runtime.on_started.append(started)
+        # Before the server drains: in `serve all` the producer streams to this very server.
+        runtime.on_stopping.append(stop)
+        inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)
+
+    return ServiceUnit(
+        name="inference",
+        grpc_services=(
+            inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name,
+        ),
+        register=register,
+    )
+
+
+UNIT = inference_unit()

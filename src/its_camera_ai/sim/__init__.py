@@ -1,0 +1,64 @@
+"""Traffic scene simulator with exact ground truth: synthetic cameras and training data.
+
+A ``Scene`` is a world in metres (a two-way road with lanes, an optional signalised
+intersection with a zebra crossing), road users of six classes driven by car following (IDM)
+and lane changes (MOBIL), injectable incidents, and a pinhole camera whose ground-plane
+homography is the calibration analytics uses. Frames are rendered with numpy under a
+condition (day, dusk, night, rain, fog, glare) and come with per-frame truth: visible boxes
+and occlusion from the rendered id buffer, world position and speed, counting-line crossings
+and incidents. Everything is deterministic by seed.
+
+    scene = Scene(SceneConfig(seed=1, condition="night"))
+    for frame, truth in scene.frames(300):   # RGB uint8 H x W x 3, FrameTruth
+        ...
+"""
+
+from __future__ import annotations
+
+from its_camera_ai.sim._camera import Camera
+from its_camera_ai.sim._cli import main
+from its_camera_ai.sim._config import (
+    CLASSES,
+    CONDITIONS,
+    CameraConfig,
+    CountingLineConfig,
+    EffectsConfig,
+    IncidentConfig,
+    IntersectionConfig,
+    RoadConfig,
+    SceneConfig,
+    TrafficConfig,
+)
+from its_camera_ai.sim._dataset import TAGS, Shard, iter_samples, load_shard, write_dataset
+from its_camera_ai.sim._encode import VideoWriter, h264_roundtrip, read_video, write_png
+from its_camera_ai.sim._scene import Scene
+from its_camera_ai.sim._truth import Crossing, FrameTruth, IncidentTruth, ObjectTruth
+
+__all__ = [
+    "CLASSES",
+    "CONDITIONS",
+    "TAGS",
+    "Camera",
+    "CameraConfig",
+    "CountingLineConfig",
+    "Crossing",
+    "EffectsConfig",
+    "FrameTruth",
+    "IncidentConfig",
+    "IncidentTruth",
+    "IntersectionConfig",
+    "ObjectTruth",
+    "RoadConfig",
+    "Scene",
+    "SceneConfig",
+    "Shard",
+    "TrafficConfig",
+    "VideoWriter",
+    "h264_roundtrip",
+    "iter_samples",
+    "load_shard",
+    "main",
+    "read_video",
+    "write_dataset",
+    "write_png",
+]
