@@ -35,11 +35,15 @@ from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 
 from its_camera_ai import shm
-from its_camera_ai.decoder._metrics import CameraMetrics, DecoderMetrics
-from its_camera_ai.decoder._settings import DecoderSettings
-from its_camera_ai.decoder._status import StatusBoard
-from its_camera_ai.decoder._uri import parse_source_uri
-from its_camera_ai.decoder._worker import CameraWorker, DecodeSpec
+from its_camera_ai.common import DecoderSettings
+from its_camera_ai.decoder import (
+    CameraMetrics,
+    CameraWorker,
+    DecoderMetrics,
+    DecodeSpec,
+    StatusBoard,
+    parse_source_uri,
+)
 from its_camera_ai.sim import CameraConfig, Scene, SceneConfig
 
 SIZES = {"720p": (1280, 720), "1080p": (1920, 1080)}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from its_camera_ai.common import ConfigError, ItsError, ServiceUnit, load_settings, serve
 
-__all__ = ["main"]
+__all__ = ["SERVICES", "main", "service_units"]
 
 # Service name -> module whose UNIT it serves. Imported lazily: each pulls in its own stack.
 # In dependency order: `serve all` stops them in reverse, so inference drains its stream
@@ -34,7 +34,8 @@ TOOLS = {
 }
 
 
-def _units(name: str) -> list[ServiceUnit]:
+def service_units(name: str) -> list[ServiceUnit]:
+    """The units `serve NAME` runs (`all`: every service, in start order)."""
     modules = SERVICES.values() if name == "all" else [SERVICES[name]]
     return [importlib.import_module(module).UNIT for module in modules]
 
@@ -87,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(settings.model_dump(mode="json"), indent=2))
         return 0
     try:
-        asyncio.run(serve(settings, _units(args.service)))
+        asyncio.run(serve(settings, service_units(args.service)))
     except ConfigError as exc:  # found while a service sets up (keys, files it needs)
         print(f"its-camera-ai: {exc}", file=sys.stderr)
         return 2

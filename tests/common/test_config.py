@@ -113,7 +113,7 @@ def test_shipped_configs_are_valid(environment: str) -> None:
 def test_cli_stops_with_one_clear_message(tmp_path: Path) -> None:
     path = write(tmp_path, "grpc:\n  port: 70000\n")
     result = subprocess.run(
-        [sys.executable, "-m", "its_camera_ai.cli", "serve", "decoder", "--config", str(path)],
+        [sys.executable, "-m", "its_camera_ai", "serve", "decoder", "--config", str(path)],
         capture_output=True,
         text=True,
         timeout=60,

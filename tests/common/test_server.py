@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 from grpc_status import rpc_status
 
-from its_camera_ai.cli import SERVICES, _units
+from its_camera_ai.cli import SERVICES, service_units
 from its_camera_ai.common import (
     ERROR_DOMAIN,
     ConfigError,
@@ -50,7 +50,7 @@ async def running_host(
         settings = settings.model_copy(
             update={"inference": InferenceSettings(analytics_target="127.0.0.1:9")}
         )
-    host = ServiceHost(settings, _units(request.param))
+    host = ServiceHost(settings, service_units(request.param))
     await host.start()
     try:
         yield host
@@ -104,7 +104,7 @@ async def test_service_serves_health_reflection_and_unimplemented(
 
 
 async def test_migrations_ran_on_the_configured_postgres(postgres_dsn: str) -> None:
-    host = ServiceHost(host_settings(postgres_dsn), _units("decoder"))
+    host = ServiceHost(host_settings(postgres_dsn), service_units("decoder"))
     await host.start()
     try:
         assert host.runtime.database is not None
@@ -121,7 +121,7 @@ async def test_inference_needs_no_database() -> None:
     settings = host_settings(None, embedded_data_dir="/proc/no-database-here").model_copy(
         update={"inference": InferenceSettings(analytics_target="127.0.0.1:9")}
     )
-    host = ServiceHost(settings, _units("inference"))
+    host = ServiceHost(settings, service_units("inference"))
     await host.start()
     try:
         assert host.runtime.database is None
@@ -130,7 +130,7 @@ async def test_inference_needs_no_database() -> None:
 
 
 async def test_inference_alone_must_be_told_where_analytics_is() -> None:
-    host = ServiceHost(host_settings(None), _units("inference"))
+    host = ServiceHost(host_settings(None), service_units("inference"))
     with pytest.raises(ConfigError, match=r"inference\.analytics_target is required"):
         await host.start()
     await host.stop()
@@ -342,7 +342,7 @@ def test_serve_all_on_the_embedded_default(embedded_data_dir: Path) -> None:
         "ITS_DATABASE__EMBEDDED_DATA_DIR": str(embedded_data_dir),
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "its_camera_ai.cli", "serve", "all"],
+        [sys.executable, "-m", "its_camera_ai", "serve", "all"],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,

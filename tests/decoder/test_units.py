@@ -11,11 +11,22 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from its_camera_ai.common import ConfigError, DecoderSettings, InvalidArgumentError, load_settings
-from its_camera_ai.decoder._crypto import KeyRing, Sealed, SealedUnreadable, load_key_ring
+from its_camera_ai.decoder import (
+    FrameClock,
+    KeyRing,
+    Sealed,
+    SealedUnreadable,
+    SourceKind,
+    UriError,
+    Verdict,
+    compile_list_query,
+    load_key_ring,
+    mask_uri,
+    page_token_after,
+    parse_source_uri,
+    scrub,
+)
 from its_camera_ai.decoder._geometry import polygon_problem
-from its_camera_ai.decoder._listing import compile_list_query, page_token_after
-from its_camera_ai.decoder._timing import Backoff, FrameClock, Verdict
-from its_camera_ai.decoder._uri import SourceKind, UriError, mask_uri, parse_source_uri, scrub
 from tests.decoder.conftest import new_key
 
 
@@ -149,15 +160,6 @@ def test_filters_compile_to_parameters_only() -> None:
     assert compile_list_query('display_name:"x\'; DROP TABLE t; --" OR loop = true', "", 7, token)
     with pytest.raises(InvalidArgumentError):
         compile_list_query("", "", 0, token)
-
-
-def test_backoff_grows_caps_and_jitters() -> None:
-    backoff = Backoff(0.5, 4.0, 2.0, 0.2)
-    delays = [backoff.next_delay() for _ in range(6)]
-    for delay, base in zip(delays, [0.5, 1, 2, 4, 4, 4], strict=True):
-        assert base * 0.8 <= delay <= base * 1.2
-    backoff.reset()
-    assert backoff.next_delay() <= 0.6
 
 
 def test_frame_clock_thins_evenly_and_detects_lateness() -> None:

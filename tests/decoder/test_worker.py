@@ -9,16 +9,20 @@ from collections.abc import Callable, Iterator
 
 import av
 import numpy as np
-import pytest
 from prometheus_client import CollectorRegistry
 
 from its_camera_ai.common import DecoderSettings
-from its_camera_ai.decoder import _worker
-from its_camera_ai.decoder._metrics import DecoderMetrics
-from its_camera_ai.decoder._sources import Picture, SourceError
-from its_camera_ai.decoder._status import CameraState, StatusBoard, StatusTracker
-from its_camera_ai.decoder._uri import parse_source_uri
-from its_camera_ai.decoder._worker import CameraWorker, DecodeSpec
+from its_camera_ai.decoder import (
+    CameraState,
+    CameraWorker,
+    DecoderMetrics,
+    DecodeSpec,
+    Picture,
+    SourceError,
+    StatusBoard,
+    StatusTracker,
+    parse_source_uri,
+)
 
 
 class ScriptedSource:
@@ -46,12 +50,10 @@ def picture(index: int) -> Picture:
 
 
 async def run_worker(
-    monkeypatch: pytest.MonkeyPatch,
     script: Callable[[], Iterator[Picture | None]],
     until: Callable[[StatusTracker], bool],
 ) -> StatusTracker:
     ScriptedSource.opened = 0
-    monkeypatch.setattr(_worker, "open_source", lambda *args, **kwargs: ScriptedSource(script))
     settings = DecoderSettings(
         stall_timeout_seconds=0.3, backoff_initial_seconds=0.05, backoff_max_seconds=0.1
     )
@@ -65,6 +67,7 @@ async def run_worker(
         ring_name=camera_id,
         tracker=tracker,
         metrics=DecoderMetrics(CollectorRegistry(), board).camera(camera_id),
+        opener=lambda *args, **kwargs: ScriptedSource(script),
     )
     worker.start()
     try:
@@ -78,40 +81,36 @@ async def run_worker(
     return tracker
 
 
-async def test_packets_without_pictures_are_a_stall(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_packets_without_pictures_are_a_stall() -> None:
     def script() -> Iterator[Picture | None]:
         yield picture(0)
         while True:  # packets keep coming, none decodes
             time.sleep(0.01)
             yield None
 
-    tracker = await run_worker(monkeypatch, script, lambda t: t.reconnects >= 2)
+    tracker = await run_worker(script, lambda t: t.reconnects >= 2)
     assert "stalled" in tracker.last_error
     assert tracker.frames_decoded >= 2
     assert tracker.state == CameraState.CAMERA_STATE_STOPPED  # after the stop request
     assert tracker.ring_name == ""
 
 
-async def test_a_bug_parks_the_camera_as_failed(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_bug_parks_the_camera_as_failed() -> None:
     def script() -> Iterator[Picture | None]:
         yield picture(0)
         raise ZeroDivisionError("bug")
 
-    tracker = await run_worker(
-        monkeypatch, script, lambda t: t.state == CameraState.CAMERA_STATE_FAILED
-    )
+    tracker = await run_worker(script, lambda t: t.state == CameraState.CAMERA_STATE_FAILED)
     assert tracker.last_error == "internal decoder error"
     assert ScriptedSource.opened == 1
 
 
-async def test_permanent_errors_are_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_permanent_errors_are_not_retried() -> None:
     def script() -> Iterator[Picture | None]:
         raise SourceError("rtsp://cam/x: codec vp8 is not supported", permanent=True)
         yield  # pragma: no cover - makes this a generator
 
-    tracker = await run_worker(
-        monkeypatch, script, lambda t: t.state == CameraState.CAMERA_STATE_FAILED
-    )
+    tracker = await run_worker(script, lambda t: t.state == CameraState.CAMERA_STATE_FAILED)
     await asyncio.sleep(0.3)
     assert ScriptedSource.opened == 1
     assert tracker.reconnects == 0

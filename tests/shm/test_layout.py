@@ -12,7 +12,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from its_camera_ai import shm
-from its_camera_ai.shm import _layout as L
+from its_camera_ai.shm import layout as L
 
 u64 = st.integers(0, 2**64 - 1)
 i64 = st.integers(-(2**63), 2**63 - 1)
@@ -228,3 +228,22 @@ def test_slot_payloads_are_page_aligned() -> None:
         assert L.slot_size_for(cap) % L.PAGE == 0
         assert (L.HEADER_SIZE + L.SLOT_META_SIZE) % L.PAGE == 0
     assert np.dtype(np.uint64).itemsize == 8
+
+
+def test_pixel_formats_one_table_for_configuration_ffmpeg_and_the_api() -> None:
+    from typing import get_args
+
+    from its.common.v1 import frame_pb2
+    from its_camera_ai.common import PixelFormatName
+
+    assert [shm.PixelFormat.from_name(name) for name in get_args(PixelFormatName)] == list(
+        shm.PixelFormat
+    )
+    assert shm.PixelFormat.GRAY8.ffmpeg_name == "gray"
+    assert shm.PixelFormat.NV12.ffmpeg_name == "nv12"
+    for value in frame_pb2.PixelFormat.values():
+        name = frame_pb2.PixelFormat.Name(value).removeprefix("PIXEL_FORMAT_")
+        if name != "UNSPECIFIED":
+            assert shm.PixelFormat.from_name(name.lower()).name == name
+    with pytest.raises(KeyError):
+        shm.PixelFormat.from_name("yuyv422")

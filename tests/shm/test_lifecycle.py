@@ -12,8 +12,7 @@ import posix_ipc
 import pytest
 
 from its_camera_ai import shm
-from its_camera_ai.shm._layout import HEADER_SIZE, OFF_WRITER
-from its_camera_ai.shm._system import SHM_DIR
+from its_camera_ai.shm.layout import HEADER_SIZE, OFF_WRITER
 
 from . import _procs as P
 
@@ -217,10 +216,10 @@ def test_only_the_creator_unlinks(ring_name: str) -> None:
     w = shm.create(ring_name, slots=2, max_frame_bytes=100)
     r = shm.attach(ring_name)
     r.close()
-    assert os.path.exists(f"{SHM_DIR}/its-ring-{ring_name}")
+    assert os.path.exists(f"{shm.SHM_DIR}/its-ring-{ring_name}")
     w.close()
-    assert not os.path.exists(f"{SHM_DIR}/its-ring-{ring_name}")
-    assert not any(e.startswith(f"sem.its-ring-{ring_name}.") for e in os.listdir(SHM_DIR))
+    assert not os.path.exists(f"{shm.SHM_DIR}/its-ring-{ring_name}")
+    assert not any(e.startswith(f"sem.its-ring-{ring_name}.") for e in os.listdir(shm.SHM_DIR))
 
 
 def test_ring_unlinked_under_a_reader(ring_name: str) -> None:
@@ -230,7 +229,7 @@ def test_ring_unlinked_under_a_reader(ring_name: str) -> None:
     f = r.read_latest(timeout=1)
     assert f is not None
     # Someone unlinks the name while the writer lives: both keep working on the object.
-    os.unlink(f"{SHM_DIR}/its-ring-{ring_name}")
+    os.unlink(f"{shm.SHM_DIR}/its-ring-{ring_name}")
     w.write(P.pattern(2), P.WIDTH, P.HEIGHT)
     g = r.read_latest(timeout=1)
     assert g is not None
@@ -294,13 +293,13 @@ def test_foreign_object_is_rejected_clearly(ring_name: str, data: bytes) -> None
     with pytest.raises(shm.RingCorrupt):
         shm.create(ring_name, slots=2, max_frame_bytes=100)
     # A foreign object is never overwritten by create().
-    assert os.path.getsize(f"{SHM_DIR}/its-ring-{ring_name}") == max(len(data), 1)
+    assert os.path.getsize(f"{shm.SHM_DIR}/its-ring-{ring_name}") == max(len(data), 1)
 
 
 def test_wrong_version_is_incompatible(ring_name: str) -> None:
     w = shm.create(ring_name, slots=2, max_frame_bytes=100)
     w.close(unlink=False)
-    with open(f"{SHM_DIR}/its-ring-{ring_name}", "r+b") as f:
+    with open(f"{shm.SHM_DIR}/its-ring-{ring_name}", "r+b") as f:
         f.seek(8)
         f.write(struct.pack("<I", 99))
     with pytest.raises(shm.IncompatibleVersion, match="version 99"):
@@ -310,7 +309,7 @@ def test_wrong_version_is_incompatible(ring_name: str) -> None:
 def test_truncated_object_is_corrupt(ring_name: str) -> None:
     w = shm.create(ring_name, slots=4, max_frame_bytes=P.FRAME_BYTES)
     w.close(unlink=False)
-    os.truncate(f"{SHM_DIR}/its-ring-{ring_name}", HEADER_SIZE + 100)
+    os.truncate(f"{shm.SHM_DIR}/its-ring-{ring_name}", HEADER_SIZE + 100)
     with pytest.raises(shm.RingCorrupt, match="truncated"):
         shm.attach(ring_name)
 
@@ -321,7 +320,7 @@ def test_corrupt_slot_metadata_is_reported(ring_name: str) -> None:
         r = shm.attach(ring_name)
         # Scribble an impossible pixel format into the committed slot's metadata.
         slot_meta = HEADER_SIZE + 1 * w._map.slot_size + 64
-        with open(f"{SHM_DIR}/its-ring-{ring_name}", "r+b") as f:
+        with open(f"{shm.SHM_DIR}/its-ring-{ring_name}", "r+b") as f:
             f.seek(slot_meta + 8 * 5 + 12)
             f.write(struct.pack("<I", 77))
         with pytest.raises(shm.RingCorrupt, match="pixel format"):
@@ -331,7 +330,7 @@ def test_corrupt_slot_metadata_is_reported(ring_name: str) -> None:
 
 def test_writer_identity_is_in_the_header(ring_name: str) -> None:
     with shm.create(ring_name, slots=2, max_frame_bytes=100):
-        with open(f"{SHM_DIR}/its-ring-{ring_name}", "rb") as f:
+        with open(f"{shm.SHM_DIR}/its-ring-{ring_name}", "rb") as f:
             f.seek(OFF_WRITER)
             pid, start, _, epoch, state = struct.unpack("<5Q", f.read(40))
         assert (pid, epoch, state) == (os.getpid(), 1, 1)

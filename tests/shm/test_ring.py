@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from its_camera_ai import shm
-from its_camera_ai.shm._system import SHM_DIR
 
 from ._procs import FRAME_BYTES, HEIGHT, WIDTH, check_pattern, pattern
 
@@ -309,7 +308,7 @@ def test_bad_ring_geometry(ring_name: str, kwargs: dict[str, int], match: str) -
     args = {"slots": 4, "max_frame_bytes": 100, **kwargs}
     with pytest.raises(ValueError, match=match):
         shm.create(ring_name, **args)
-    assert not os.path.exists(f"{SHM_DIR}/its-ring-{ring_name}")
+    assert not os.path.exists(f"{shm.SHM_DIR}/its-ring-{ring_name}")
 
 
 def test_closed_objects_refuse_use(ring_name: str) -> None:
@@ -329,8 +328,8 @@ def test_objects_are_owner_only(ring_name: str) -> None:
     old = os.umask(0)
     try:
         with shm.create(ring_name, slots=2, max_frame_bytes=FRAME_BYTES), shm.attach(ring_name):
-            ring = os.stat(f"{SHM_DIR}/its-ring-{ring_name}")
-            sem = os.stat(f"{SHM_DIR}/sem.its-ring-{ring_name}.r0")
+            ring = os.stat(f"{shm.SHM_DIR}/its-ring-{ring_name}")
+            sem = os.stat(f"{shm.SHM_DIR}/sem.its-ring-{ring_name}.r0")
             assert stat.S_IMODE(ring.st_mode) == 0o600
             assert stat.S_IMODE(sem.st_mode) == 0o600
             assert ring.st_uid == os.getuid()

@@ -12,8 +12,6 @@ import posix_ipc
 from prometheus_client import CollectorRegistry, generate_latest
 
 from its_camera_ai import shm
-from its_camera_ai.shm import _tool
-from its_camera_ai.shm._system import SHM_DIR
 
 from . import _procs as P
 from .conftest import TEST_PREFIX
@@ -23,7 +21,7 @@ def _dead_ring(name: str) -> None:
     p = P.SPAWN.Process(target=P.create_and_exit, args=(name,))
     p.start()
     p.join(30)
-    assert os.path.exists(f"{SHM_DIR}/its-ring-{name}")
+    assert os.path.exists(f"{shm.SHM_DIR}/its-ring-{name}")
 
 
 MINE = f"{TEST_PREFIX}{os.getpid()}-*"  # never touch rings of other tests or engineers
@@ -31,7 +29,7 @@ MINE = f"{TEST_PREFIX}{os.getpid()}-*"  # never touch rings of other tests or en
 
 def _run(*argv: str) -> tuple[int, str]:
     out = io.StringIO()
-    rc = _tool.main([*argv, "--match", MINE], out=out)
+    rc = shm.main([*argv, "--match", MINE], out=out)
     return rc, out.getvalue()
 
 
@@ -64,7 +62,7 @@ def test_clean_removes_only_stale_rings_and_their_semaphores(make_name) -> None:
     _dead_ring(dead)
     # A reader that attached to the dead ring left its semaphore behind.
     shm.attach(dead).close()
-    assert os.path.exists(f"{SHM_DIR}/sem.its-ring-{dead}.r0")
+    assert os.path.exists(f"{shm.SHM_DIR}/sem.its-ring-{dead}.r0")
     shm.create(closed, slots=2, max_frame_bytes=100).close(unlink=False)
     # An orphan semaphore of a ring long gone, and a temporary of a creator that died.
     orphan = make_name()
@@ -78,7 +76,7 @@ def test_clean_removes_only_stale_rings_and_their_semaphores(make_name) -> None:
         assert rc == 0
         for entry in (f"its-ring-{dead}", f"its-ring-{closed}", f"sem.its-ring-{dead}.r0"):
             assert f"would remove {entry}\n" in text
-            assert os.path.exists(f"{SHM_DIR}/{entry}")
+            assert os.path.exists(f"{shm.SHM_DIR}/{entry}")
         assert live not in text
         rc, text = _run("clean")
         assert rc == 0
@@ -90,8 +88,8 @@ def test_clean_removes_only_stale_rings_and_their_semaphores(make_name) -> None:
             f"its-ring-{orphan}.new-999999999-abcd",
         ):
             assert f"removed {entry}\n" in text
-            assert not os.path.exists(f"{SHM_DIR}/{entry}")
-        assert os.path.exists(f"{SHM_DIR}/its-ring-{live}")
+            assert not os.path.exists(f"{shm.SHM_DIR}/{entry}")
+        assert os.path.exists(f"{shm.SHM_DIR}/its-ring-{live}")
         assert live not in text
 
 
@@ -103,18 +101,18 @@ def test_clean_corrupt_needs_consent(ring_name: str) -> None:
     assert info[0].state == "corrupt"
     assert "truncated" in (info[0].error or "")
     _run("clean")
-    assert os.path.exists(f"{SHM_DIR}/its-ring-{ring_name}")
+    assert os.path.exists(f"{shm.SHM_DIR}/its-ring-{ring_name}")
     _, text = _run("clean", "--include-corrupt")
     assert f"removed its-ring-{ring_name}\n" in text
-    assert not os.path.exists(f"{SHM_DIR}/its-ring-{ring_name}")
+    assert not os.path.exists(f"{shm.SHM_DIR}/its-ring-{ring_name}")
 
 
 def test_clean_min_age_spares_recent_rings(ring_name: str) -> None:
     shm.create(ring_name, slots=2, max_frame_bytes=100).close(unlink=False)
     assert shm.clean_rings(min_age=3600, match=ring_name) == []
-    assert os.path.exists(f"{SHM_DIR}/its-ring-{ring_name}")
+    assert os.path.exists(f"{shm.SHM_DIR}/its-ring-{ring_name}")
     assert shm.clean_rings(match=ring_name) == [f"its-ring-{ring_name}"]
-    assert not os.path.exists(f"{SHM_DIR}/its-ring-{ring_name}")
+    assert not os.path.exists(f"{shm.SHM_DIR}/its-ring-{ring_name}")
 
 
 def test_shm_subcommand_of_the_one_cli(ring_name: str) -> None:

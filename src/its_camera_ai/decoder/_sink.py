@@ -27,18 +27,8 @@ __all__ = ["RingSink", "ring_name_for"]
 
 _log = logging.getLogger(__name__)
 
-_FORMATS = {
-    "rgb24": shm.PixelFormat.RGB24,
-    "bgr24": shm.PixelFormat.BGR24,
-    "rgba": shm.PixelFormat.RGBA,
-    "gray8": shm.PixelFormat.GRAY8,
-    "yuv420p": shm.PixelFormat.YUV420P,
-    "nv12": shm.PixelFormat.NV12,
-}
 # With the longest prefix (16) and the hash (9), still within shm's 64-character names.
 _KEPT_ID_CHARACTERS = 39
-# FFmpeg's name of each format, where it differs from ours.
-_AV_NAMES = {"gray8": "gray"}
 
 
 def ring_name_for(prefix: str, camera_id: str) -> str:
@@ -65,8 +55,8 @@ class RingSink:
     ) -> None:
         self.ring_name = ring_name
         self._slots = slots
-        self._format = _FORMATS[pixel_format]
-        self._av_format = _AV_NAMES.get(pixel_format, pixel_format)
+        self._format = shm.PixelFormat.from_name(pixel_format)
+        self._av_format = self._format.ffmpeg_name
         self._resolution = resolution
         self._scale_threads = scale_threads
         self._tracker = tracker

@@ -27,6 +27,7 @@ __all__ = [
     "Picture",
     "Source",
     "SourceError",
+    "SourceOpener",
     "open_source",
     "probe_file",
     "scene_config",
@@ -287,6 +288,19 @@ class SyntheticSource:
 
     def close(self) -> None:
         """Nothing to release: the scene is plain memory."""
+
+
+class SourceOpener(Protocol):
+    """What ``CameraWorker`` opens a source with: ``open_source``, or a test's script."""
+
+    def __call__(
+        self,
+        source: SourceUri,
+        settings: DecoderSettings,
+        *,
+        on_loss: Callable[[int], None],
+        pace: Pacer | None,
+    ) -> Source: ...
 
 
 def open_source(

@@ -1,4 +1,4 @@
-"""Time in the ingest loop: reconnect backoff, real-time pacing, frame-rate limiting and
+"""Time in the ingest loop: real-time pacing, frame-rate limiting and
 falling-behind detection.
 
 Media time is a frame's presentation time in seconds (pts x time base); wall time is
@@ -9,36 +9,13 @@ re-anchors on discontinuities (a looped file, a camera that restarted its clock)
 from __future__ import annotations
 
 import enum
-import random
 import threading
 import time
 
-__all__ = ["Backoff", "FrameClock", "Verdict"]
+__all__ = ["FrameClock", "Verdict"]
 
 # A media-time jump larger than this (either way) is a new timeline, not lateness.
 _DISCONTINUITY_SECONDS = 2.0
-
-
-class Backoff:
-    """Capped exponential backoff with jitter: initial * multiplier^n, capped, then scaled
-    by a random factor in [1 - jitter, 1 + jitter] so many cameras that lost the same
-    network do not reconnect in lockstep."""
-
-    def __init__(self, initial: float, maximum: float, multiplier: float, jitter: float) -> None:
-        self._initial = initial
-        self._maximum = maximum
-        self._multiplier = multiplier
-        self._jitter = jitter
-        self._attempt = 0
-
-    def next_delay(self) -> float:
-        base = min(self._maximum, self._initial * self._multiplier**self._attempt)
-        self._attempt += 1
-        return base * random.uniform(1 - self._jitter, 1 + self._jitter)
-
-    def reset(self) -> None:
-        """After a success: the next failure starts again from the initial delay."""
-        self._attempt = 0
 
 
 class Verdict(enum.Enum):

@@ -21,12 +21,12 @@ import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from its_camera_ai.common import DecoderSettings
+from its_camera_ai.common import Backoff, DecoderSettings
 from its_camera_ai.decoder._metrics import CameraMetrics
 from its_camera_ai.decoder._sink import RingSink
-from its_camera_ai.decoder._sources import Picture, SourceError, open_source
+from its_camera_ai.decoder._sources import Picture, SourceError, SourceOpener, open_source
 from its_camera_ai.decoder._status import CameraState, StatusTracker
-from its_camera_ai.decoder._timing import Backoff, FrameClock, Verdict
+from its_camera_ai.decoder._timing import FrameClock, Verdict
 from its_camera_ai.decoder._uri import SourceKind, SourceUri, scrub
 
 __all__ = ["CameraWorker", "DecodeSpec"]
@@ -63,8 +63,10 @@ class CameraWorker:
         ring_name: str,
         tracker: StatusTracker,
         metrics: CameraMetrics,
+        opener: SourceOpener = open_source,
     ) -> None:
         self.spec = spec
+        self._open_source = opener
         self._settings = settings
         self._tracker = tracker
         self._metrics = metrics
@@ -164,7 +166,7 @@ class CameraWorker:
         self._check_stop()
         self._streamed_since = 0.0
         self._tracker.set_state(CameraState.CAMERA_STATE_CONNECTING)
-        source = open_source(
+        source = self._open_source(
             self.spec.source,
             self._settings,
             on_loss=self._tracker.frames_lost,

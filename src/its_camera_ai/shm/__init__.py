@@ -39,16 +39,17 @@ from its_camera_ai.shm._errors import (
     WriterDead,
 )
 from its_camera_ai.shm._frame import Frame
-from its_camera_ai.shm._layout import Geometry, PixelFormat, TraceContext, frame_bytes
 from its_camera_ai.shm._mapping import Liveness, WriterStatus
 from its_camera_ai.shm._metrics import ReaderStats, WriterStats, enable_metrics
 from its_camera_ai.shm._reader import RingReader, attach
 from its_camera_ai.shm._slot import WriteSlot
-from its_camera_ai.shm._system import validate_name
+from its_camera_ai.shm._system import SHM_DIR, validate_name
 from its_camera_ai.shm._tool import RingInfo, clean_rings, list_rings, main
 from its_camera_ai.shm._writer import RingWriter, create
+from its_camera_ai.shm.layout import Geometry, PixelFormat, TraceContext, frame_bytes
 
 __all__ = [
+    "SHM_DIR",
     "Frame",
     "FrameOverwritten",
     "FrameTooLarge",

@@ -19,7 +19,7 @@ import numpy as np
 
 from its_camera_ai.shm._cuda import load_torch
 from its_camera_ai.shm._errors import FrameOverwritten
-from its_camera_ai.shm._layout import (
+from its_camera_ai.shm.layout import (
     Geometry,
     PixelFormat,
     TraceContext,

@@ -23,7 +23,8 @@ import numpy as np
 
 from its_camera_ai.shm._cuda import unpin
 from its_camera_ai.shm._errors import RingCorrupt
-from its_camera_ai.shm._layout import (
+from its_camera_ai.shm._system import ShmObject, object_name, process_alive, same_pid_namespace
+from its_camera_ai.shm.layout import (
     HEADER_SIZE,
     IDX_HEARTBEAT,
     IDX_LAST_SEQ,
@@ -38,7 +39,6 @@ from its_camera_ai.shm._layout import (
     WriterState,
     decode_header,
 )
-from its_camera_ai.shm._system import ShmObject, object_name, process_alive, same_pid_namespace
 
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 

@@ -30,7 +30,6 @@ import time
 import posix_ipc
 
 from its_camera_ai.shm._errors import ReadersFull, ShmError
-from its_camera_ai.shm._layout import IDX_READER_GEN, OFF_READERS, READER_ENTRY
 from its_camera_ai.shm._system import (
     MODE,
     ShmObject,
@@ -40,6 +39,7 @@ from its_camera_ai.shm._system import (
     same_pid_namespace,
     semaphore_name,
 )
+from its_camera_ai.shm.layout import IDX_READER_GEN, OFF_READERS, READER_ENTRY
 
 _log = logging.getLogger(__name__)
 _ENTRY_WORDS = READER_ENTRY // 8

@@ -11,7 +11,10 @@ from its_camera_ai.shm import _metrics
 from its_camera_ai.shm._cuda import pin
 from its_camera_ai.shm._errors import RingClosed, RingNotFound, ShmError, WriterDead
 from its_camera_ai.shm._frame import Frame
-from its_camera_ai.shm._layout import (
+from its_camera_ai.shm._mapping import Liveness, RingMapping, WriterStatus, open_ring
+from its_camera_ai.shm._notify import ReaderWaiter
+from its_camera_ai.shm._system import validate_name
+from its_camera_ai.shm.layout import (
     IDX_LAST_SEQ,
     IDX_WRITER_EPOCH,
     SLOT_META,
@@ -19,9 +22,6 @@ from its_camera_ai.shm._layout import (
     array_view,
     checked_geometry,
 )
-from its_camera_ai.shm._mapping import Liveness, RingMapping, WriterStatus, open_ring
-from its_camera_ai.shm._notify import ReaderWaiter
-from its_camera_ai.shm._system import validate_name
 
 
 class RingReader:

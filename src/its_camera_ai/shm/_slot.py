@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from its_camera_ai.shm._cuda import load_torch
-from its_camera_ai.shm._layout import Geometry, TraceContext, plane_views
+from its_camera_ai.shm.layout import Geometry, TraceContext, plane_views
 
 if TYPE_CHECKING:
     from its_camera_ai.shm._writer import RingWriter

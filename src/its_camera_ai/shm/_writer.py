@@ -20,7 +20,22 @@ from its_camera_ai.shm._errors import (
     RingNotFound,
     ShmError,
 )
-from its_camera_ai.shm._layout import (
+from its_camera_ai.shm._mapping import Liveness, RingMapping, judge_writer, read_header
+from its_camera_ai.shm._notify import WriterNotifier
+from its_camera_ai.shm._slot import WriteSlot
+from its_camera_ai.shm._system import (
+    ShmObject,
+    object_name,
+    pid_namespace,
+    process_start_ticks,
+    publish,
+    semaphore_name,
+    temp_object_name,
+    unlink_object,
+    unlink_semaphore,
+    validate_name,
+)
+from its_camera_ai.shm.layout import (
     IDX_HEARTBEAT,
     IDX_LAST_SEQ,
     IDX_WRITER_EPOCH,
@@ -37,21 +52,6 @@ from its_camera_ai.shm._layout import (
     array_view,
     check_ring_geometry,
     encode_header,
-)
-from its_camera_ai.shm._mapping import Liveness, RingMapping, judge_writer, read_header
-from its_camera_ai.shm._notify import WriterNotifier
-from its_camera_ai.shm._slot import WriteSlot
-from its_camera_ai.shm._system import (
-    ShmObject,
-    object_name,
-    pid_namespace,
-    process_start_ticks,
-    publish,
-    semaphore_name,
-    temp_object_name,
-    unlink_object,
-    unlink_semaphore,
-    validate_name,
 )
 
 _log = logging.getLogger(__name__)

@@ -1,5 +1,9 @@
 """Binary layout of a ring (version 1): offsets, the header/slot codec and pixel formats.
 
+Public: this is the ring's wire format, for readers in other processes and languages and
+for tests that write corrupt headers on purpose; code that just reads and writes frames
+uses the package's ``create``/``attach``.
+
 Everything is addressed by offset from the start of the object, so processes that map it
 at different addresses agree. Little-endian, fields 8-byte aligned; each field that one
 side writes while the other polls sits on its own 64-byte cache line so the writer's
@@ -29,6 +33,59 @@ from typing import Any, NamedTuple, TypeAlias
 import numpy as np
 
 from its_camera_ai.shm._errors import IncompatibleVersion, InvalidFrame, RingCorrupt
+
+__all__ = [
+    "CACHE_LINE",
+    "HEADER_SIZE",
+    "IDX_HEARTBEAT",
+    "IDX_LAST_SEQ",
+    "IDX_READER_GEN",
+    "IDX_WRITER_EPOCH",
+    "IDX_WRITER_PID",
+    "IDX_WRITER_PIDNS",
+    "IDX_WRITER_START",
+    "IDX_WRITER_STATE",
+    "MAGIC",
+    "MAX_FRAME_BYTES",
+    "MAX_READERS_LIMIT",
+    "MAX_SLOTS",
+    "MIN_SLOTS",
+    "OFF_HEARTBEAT",
+    "OFF_LAST_SEQ",
+    "OFF_READERS",
+    "OFF_READER_GEN",
+    "OFF_SLOT_META",
+    "OFF_WRITER",
+    "PAGE",
+    "READER_ENTRY",
+    "SLOT_META",
+    "SLOT_META_SIZE",
+    "VERSION",
+    "Buffer",
+    "Geometry",
+    "Header",
+    "PixelFormat",
+    "SlotMeta",
+    "TraceContext",
+    "WriterState",
+    "array_view",
+    "check_geometry",
+    "check_ring_geometry",
+    "checked_geometry",
+    "decode_header",
+    "decode_slot_meta",
+    "encode_header",
+    "encode_slot_meta",
+    "encode_static",
+    "frame_bytes",
+    "meta_from_tuple",
+    "min_stride",
+    "plane_views",
+    "round_up",
+    "slot_size_for",
+    "total_size_for",
+    "trace_from",
+]
 
 # Views must be cut from np.frombuffer arrays of a mapping, never from the mmap itself
 # (see RingMapping); raw buffers are accepted for the codec and tests.
@@ -100,6 +157,17 @@ class PixelFormat(enum.IntEnum):
     @property
     def planar(self) -> bool:
         return self in (PixelFormat.YUV420P, PixelFormat.NV12)
+
+    @property
+    def ffmpeg_name(self) -> str:
+        """FFmpeg's (and PyAV's) name of this layout."""
+        return "gray" if self is PixelFormat.GRAY8 else self.name.lower()
+
+    @classmethod
+    def from_name(cls, name: str) -> PixelFormat:
+        """The format of a lower-case name ("rgb24"), as configuration and the API's enum
+        (``PIXEL_FORMAT_RGB24``) spell it; KeyError for an unknown one."""
+        return cls[name.upper()]
 
 
 _CHANNELS = {PixelFormat.RGB24: 3, PixelFormat.BGR24: 3, PixelFormat.RGBA: 4}
