@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from its_camera_ai.sim import Camera
+from its_camera_ai.sim import MAX_SMEAR_PX, Camera, image_motion
 
 
 def _cam(height: float, tilt: float, pan: float, focal: float) -> Camera:
@@ -67,8 +67,6 @@ def test_calibration_is_json_ready_and_consistent() -> None:
 def test_motion_blur_of_a_user_under_the_camera_stays_finite_and_bounded() -> None:
     """Seed 279 of the training set crashed the renderer: a user passing under the camera
     projected to ~1e5 px of smear and the blur tried to allocate a 92 GiB buffer."""
-    from its_camera_ai.sim._effects import MAX_SMEAR_PX, image_motion
-
     cam = _cam(6.0, 30.0, 0.0, 800.0)
     # Centres crossing the camera plane during the exposure (the old code: 1.9e5 px), at
     # 0.7 m depth (1e4 px), below the camera (365 px) and a normal one 30 m ahead (6 px).

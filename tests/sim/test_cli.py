@@ -89,7 +89,7 @@ def test_bad_arguments_fail_cleanly(tmp_path: Path) -> None:
 
 def test_module_entry_point() -> None:
     r = subprocess.run(
-        [sys.executable, "-m", "its_camera_ai.sim", "--help"],
+        [sys.executable, "-m", "its_camera_ai", "sim", "--help"],
         capture_output=True,
         text=True,
         check=False,

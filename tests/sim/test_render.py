@@ -3,8 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from its_camera_ai.sim import CONDITIONS, Scene, SceneConfig
-from its_camera_ai.sim._traffic import Agent
+from its_camera_ai.sim import CONDITIONS, Agent, Scene, SceneConfig
 
 from .helpers import EMPTY, QUIET, small
 

@@ -2,8 +2,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from its_camera_ai.sim import IncidentConfig, RoadConfig, Scene, SceneConfig, TrafficConfig
-from its_camera_ai.sim._traffic import Agent
+from its_camera_ai.sim import (
+    Agent,
+    IncidentConfig,
+    RoadConfig,
+    Scene,
+    SceneConfig,
+    TrafficConfig,
+)
 
 from .helpers import small
 

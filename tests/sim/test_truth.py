@@ -2,8 +2,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from its_camera_ai.sim import CountingLineConfig, IncidentConfig, Scene, TrafficConfig
-from its_camera_ai.sim._truth import CountingLine, ObjectTruth, frame_tags, is_difficult
+from its_camera_ai.sim import (
+    CONDITIONS,
+    CountingLine,
+    CountingLineConfig,
+    IncidentConfig,
+    ObjectTruth,
+    Scene,
+    TrafficConfig,
+    frame_tags,
+    is_difficult,
+    random_scene_config,
+)
 
 from .helpers import small
 
@@ -150,9 +160,6 @@ def test_tags_and_difficult_rules() -> None:
 
 
 def test_random_scene_configs_are_valid_for_every_condition() -> None:
-    from its_camera_ai.sim import CONDITIONS
-    from its_camera_ai.sim._dataset import random_scene_config
-
     for seed in range(60):
         cfg = random_scene_config(seed, CONDITIONS[seed % len(CONDITIONS)], 640, 384)
         assert cfg.camera.width == 640

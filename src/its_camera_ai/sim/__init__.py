@@ -29,17 +29,38 @@ from its_camera_ai.sim._config import (
     SceneConfig,
     TrafficConfig,
 )
-from its_camera_ai.sim._dataset import TAGS, Shard, iter_samples, load_shard, write_dataset
+from its_camera_ai.sim._dataset import (
+    TAGS,
+    Shard,
+    iter_samples,
+    load_shard,
+    parse_seeds,
+    random_scene_config,
+    write_dataset,
+)
+from its_camera_ai.sim._effects import MAX_SMEAR_PX, image_motion
 from its_camera_ai.sim._encode import VideoWriter, h264_roundtrip, read_video, write_png
 from its_camera_ai.sim._scene import Scene
-from its_camera_ai.sim._truth import Crossing, FrameTruth, IncidentTruth, ObjectTruth
+from its_camera_ai.sim._traffic import Agent
+from its_camera_ai.sim._truth import (
+    CountingLine,
+    Crossing,
+    FrameTruth,
+    IncidentTruth,
+    ObjectTruth,
+    frame_tags,
+    is_difficult,
+)
 
 __all__ = [
     "CLASSES",
     "CONDITIONS",
+    "MAX_SMEAR_PX",
     "TAGS",
+    "Agent",
     "Camera",
     "CameraConfig",
+    "CountingLine",
     "CountingLineConfig",
     "Crossing",
     "EffectsConfig",
@@ -54,10 +75,15 @@ __all__ = [
     "Shard",
     "TrafficConfig",
     "VideoWriter",
+    "frame_tags",
     "h264_roundtrip",
+    "image_motion",
+    "is_difficult",
     "iter_samples",
     "load_shard",
     "main",
+    "parse_seeds",
+    "random_scene_config",
     "read_video",
     "write_dataset",
     "write_png",

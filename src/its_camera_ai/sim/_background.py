@@ -10,7 +10,7 @@ vehicles, and its per-pixel depth is kept so that vehicles behind a tree are hid
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
@@ -25,6 +25,7 @@ from its_camera_ai.sim._world import World
 __all__ = ["Background", "Textures", "Veil", "render_background"]
 
 F32 = NDArray[np.float32]
+Vec3 = tuple[float, float, float]
 _ALBEDO = {
     "road": (0.34, 0.34, 0.35),
     "sidewalk": (0.6, 0.59, 0.56),
@@ -267,39 +268,72 @@ def _ground_albedo(
     return alb, kind
 
 
+@dataclass(slots=True)
+class _Polygons:
+    """Scenery polygons in world space with what shading needs, in the order they were added
+    (the order that breaks depth ties)."""
+
+    points: list[list[Vec3]] = field(default_factory=list)
+    normals: list[Vec3] = field(default_factory=list)
+    colors: list[Vec3] = field(default_factory=list)
+    dists: list[float] = field(default_factory=list)  # camera distance of the whole object
+    emissive: list[bool] = field(default_factory=list)
+    textured: list[bool] = field(default_factory=list)
+
+    def add(
+        self,
+        pts: list[Vec3],
+        normal: Vec3,
+        color: Vec3,
+        dist: float,
+        emissive: bool,
+        textured: bool,
+    ) -> None:
+        self.points.append(pts)
+        self.normals.append(normal)
+        self.colors.append(color)
+        self.dists.append(dist)
+        self.emissive.append(emissive)
+        self.textured.append(textured)
+
+
 def _scenery(
     img: F32, world: World, cam: Camera, look: Look, tex: Textures, rng: np.random.Generator
 ) -> F32:
-    H, W = cam.height, cam.width
-    polys: list[list[tuple[float, float, float]]] = []
-    normals: list[tuple[float, float, float]] = []
-    colors: list[tuple[float, float, float]] = []
-    dists: list[float] = []
-    emissive: list[bool] = []
-    textured: list[bool] = []
+    """Draw the scenery over ``img``, far to near; returns its camera depth per pixel."""
+    polys = _Polygons()
+    _add_boxes(polys, world, cam, look.name in ("night", "dusk"), rng)
+    _add_balls(polys, world, cam)
+    if not polys.points:
+        return np.full(cam.height * cam.width, np.inf, np.float32)
+    order = np.argsort(-np.asarray(polys.dists), kind="stable")
+    buf = _rasterise(polys.points, order, cam)
+    return _shade_scenery(img, buf, polys, order, cam, look, tex)
+
+
+def _add_boxes(
+    polys: _Polygons, world: World, cam: Camera, lit_windows: bool, rng: np.random.Generator
+) -> None:
+    """The faces of boxes (buildings, poles) turned towards the camera, windows on buildings."""
     C = cam.C
-    lit_windows = look.name in ("night", "dusk")
     for bx in world.scenery.boxes:
         dcam = math.dist((bx.x, bx.y, bx.z0 + bx.sz / 2), C)
         for pts, n in _box_faces(bx):
             p0 = np.asarray(pts[0])
             if np.dot(np.asarray(n), C - p0) <= 0:
                 continue
-            polys.append(pts)
-            normals.append(n)
-            colors.append(bx.color)
-            dists.append(dcam)
-            emissive.append(False)
-            textured.append(bx.kind == "building")
+            polys.add(pts, n, bx.color, dcam, False, bx.kind == "building")
             if bx.kind == "building" and n[2] == 0.0:
                 for wpts, wcol in _windows(bx, n, lit_windows, rng):
-                    polys.append(wpts)
-                    normals.append(n)
                     glow = wcol != (0.0, 0.0, 0.0)
-                    colors.append(wcol if glow else (0.16, 0.2, 0.26))
-                    dists.append(dcam - 0.01)
-                    emissive.append(glow)
-                    textured.append(False)
+                    polys.add(
+                        wpts, n, wcol if glow else (0.16, 0.2, 0.26), dcam - 0.01, glow, False
+                    )
+
+
+def _add_balls(polys: _Polygons, world: World, cam: Camera) -> None:
+    """Tree crowns: an octagon facing the camera each."""
+    C = cam.C
     for ball in world.scenery.balls:
         centre = np.array([ball.x, ball.y, ball.z])
         view = centre - C
@@ -311,19 +345,16 @@ def _scenery(
         e2 = np.cross(e1, view / dc)
         ang = np.arange(8) * (math.pi / 4)
         ring = centre + ball.r * (np.cos(ang)[:, None] * e1 + np.sin(ang)[:, None] * e2)
-        polys.append([tuple(p) for p in ring.tolist()])
-        normals.append((0.0, 0.0, 1.0))
-        colors.append(ball.color)
-        dists.append(dc)
-        emissive.append(False)
-        textured.append(True)
-    if not polys:
-        return np.full(H * W, np.inf, np.float32)
-    order = np.argsort(-np.asarray(dists), kind="stable")
-    verts = np.zeros((len(polys), 8, 3))
-    nv = np.zeros(len(polys), np.int64)
+        polys.add([tuple(p) for p in ring.tolist()], (0.0, 0.0, 1.0), ball.color, dc, False, True)
+
+
+def _rasterise(points: list[list[Vec3]], order: NDArray[np.intp], cam: Camera) -> NDArray[np.int32]:
+    """Id buffer (H * W): 1 + the position in ``order`` of the polygon on top, 0 for none."""
+    H, W = cam.height, cam.width
+    verts = np.zeros((len(points), 8, 3))
+    nv = np.zeros(len(points), np.int64)
     for j, i in enumerate(order):
-        pts = polys[i]
+        pts = points[i]
         verts[j, : len(pts)] = pts
         verts[j, len(pts) :] = pts[-1]
         nv[j] = len(pts)
@@ -332,18 +363,32 @@ def _scenery(
     xy[~ok] = -1e6  # behind the camera: nothing to draw
     fr = fragments(xy, nv, H, W)
     buf = np.zeros(H * W, np.int32)
-    paint(buf, fr, np.arange(1, len(polys) + 1, dtype=np.int32))
+    paint(buf, fr, np.arange(1, len(points) + 1, dtype=np.int32))
+    return buf
+
+
+def _shade_scenery(
+    img: F32,
+    buf: NDArray[np.int32],
+    polys: _Polygons,
+    order: NDArray[np.intp],
+    cam: Camera,
+    look: Look,
+    tex: Textures,
+) -> F32:
+    """Light, texture and fog the covered pixels into ``img``; returns the depth per pixel."""
+    H, W = cam.height, cam.width
     o = order
-    base = np.asarray(colors, np.float32)[o]
-    nrm = np.asarray(normals, np.float32)[o]
-    dd = np.asarray(dists, np.float32)[o]
-    emit = np.asarray(emissive)[o]
+    base = np.asarray(polys.colors, np.float32)[o]
+    nrm = np.asarray(polys.normals, np.float32)[o]
+    dd = np.asarray(polys.dists, np.float32)[o]
+    emit = np.asarray(polys.emissive)[o]
     col = shade(base, nrm, look, 0.0)
     col[emit] = base[emit] * (0.9 if look.name == "night" else 0.6)
     hit = np.flatnonzero(buf)
     pid = buf[hit] - 1
     pix = col[pid]
-    tx = np.asarray(textured)[o][pid]
+    tx = np.asarray(polys.textured)[o][pid]
     if tx.any():
         # Screen-space is fine for a fixed camera; scale so a texel spans a few pixels.
         sc = 720.0 / H

@@ -9,7 +9,7 @@ only the cheap ones: rain streaks (one ``maximum``) and sensor noise (one ``xor`
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -60,159 +60,175 @@ def make_look(
     """A condition's parameters; ``rng`` varies sun position and fog density per seed."""
     az = float(rng.uniform(-math.pi, math.pi))
     if condition == "day":
-        look = Look(
-            "day",
-            0.52,
-            0.62,
-            _sun(float(rng.uniform(30, 65)), az),
-            (1.0, 0.99, 0.97),
-            1.0,
-            (0.33, 0.52, 0.82),
-            (0.72, 0.8, 0.9),
-            (0.72, 0.78, 0.86),
-            1 / 1500,
-            0.0,
-            False,
-            3,
-            1 / 500,
-            False,
-            0.0,
-            0.0,
-            0.45,
-        )
+        look = _day(rng, az)
     elif condition == "dusk":
-        look = Look(
-            "dusk",
-            0.3,
-            0.35,
-            _sun(float(rng.uniform(2, 7)), az),
-            (1.05, 0.82, 0.66),
-            0.85,
-            (0.22, 0.22, 0.42),
-            (0.95, 0.58, 0.36),
-            (0.7, 0.5, 0.42),
-            1 / 900,
-            0.6,
-            True,
-            3,
-            1 / 100,
-            False,
-            0.0,
-            0.0,
-            0.25,
-        )
+        look = _dusk(rng, az)
     elif condition == "night":
-        look = Look(
-            "night",
-            0.08,  # ambient: traffic cameras expose long and gain up at night
-            0.0,
-            (0.0, 0.0, 1.0),
-            (0.82, 0.86, 1.0),
-            0.7,
-            (0.01, 0.015, 0.035),
-            (0.05, 0.05, 0.07),
-            (0.05, 0.05, 0.07),
-            1 / 700,
-            1.0,
-            True,
-            7,
-            1 / 30,
-            False,
-            0.0,
-            0.0,
-            0.0,
-        )
+        look = _night()
     elif condition == "rain":
-        look = Look(
-            "rain",
-            0.5,
-            0.12,
-            _sun(50, az),
-            (0.9, 0.94, 0.98),
-            0.65,
-            (0.48, 0.5, 0.54),
-            (0.62, 0.64, 0.67),
-            (0.6, 0.62, 0.65),
-            1 / 350,
-            0.45,
-            False,
-            3,
-            1 / 120,
-            True,
-            0.6,
-            0.0,
-            0.1,
-        )
+        look = _rain(az)
     elif condition == "fog":
-        vis = effects.fog_visibility_m or float(rng.uniform(70, 200))
-        look = Look(
-            "fog",
-            0.62,
-            0.08,
-            _sun(40, az),
-            (0.97, 0.98, 1.0),
-            0.6,
-            (0.74, 0.76, 0.78),
-            (0.76, 0.78, 0.8),
-            (0.75, 0.77, 0.79),
-            3.0 / vis,
-            0.5,
-            False,
-            3,
-            1 / 200,
-            False,
-            0.2,
-            0.0,
-            0.05,
-        )
+        look = _fog(rng, az, effects.fog_visibility_m)
     elif condition == "glare":
-        # Low sun roughly ahead of the camera: backlit vehicles and a veiled image.
-        az_g = camera_pan_rad + float(rng.uniform(-0.35, 0.35))
-        look = Look(
-            "glare",
-            0.42,
-            0.75,
-            _sun(float(rng.uniform(6, 14)), az_g),
-            (1.04, 0.98, 0.9),
-            0.9,
-            (0.45, 0.6, 0.85),
-            (0.95, 0.9, 0.8),
-            (0.85, 0.82, 0.76),
-            1 / 1000,
-            0.0,
-            False,
-            3,
-            1 / 1000,
-            False,
-            0.0,
-            0.55,
-            0.5,
-        )
+        look = _glare(rng, camera_pan_rad)
     else:
         raise ValueError(f"unknown condition {condition!r}")
+    return _with_effects(look, effects)
+
+
+def _with_effects(look: Look, effects: EffectsConfig) -> Look:
+    """The condition's defaults overridden by the scene's effects settings."""
     noise = look.noise if effects.noise is None else effects.noise
     exposure = look.exposure_s if effects.exposure_s is None else effects.exposure_s
     if not effects.motion_blur:
         exposure = 0.0
+    return replace(
+        look,
+        noise=_pow2m1(noise),
+        exposure_s=exposure,
+        rain=look.rain and effects.rain_streaks,
+        shadow=look.shadow if effects.shadows else 0.0,
+    )
+
+
+def _day(rng: np.random.Generator, az: float) -> Look:
     return Look(
-        look.name,
-        look.ambient,
-        look.sun,
-        look.sun_dir,
-        look.tint,
-        look.saturation,
-        look.sky_top,
-        look.sky_horizon,
-        look.haze,
-        look.extinction,
-        look.lights,
-        look.lamps,
-        _pow2m1(noise),
-        exposure,
-        look.rain and effects.rain_streaks,
-        look.wet,
-        look.glare,
-        look.shadow if effects.shadows else 0.0,
+        name="day",
+        ambient=0.52,
+        sun=0.62,
+        sun_dir=_sun(float(rng.uniform(30, 65)), az),
+        tint=(1.0, 0.99, 0.97),
+        saturation=1.0,
+        sky_top=(0.33, 0.52, 0.82),
+        sky_horizon=(0.72, 0.8, 0.9),
+        haze=(0.72, 0.78, 0.86),
+        extinction=1 / 1500,
+        lights=0.0,
+        lamps=False,
+        noise=3,
+        exposure_s=1 / 500,
+        rain=False,
+        wet=0.0,
+        glare=0.0,
+        shadow=0.45,
+    )
+
+
+def _dusk(rng: np.random.Generator, az: float) -> Look:
+    return Look(
+        name="dusk",
+        ambient=0.3,
+        sun=0.35,
+        sun_dir=_sun(float(rng.uniform(2, 7)), az),
+        tint=(1.05, 0.82, 0.66),
+        saturation=0.85,
+        sky_top=(0.22, 0.22, 0.42),
+        sky_horizon=(0.95, 0.58, 0.36),
+        haze=(0.7, 0.5, 0.42),
+        extinction=1 / 900,
+        lights=0.6,
+        lamps=True,
+        noise=3,
+        exposure_s=1 / 100,
+        rain=False,
+        wet=0.0,
+        glare=0.0,
+        shadow=0.25,
+    )
+
+
+def _night() -> Look:
+    return Look(
+        name="night",
+        ambient=0.08,  # traffic cameras expose long and gain up at night
+        sun=0.0,
+        sun_dir=(0.0, 0.0, 1.0),
+        tint=(0.82, 0.86, 1.0),
+        saturation=0.7,
+        sky_top=(0.01, 0.015, 0.035),
+        sky_horizon=(0.05, 0.05, 0.07),
+        haze=(0.05, 0.05, 0.07),
+        extinction=1 / 700,
+        lights=1.0,
+        lamps=True,
+        noise=7,
+        exposure_s=1 / 30,
+        rain=False,
+        wet=0.0,
+        glare=0.0,
+        shadow=0.0,
+    )
+
+
+def _rain(az: float) -> Look:
+    return Look(
+        name="rain",
+        ambient=0.5,
+        sun=0.12,
+        sun_dir=_sun(50, az),
+        tint=(0.9, 0.94, 0.98),
+        saturation=0.65,
+        sky_top=(0.48, 0.5, 0.54),
+        sky_horizon=(0.62, 0.64, 0.67),
+        haze=(0.6, 0.62, 0.65),
+        extinction=1 / 350,
+        lights=0.45,
+        lamps=False,
+        noise=3,
+        exposure_s=1 / 120,
+        rain=True,
+        wet=0.6,
+        glare=0.0,
+        shadow=0.1,
+    )
+
+
+def _fog(rng: np.random.Generator, az: float, visibility_m: float | None) -> Look:
+    vis = visibility_m or float(rng.uniform(70, 200))
+    return Look(
+        name="fog",
+        ambient=0.62,
+        sun=0.08,
+        sun_dir=_sun(40, az),
+        tint=(0.97, 0.98, 1.0),
+        saturation=0.6,
+        sky_top=(0.74, 0.76, 0.78),
+        sky_horizon=(0.76, 0.78, 0.8),
+        haze=(0.75, 0.77, 0.79),
+        extinction=3.0 / vis,
+        lights=0.5,
+        lamps=False,
+        noise=3,
+        exposure_s=1 / 200,
+        rain=False,
+        wet=0.2,
+        glare=0.0,
+        shadow=0.05,
+    )
+
+
+def _glare(rng: np.random.Generator, camera_pan_rad: float) -> Look:
+    # Low sun roughly ahead of the camera: backlit vehicles and a veiled image.
+    az = camera_pan_rad + float(rng.uniform(-0.35, 0.35))
+    return Look(
+        name="glare",
+        ambient=0.42,
+        sun=0.75,
+        sun_dir=_sun(float(rng.uniform(6, 14)), az),
+        tint=(1.04, 0.98, 0.9),
+        saturation=0.9,
+        sky_top=(0.45, 0.6, 0.85),
+        sky_horizon=(0.95, 0.9, 0.8),
+        haze=(0.85, 0.82, 0.76),
+        extinction=1 / 1000,
+        lights=0.0,
+        lamps=False,
+        noise=3,
+        exposure_s=1 / 1000,
+        rain=False,
+        wet=0.0,
+        glare=0.55,
+        shadow=0.5,
     )
 
 

@@ -56,6 +56,7 @@ __all__ = [
     "Shard",
     "iter_samples",
     "load_shard",
+    "parse_seeds",
     "random_incidents",
     "random_scene_config",
     "write_dataset",

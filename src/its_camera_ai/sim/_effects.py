@@ -16,7 +16,7 @@ from its_camera_ai.sim._camera import Camera
 from its_camera_ai.sim._conditions import Look, glow_sprite
 from its_camera_ai.sim._raster import fragments
 
-__all__ = ["add_glow", "blur_box", "ground_quads", "image_motion", "lut"]
+__all__ = ["MAX_SMEAR_PX", "add_glow", "blur_box", "ground_quads", "image_motion", "lut"]
 
 F64 = NDArray[np.float64]
 U8 = NDArray[np.uint8]

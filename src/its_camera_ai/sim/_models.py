@@ -10,6 +10,7 @@ part so the renderer can order parts far-to-near (painter's algorithm within an 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -313,119 +314,147 @@ def make_model(cls: str, rng: np.random.Generator) -> ObjectModel:
     w = float(rng.uniform(*spec.width))
     h = float(rng.uniform(*spec.height))
     b = _Builder()
-    hl, hw = length / 2, w / 2
-    if cls == "car":
-        paint = _vary(rng, _pick(rng, _PAINT))
-        zb = 0.55 * h
-        body = b.hexa(-hl, hl, -hw, hw, 0.2, zb, paint, paint, skip=("top",))
-        gw = hw * 0.93
-        c0, c1 = -0.33 * length, 0.22 * length  # the cabin's footprint on the body
-        up = (0.0, 0.0, 1.0)
-        for xa, xb, ya, yb in (
-            (c1, hl, -hw, hw),
-            (-hl, c0, -hw, hw),
-            (c0, c1, gw, hw),
-            (c0, c1, -hw, -gw),
-        ):
-            b.face(body, up, [(xa, ya, zb), (xb, ya, zb), (xb, yb, zb), (xa, yb, zb)], paint)
-        # The cabin: glass all round, roof in paint, windscreen slanted by the narrower top.
-        b.hexa(
-            -0.33 * length,
-            0.22 * length,
-            -gw,
-            gw,
-            zb,
-            h,
-            paint,
-            GLASS,
-            GLASS,
-            GLASS,
-            tx=(-0.26 * length, 0.04 * length),
-        )
-        for s in (1, -1):
-            for xw in (0.3 * length, -0.31 * length):
-                b.wheel(body, xw, s * (hw + 0.01), 0.31, s)
-        _lights(b, body, hl, -hl, w, zb - 0.2, zb - 0.08, 0.12, 0.28)
-        b.on_face(body, (1.0, 0.0, 0.0), _rect_x(hl + 0.011, -0.35, 0.35, 0.3, zb - 0.14), DARK)
-    elif cls == "bus":
-        paint = _vary(rng, _BUS[int(rng.integers(len(_BUS)))])
-        body = b.hexa(
-            -hl, hl, -hw, hw, 0.3, h, _vary(rng, (0.85, 0.85, 0.85)), paint,
-            skip=("left", "right"),
-        )  # fmt: skip
-        for s in (1, -1):
-            # Each side tiled around its window band: strips below and above, two pillars.
-            ys, n = s * hw, (0.0, float(s), 0.0)
-            wa, wb, za, zb = -hl + 0.7, hl - 0.5, 1.3, h - 0.4
-            for xa, xb, z0, z1, col in (
-                (-hl, hl, 0.3, za, paint),
-                (-hl, hl, zb, h, paint),
-                (-hl, wa, za, zb, paint),
-                (wb, hl, za, zb, paint),
-                (wa, wb, za, zb, GLASS),
-            ):
-                b.face(body, n, _rect_y(ys, xa, xb, z0, z1), col)
-            for xw in (hl - 2.6, -hl + 2.8):
-                b.wheel(body, xw, s * (hw + 0.02), 0.5, s)
-        b.on_face(
-            body, (1.0, 0.0, 0.0), _rect_x(hl + 0.012, -hw + 0.15, hw - 0.15, 1.0, h - 0.3), GLASS
-        )
-        b.on_face(
-            body, (-1.0, 0.0, 0.0), _rect_x(-hl - 0.012, -hw + 0.3, hw - 0.3, 1.7, h - 0.5), GLASS
-        )
-        _lights(b, body, hl, -hl, w, 0.55, 0.75, 0.15, 0.35)
-    elif cls == "truck":
-        cab_col = _vary(rng, _PAINT[int(rng.integers(len(_PAINT)))][0])
-        cargo_col = _vary(rng, _CARGO[int(rng.integers(len(_CARGO)))])
-        b.hexa(-hl, hl - 2.3, -hw * 0.9, hw * 0.9, 0.45, 1.0, DARK, DARK)
-        cab = b.hexa(hl - 2.3, hl, -hw, hw, 0.5, min(3.0, h - 0.1), cab_col, cab_col)
-        cargo = b.hexa(-hl, hl - 2.45, -hw, hw, 1.0, h, cargo_col, cargo_col)
-        b.on_face(cab, (1.0, 0.0, 0.0), _rect_x(hl + 0.012, -hw + 0.1, hw - 0.1, 1.9, 2.8), GLASS)
-        for s in (1, -1):
-            b.on_face(
-                cab,
-                (0.0, float(s), 0.0),
-                _rect_y(s * (hw + 0.012), hl - 1.5, hl - 0.2, 1.9, 2.7),
-                GLASS,
-            )
-            b.wheel(cab, hl - 1.3, s * (hw + 0.02), 0.5, s)
-            for xw in (-hl + 1.4, -hl + 2.5) if length > 9 else (-hl + 1.6,):
-                b.wheel(cargo, xw, s * (hw + 0.02), 0.5, s)
-        e = 0.012
-        for s in (1, -1):
-            ya, yb = s * (hw - 0.15), s * (hw - 0.45)
-            b.on_face(cab, (1.0, 0.0, 0.0), _rect_x(hl + e, ya, yb, 0.7, 0.9), HEAD, LIGHT_HEAD)
-            b.on_face(cargo, (-1.0, 0.0, 0.0), _rect_x(-hl - e, ya, yb, 1.1, 1.3), TAIL, LIGHT_TAIL)
-    elif cls == "motorcycle":
-        paint = _vary(rng, _pick(rng, _PAINT))
-        bike = b.hexa(-0.42 * length, 0.42 * length, -0.17, 0.17, 0.3, 0.82, paint, paint)
-        for s in (1, -1):
-            for xw in (0.34 * length, -0.34 * length):
-                b.wheel(bike, xw, s * 0.18, 0.3, s)
-        b.on_face(
-            bike,
-            (1.0, 0.0, 0.0),
-            _rect_x(0.42 * length + 0.01, -0.08, 0.08, 0.62, 0.74),
-            HEAD,
-            LIGHT_HEAD,
-        )
-        b.on_face(
-            bike,
-            (-1.0, 0.0, 0.0),
-            _rect_x(-0.42 * length - 0.01, -0.07, 0.07, 0.6, 0.68),
-            TAIL,
-            LIGHT_TAIL,
-        )
-        b.hexa(0.3 * length, 0.36 * length, -hw, hw, 0.95, 1.0, DARK, DARK)  # handlebar
-        _person(b, rng, h, -0.1, 0.7, seated=True)
-    elif cls == "bicycle":
-        frame = _vary(rng, _PAINT[int(rng.integers(len(_PAINT)))][0])
-        bk = b.hexa(-0.42 * length, 0.42 * length, -0.04, 0.04, 0.35, 0.85, frame, frame)
-        for s in (1, -1):
-            for xw in (0.3 * length, -0.3 * length):
-                b.wheel(bk, xw, s * 0.045, 0.34, s)
-        b.hexa(0.3 * length, 0.35 * length, -hw, hw, 0.98, 1.03, DARK, DARK)
-        _person(b, rng, h, -0.05, 0.55, seated=True)
-    else:
-        _person(b, rng, h, 0.0, 0.0, seated=False)
+    _SHAPES[cls](b, rng, length, w, h)
     return b.build()
+
+
+def _car(b: _Builder, rng: np.random.Generator, length: float, w: float, h: float) -> None:
+    hl, hw = length / 2, w / 2
+    paint = _vary(rng, _pick(rng, _PAINT))
+    zb = 0.55 * h
+    body = b.hexa(-hl, hl, -hw, hw, 0.2, zb, paint, paint, skip=("top",))
+    gw = hw * 0.93
+    c0, c1 = -0.33 * length, 0.22 * length  # the cabin's footprint on the body
+    up = (0.0, 0.0, 1.0)
+    for xa, xb, ya, yb in (
+        (c1, hl, -hw, hw),
+        (-hl, c0, -hw, hw),
+        (c0, c1, gw, hw),
+        (c0, c1, -hw, -gw),
+    ):
+        b.face(body, up, [(xa, ya, zb), (xb, ya, zb), (xb, yb, zb), (xa, yb, zb)], paint)
+    # The cabin: glass all round, roof in paint, windscreen slanted by the narrower top.
+    b.hexa(
+        -0.33 * length,
+        0.22 * length,
+        -gw,
+        gw,
+        zb,
+        h,
+        paint,
+        GLASS,
+        GLASS,
+        GLASS,
+        tx=(-0.26 * length, 0.04 * length),
+    )
+    for s in (1, -1):
+        for xw in (0.3 * length, -0.31 * length):
+            b.wheel(body, xw, s * (hw + 0.01), 0.31, s)
+    _lights(b, body, hl, -hl, w, zb - 0.2, zb - 0.08, 0.12, 0.28)
+    b.on_face(body, (1.0, 0.0, 0.0), _rect_x(hl + 0.011, -0.35, 0.35, 0.3, zb - 0.14), DARK)
+
+
+def _bus(b: _Builder, rng: np.random.Generator, length: float, w: float, h: float) -> None:
+    hl, hw = length / 2, w / 2
+    paint = _vary(rng, _BUS[int(rng.integers(len(_BUS)))])
+    body = b.hexa(
+        -hl, hl, -hw, hw, 0.3, h, _vary(rng, (0.85, 0.85, 0.85)), paint,
+        skip=("left", "right"),
+    )  # fmt: skip
+    for s in (1, -1):
+        # Each side tiled around its window band: strips below and above, two pillars.
+        ys, n = s * hw, (0.0, float(s), 0.0)
+        wa, wb, za, zb = -hl + 0.7, hl - 0.5, 1.3, h - 0.4
+        for xa, xb, z0, z1, col in (
+            (-hl, hl, 0.3, za, paint),
+            (-hl, hl, zb, h, paint),
+            (-hl, wa, za, zb, paint),
+            (wb, hl, za, zb, paint),
+            (wa, wb, za, zb, GLASS),
+        ):
+            b.face(body, n, _rect_y(ys, xa, xb, z0, z1), col)
+        for xw in (hl - 2.6, -hl + 2.8):
+            b.wheel(body, xw, s * (hw + 0.02), 0.5, s)
+    b.on_face(
+        body, (1.0, 0.0, 0.0), _rect_x(hl + 0.012, -hw + 0.15, hw - 0.15, 1.0, h - 0.3), GLASS
+    )
+    b.on_face(
+        body, (-1.0, 0.0, 0.0), _rect_x(-hl - 0.012, -hw + 0.3, hw - 0.3, 1.7, h - 0.5), GLASS
+    )
+    _lights(b, body, hl, -hl, w, 0.55, 0.75, 0.15, 0.35)
+
+
+def _truck(b: _Builder, rng: np.random.Generator, length: float, w: float, h: float) -> None:
+    hl, hw = length / 2, w / 2
+    cab_col = _vary(rng, _PAINT[int(rng.integers(len(_PAINT)))][0])
+    cargo_col = _vary(rng, _CARGO[int(rng.integers(len(_CARGO)))])
+    b.hexa(-hl, hl - 2.3, -hw * 0.9, hw * 0.9, 0.45, 1.0, DARK, DARK)
+    cab = b.hexa(hl - 2.3, hl, -hw, hw, 0.5, min(3.0, h - 0.1), cab_col, cab_col)
+    cargo = b.hexa(-hl, hl - 2.45, -hw, hw, 1.0, h, cargo_col, cargo_col)
+    b.on_face(cab, (1.0, 0.0, 0.0), _rect_x(hl + 0.012, -hw + 0.1, hw - 0.1, 1.9, 2.8), GLASS)
+    for s in (1, -1):
+        b.on_face(
+            cab,
+            (0.0, float(s), 0.0),
+            _rect_y(s * (hw + 0.012), hl - 1.5, hl - 0.2, 1.9, 2.7),
+            GLASS,
+        )
+        b.wheel(cab, hl - 1.3, s * (hw + 0.02), 0.5, s)
+        for xw in (-hl + 1.4, -hl + 2.5) if length > 9 else (-hl + 1.6,):
+            b.wheel(cargo, xw, s * (hw + 0.02), 0.5, s)
+    e = 0.012
+    for s in (1, -1):
+        ya, yb = s * (hw - 0.15), s * (hw - 0.45)
+        b.on_face(cab, (1.0, 0.0, 0.0), _rect_x(hl + e, ya, yb, 0.7, 0.9), HEAD, LIGHT_HEAD)
+        b.on_face(cargo, (-1.0, 0.0, 0.0), _rect_x(-hl - e, ya, yb, 1.1, 1.3), TAIL, LIGHT_TAIL)
+
+
+def _motorcycle(b: _Builder, rng: np.random.Generator, length: float, w: float, h: float) -> None:
+    hw = w / 2
+    paint = _vary(rng, _pick(rng, _PAINT))
+    bike = b.hexa(-0.42 * length, 0.42 * length, -0.17, 0.17, 0.3, 0.82, paint, paint)
+    for s in (1, -1):
+        for xw in (0.34 * length, -0.34 * length):
+            b.wheel(bike, xw, s * 0.18, 0.3, s)
+    b.on_face(
+        bike,
+        (1.0, 0.0, 0.0),
+        _rect_x(0.42 * length + 0.01, -0.08, 0.08, 0.62, 0.74),
+        HEAD,
+        LIGHT_HEAD,
+    )
+    b.on_face(
+        bike,
+        (-1.0, 0.0, 0.0),
+        _rect_x(-0.42 * length - 0.01, -0.07, 0.07, 0.6, 0.68),
+        TAIL,
+        LIGHT_TAIL,
+    )
+    b.hexa(0.3 * length, 0.36 * length, -hw, hw, 0.95, 1.0, DARK, DARK)  # handlebar
+    _person(b, rng, h, -0.1, 0.7, seated=True)
+
+
+def _bicycle(b: _Builder, rng: np.random.Generator, length: float, w: float, h: float) -> None:
+    hw = w / 2
+    frame = _vary(rng, _PAINT[int(rng.integers(len(_PAINT)))][0])
+    bk = b.hexa(-0.42 * length, 0.42 * length, -0.04, 0.04, 0.35, 0.85, frame, frame)
+    for s in (1, -1):
+        for xw in (0.3 * length, -0.3 * length):
+            b.wheel(bk, xw, s * 0.045, 0.34, s)
+    b.hexa(0.3 * length, 0.35 * length, -hw, hw, 0.98, 1.03, DARK, DARK)
+    _person(b, rng, h, -0.05, 0.55, seated=True)
+
+
+def _walker(b: _Builder, rng: np.random.Generator, length: float, w: float, h: float) -> None:
+    _person(b, rng, h, 0.0, 0.0, seated=False)
+
+
+# Each class's shape from its drawn length, width and height (m).
+_SHAPES: dict[str, Callable[[_Builder, np.random.Generator, float, float, float], None]] = {
+    "car": _car,
+    "bus": _bus,
+    "truck": _truck,
+    "motorcycle": _motorcycle,
+    "bicycle": _bicycle,
+    "person": _walker,
+}

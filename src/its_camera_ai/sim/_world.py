@@ -145,131 +145,19 @@ class World:
 
 def build_world(cfg: SceneConfig, rng: np.random.Generator) -> World:
     """Lay out lanes, surfaces, markings and scenery; ``rng`` only places scenery."""
-    road = cfg.road
-    n, w = road.lanes_per_direction, road.lane_width_m
+    road, inter = cfg.road, cfg.intersection
     x0, x1 = road.start_x_m, road.start_x_m + road.length_m
     half = cfg.road_half_width
     walk_in, walk_out = half + _KERB, half + _KERB + road.sidewalk_width_m
-    vlim = road.speed_limit_kmh / 3.6
-    lanes: list[Lane] = []
-    inter = cfg.intersection
     cross_half = inter.lanes_per_direction * 3.5 if inter else 0.0
     cw = (inter.x_m - cross_half - 5.0, inter.x_m - cross_half - 1.0) if inter else None
-    tr = cfg.traffic
-
-    def add(
-        name: str,
-        kind: LaneKind,
-        o: tuple[float, float],
-        d: tuple[float, float],
-        length: float,
-        width: float,
-        limit: float,
-        group: str,
-        flow: float,
-    ) -> Lane:
-        ln = Lane(
-            len(lanes), name, kind, o[0], o[1], d[0], d[1], length, width, limit, group, flow_h=flow
-        )
-        lanes.append(ln)
-        return ln
-
+    lanes: list[Lane] = []
     for sgn in (1, -1):
-        tag = "+" if sgn > 0 else "-"
-        ox = x0 if sgn > 0 else x1
-        group = "main" if inter else "free"
-        row: list[Lane] = []
-        for i in range(n):
-            y = -sgn * (i + 0.5) * w
-            row.append(
-                add(
-                    f"main{tag}{i}",
-                    "vehicle",
-                    (ox, y),
-                    (sgn, 0.0),
-                    road.length_m,
-                    w,
-                    vlim,
-                    group,
-                    tr.flow_veh_h_per_lane,
-                )
-            )
-        for a, b in itertools.pairwise(row):
-            a.right, b.left = b, a
-        if road.bike_lanes:
-            y = -sgn * (n * w + road.bike_lane_width_m / 2)
-            row.append(
-                add(
-                    f"bike{tag}",
-                    "bike",
-                    (ox, y),
-                    (sgn, 0.0),
-                    road.length_m,
-                    road.bike_lane_width_m,
-                    7.0,
-                    "bike" if inter else "free",
-                    tr.bicycle_flow_h,
-                )
-            )
-        for side in (1, -1):  # both sidewalks carry walkers both ways
-            y = side * (walk_in + road.sidewalk_width_m * (0.5 + 0.22 * sgn * side))
-            add(
-                f"walk{tag}{'L' if side > 0 else 'R'}",
-                "walk",
-                (ox, y),
-                (sgn, 0.0),
-                road.length_m,
-                0.8,
-                2.0,
-                "free",
-                tr.pedestrian_flow_h / 2,
-            )
-        if inter:
-            for ln in row:
-                ln.stop_s = (_stop_x(inter.x_m, cross_half, cw, sgn) - ox) * sgn
-        if inter:
-            # Walkers along the main road cross the cross street with the main phase.
-            for ln in lanes:
-                if ln.kind == "walk" and ln.dx == sgn and ln.stop_s is None:
-                    ln.group = "main"
-                    ln.stop_s = (inter.x_m - sgn * (cross_half + _KERB + 0.6) - ox) * sgn
+        _main_road_lanes(lanes, cfg, sgn, walk_in, cross_half, cw)
     if inter:
-        cy0, clen = -(walk_out + 80.0), 2 * (walk_out + 80.0)
-        for sgn in (1, -1):
-            tag = "+" if sgn > 0 else "-"
-            oy = cy0 if sgn > 0 else -cy0
-            for i in range(inter.lanes_per_direction):
-                x = inter.x_m + sgn * (i + 0.5) * 3.5
-                ln = add(
-                    f"cross{tag}{i}",
-                    "vehicle",
-                    (x, oy),
-                    (0.0, sgn),
-                    clen,
-                    3.5,
-                    vlim,
-                    "cross",
-                    tr.cross_flow_veh_h_per_lane,
-                )
-                ln.stop_s = clen / 2 - half - 2.0
+        _cross_street_lanes(lanes, cfg, walk_out)
         if inter.crosswalk and cw is not None:
-            for sgn in (1, -1):
-                tag = "+" if sgn > 0 else "-"
-                oy = -sgn * (walk_out + 25.0)
-                x = (cw[0] + cw[1]) / 2 + 0.7 * sgn
-                ln = add(
-                    f"zebra{tag}",
-                    "crossing",
-                    (x, oy),
-                    (0.0, float(sgn)),
-                    2 * (walk_out + 25.0),
-                    1.2,
-                    1.4,
-                    "walk",
-                    tr.pedestrian_flow_h / 3,
-                )
-                # Wait at the kerb; the crossing itself is the conflict area.
-                ln.stop_s = walk_out + 25.0 - half - 0.6
+            _zebra_lanes(lanes, cfg, walk_out, cw)
     surfaces, markings = _layout(cfg, half, walk_in, walk_out, cross_half, cw)
     plan = None
     if inter:
@@ -293,6 +181,158 @@ def build_world(cfg: SceneConfig, rng: np.random.Generator) -> World:
         cross_half,
         cw,
     )
+
+
+def _add_lane(
+    lanes: list[Lane],
+    name: str,
+    kind: LaneKind,
+    o: tuple[float, float],
+    d: tuple[float, float],
+    length: float,
+    width: float,
+    limit: float,
+    group: str,
+    flow: float,
+) -> Lane:
+    """Append a lane whose id is its index in ``lanes``."""
+    ln = Lane(
+        len(lanes), name, kind, o[0], o[1], d[0], d[1], length, width, limit, group, flow_h=flow
+    )
+    lanes.append(ln)
+    return ln
+
+
+def _main_road_lanes(
+    lanes: list[Lane],
+    cfg: SceneConfig,
+    sgn: int,
+    walk_in: float,
+    cross_half: float,
+    cw: tuple[float, float] | None,
+) -> None:
+    """One direction of the main road (``sgn`` +1 heading +x): vehicle lanes, the bike lane,
+    walkers on both sidewalks, and where they wait for the signal."""
+    road, inter = cfg.road, cfg.intersection
+    ox = road.start_x_m if sgn > 0 else road.start_x_m + road.length_m
+    row = _carriageway_lanes(lanes, cfg, sgn, ox)
+    for side in (1, -1):  # both sidewalks carry walkers both ways
+        y = side * (walk_in + road.sidewalk_width_m * (0.5 + 0.22 * sgn * side))
+        _add_lane(
+            lanes,
+            f"walk{_tag(sgn)}{'L' if side > 0 else 'R'}",
+            "walk",
+            (ox, y),
+            (sgn, 0.0),
+            road.length_m,
+            0.8,
+            2.0,
+            "free",
+            cfg.traffic.pedestrian_flow_h / 2,
+        )
+    if inter:
+        for ln in row:
+            ln.stop_s = (_stop_x(inter.x_m, cross_half, cw, sgn) - ox) * sgn
+        # Walkers along the main road cross the cross street with the main phase.
+        for ln in lanes:
+            if ln.kind == "walk" and ln.dx == sgn and ln.stop_s is None:
+                ln.group = "main"
+                ln.stop_s = (inter.x_m - sgn * (cross_half + _KERB + 0.6) - ox) * sgn
+
+
+def _carriageway_lanes(lanes: list[Lane], cfg: SceneConfig, sgn: int, ox: float) -> list[Lane]:
+    """The vehicle lanes of one direction, centre line outwards, and its bike lane."""
+    road, tr = cfg.road, cfg.traffic
+    n, w = road.lanes_per_direction, road.lane_width_m
+    signalled = cfg.intersection is not None
+    row: list[Lane] = []
+    for i in range(n):
+        y = -sgn * (i + 0.5) * w
+        row.append(
+            _add_lane(
+                lanes,
+                f"main{_tag(sgn)}{i}",
+                "vehicle",
+                (ox, y),
+                (sgn, 0.0),
+                road.length_m,
+                w,
+                road.speed_limit_kmh / 3.6,
+                "main" if signalled else "free",
+                tr.flow_veh_h_per_lane,
+            )
+        )
+    for a, b in itertools.pairwise(row):
+        a.right, b.left = b, a
+    if road.bike_lanes:
+        y = -sgn * (n * w + road.bike_lane_width_m / 2)
+        row.append(
+            _add_lane(
+                lanes,
+                f"bike{_tag(sgn)}",
+                "bike",
+                (ox, y),
+                (sgn, 0.0),
+                road.length_m,
+                road.bike_lane_width_m,
+                7.0,
+                "bike" if signalled else "free",
+                tr.bicycle_flow_h,
+            )
+        )
+    return row
+
+
+def _cross_street_lanes(lanes: list[Lane], cfg: SceneConfig, walk_out: float) -> None:
+    """The cross street's vehicle lanes, both directions, stopping before the main road."""
+    inter = cfg.intersection
+    assert inter is not None
+    cy0, clen = -(walk_out + 80.0), 2 * (walk_out + 80.0)
+    for sgn in (1, -1):
+        oy = cy0 if sgn > 0 else -cy0
+        for i in range(inter.lanes_per_direction):
+            x = inter.x_m + sgn * (i + 0.5) * 3.5
+            ln = _add_lane(
+                lanes,
+                f"cross{_tag(sgn)}{i}",
+                "vehicle",
+                (x, oy),
+                (0.0, sgn),
+                clen,
+                3.5,
+                cfg.road.speed_limit_kmh / 3.6,
+                "cross",
+                cfg.traffic.cross_flow_veh_h_per_lane,
+            )
+            ln.stop_s = clen / 2 - cfg.road_half_width - 2.0
+
+
+def _zebra_lanes(
+    lanes: list[Lane], cfg: SceneConfig, walk_out: float, cw: tuple[float, float]
+) -> None:
+    """Walkers over the zebra crossing, one lane each way."""
+    half = cfg.road_half_width
+    for sgn in (1, -1):
+        oy = -sgn * (walk_out + 25.0)
+        x = (cw[0] + cw[1]) / 2 + 0.7 * sgn
+        ln = _add_lane(
+            lanes,
+            f"zebra{_tag(sgn)}",
+            "crossing",
+            (x, oy),
+            (0.0, float(sgn)),
+            2 * (walk_out + 25.0),
+            1.2,
+            1.4,
+            "walk",
+            cfg.traffic.pedestrian_flow_h / 3,
+        )
+        # Wait at the kerb; the crossing itself is the conflict area.
+        ln.stop_s = walk_out + 25.0 - half - 0.6
+
+
+def _tag(sgn: int) -> str:
+    return "+" if sgn > 0 else "-"
 
 
 def _stop_x(xi: float, cross_half: float, cw: tuple[float, float] | None, sgn: int) -> float:
