@@ -26,10 +26,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from its_camera_ai.inference import DEFAULT_MANIFEST, Detector, load_detector
-from its_camera_ai.inference._backends import EngineSpec, build_engine
-from its_camera_ai.inference._contract import detect_frames
-from its_camera_ai.inference._model import count_gflops
+from its_camera_ai.inference.models import (
+    DEFAULT_MANIFEST,
+    Detector,
+    EngineSpec,
+    build_engine,
+    count_gflops,
+    detect_frames,
+    load_detector,
+)
 
 
 def timeit(

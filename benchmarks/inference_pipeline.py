@@ -36,10 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from its_camera_ai.sim import Scene, SceneConfig
-from tests.inference.service_support import RingFeeder, inference_host, recording_analytics
+from its_camera_ai.testing import RingFeeder, inference_host, recording_analytics
 
 
 def _frames(count: int) -> list[np.ndarray]:

@@ -22,22 +22,28 @@ from pathlib import Path
 
 import torch
 
-from its_camera_ai.inference._backends import EngineSpec, build_engine
-from its_camera_ai.inference._data import shard_files
-from its_camera_ai.inference._detector import DEFAULT_MANIFEST, load_detector, save_detector
-from its_camera_ai.inference._evaluate import (
+from its_camera_ai.inference.models import (
+    DEFAULT_MANIFEST,
+    CenterNet,
+    EngineSpec,
+    NetConfig,
+    build_engine,
+    load_detector,
+    read_manifest,
+    save_detector,
+    write_manifest,
+)
+from its_camera_ai.inference.training import (
     CI_SEEDS,
     GATE_CONDITION_MAP50,
     GATE_OVERALL_MAP50,
     Sample,
+    TrainConfig,
     evaluate_detector,
     format_table,
+    shard_files,
 )
-from its_camera_ai.inference._manifest import read_manifest, write_manifest
-from its_camera_ai.inference._model import CenterNet, NetConfig
-from its_camera_ai.inference._train import TrainConfig
-from its_camera_ai.sim import load_shard, write_dataset
-from its_camera_ai.sim._dataset import TAGS, parse_seeds
+from its_camera_ai.sim import TAGS, load_shard, parse_seeds, write_dataset
 
 
 def samples(paths: list[Path]) -> Iterator[Sample]:
@@ -50,7 +56,7 @@ def samples(paths: list[Path]) -> Iterator[Sample]:
             yield shard.images[i], boxes, classes, difficult, on
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--manifest", default=str(DEFAULT_MANIFEST))
     ap.add_argument("--checkpoint", default=None, help="a training state dict instead")
@@ -71,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--json", default=None, help="write the full figures here")
     ap.add_argument("--write-manifest", action="store_true", help="store figures in the manifest")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = _parser()
     args = ap.parse_args(argv)
     if args.write_manifest and args.precision != "fp32":
         ap.error("--write-manifest records the fp32 figures; drop --precision")

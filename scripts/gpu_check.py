@@ -1,3 +1,4 @@
+# Over 500 lines on purpose: one self-contained file to copy onto a bare GPU machine and run.
 """GPU check of the inference backends: correctness against the CPU, throughput, transfers.
 
     python scripts/gpu_check.py [--quick] [--json report.json] [--budget-s 200] [--parts dacb]
@@ -59,6 +60,9 @@ SIM_SIZE = (1280, 720)  # simulator frames (its default camera)
 
 # --- stand-ins for missing dependencies ---------------------------------------------
 
+# Stood in for, by module path, where pydantic is missing (``manifest_stand_in``).
+MANIFEST_MODULE = "its_camera_ai.inference.models._manifest"
+
 # its.inference.v1 Backend and Precision values (protos/its/inference/v1/model.proto).
 PROTO_ENUMS = {
     "BACKEND_TORCH_CPU": 1,
@@ -71,8 +75,9 @@ PROTO_ENUMS = {
 
 
 def install_stand_ins() -> list[str]:
-    """Make ``its_camera_ai.inference._detector`` and ``._backends`` importable on a machine
-    without the service's dependencies; returns what was stood in for, and why."""
+    """Make ``its_camera_ai.inference.models`` (detector, letterbox, engines: torch alone)
+    importable on a machine without the service's dependencies; returns what was stood in
+    for, and why."""
     used = []
     try:
         importlib.import_module("its.inference.v1.model_pb2")
@@ -85,7 +90,8 @@ def install_stand_ins() -> list[str]:
     try:
         importlib.import_module("its_camera_ai.inference")
     except Exception as e:  # the package pulls in the whole service: grpc, posix_ipc, ...
-        # An empty package object: its submodules import without running __init__.
+        # An empty package object: its ``models`` subpackage imports without the service
+        # runtime that the package's __init__ pulls in.
         pkg = types.ModuleType("its_camera_ai.inference")
         pkg.__path__ = [str(REPO / "src" / "its_camera_ai" / "inference")]
         sys.modules[pkg.__name__] = pkg
@@ -94,15 +100,15 @@ def install_stand_ins() -> list[str]:
     try:
         importlib.import_module("pydantic")
     except ImportError as e:
-        sys.modules["its_camera_ai.inference._manifest"] = manifest_stand_in()
+        sys.modules[MANIFEST_MODULE] = manifest_stand_in()
         used.append(f"manifest reader without validation ({e})")
     return used
 
 
 def manifest_stand_in() -> types.ModuleType:
-    """``its_camera_ai.inference._manifest`` without pydantic: the manifest's JSON as attributes,
-    the weights' sha256 still checked; what ``_detector`` imports, nothing more."""
-    m = types.ModuleType("its_camera_ai.inference._manifest")
+    """The models' manifest module without pydantic: the manifest's JSON as attributes, the
+    weights' sha256 still checked; what the models package imports from it, nothing more."""
+    m = types.ModuleType(MANIFEST_MODULE)
 
     def sha256_file(path: Path) -> str:
         return hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -279,9 +285,12 @@ def part_environment(stand_ins: list[str]) -> dict[str, Any]:
 def project() -> SimpleNamespace:
     """The project's inference modules, imported only once the stand-ins are in place (and
     inside a part, so that a failing import fails that part alone)."""
-    from its_camera_ai.inference._backends import EngineSpec, build_engine  # noqa: PLC0415
-    from its_camera_ai.inference._detector import load_detector  # noqa: PLC0415
-    from its_camera_ai.inference._letterbox import letterbox_any  # noqa: PLC0415
+    from its_camera_ai.inference.models import (  # noqa: PLC0415
+        EngineSpec,
+        build_engine,
+        letterbox_any,
+        load_detector,
+    )
 
     return SimpleNamespace(
         EngineSpec=EngineSpec,

@@ -21,12 +21,9 @@ from pathlib import Path
 
 import torch
 
-from its_camera_ai.inference._data import shard_files
-from its_camera_ai.inference._detector import save_detector
-from its_camera_ai.inference._model import NetConfig
-from its_camera_ai.inference._train import TrainConfig, train
-from its_camera_ai.sim import write_dataset
-from its_camera_ai.sim._dataset import parse_seeds
+from its_camera_ai.inference.models import NetConfig, save_detector
+from its_camera_ai.inference.training import TrainConfig, shard_files, train
+from its_camera_ai.sim import parse_seeds, write_dataset
 
 HELD_OUT_FROM = 100_000
 
@@ -46,7 +43,7 @@ def _size(ap: argparse.ArgumentParser, flag: str, text: str) -> tuple[int, int]:
     return w, h
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     defaults = TrainConfig(data="")
     ap.add_argument("--data", default="var/det/train", help="shard directory (rendered if missing)")
@@ -84,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default="its-detector-v1")
     ap.add_argument("--version", default=time.strftime("%Y.%m.%d"))
     ap.add_argument("--checkpoint", default=None, help="save a state dict here every 200 steps")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = _parser()
     args = ap.parse_args(argv)
 
     seeds = parse_seeds(args.seeds)

@@ -35,7 +35,8 @@ from its_camera_ai.common import (
     ServiceHost,
     ServiceUnit,
 )
-from tests.conftest import free_port, host_settings
+from its_camera_ai.testing import host_settings
+from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -23,7 +23,7 @@ from its.camera.v1 import camera_status_pb2 as status_pb2
 from its_camera_ai import shm
 from its_camera_ai.common import DecoderSettings, ServiceHost
 from its_camera_ai.decoder.server import decoder_unit
-from tests.conftest import host_settings
+from its_camera_ai.testing import host_settings
 
 SAMPLE_SIZE = (320, 240)
 SAMPLE_FPS = 30

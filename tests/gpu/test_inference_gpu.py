@@ -12,11 +12,15 @@ import pytest
 import torch
 
 from its.inference.v1 import model_pb2
-from its_camera_ai.inference import Detections
-from its_camera_ai.inference._backends import Engine, EngineSpec, build_engine
-from its_camera_ai.inference._contract import DetectionModel
-from its_camera_ai.inference._letterbox import letterbox_any
-from its_camera_ai.inference._map import box_iou
+from its_camera_ai.inference.models import (
+    DetectionModel,
+    Detections,
+    Engine,
+    EngineSpec,
+    build_engine,
+    letterbox_any,
+)
+from its_camera_ai.inference.training import box_iou
 
 pytestmark = [
     pytest.mark.gpu,

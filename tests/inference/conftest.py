@@ -8,10 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from its_camera_ai.inference import Detector, load_detector
-from its_camera_ai.inference._detector import save_detector
-from its_camera_ai.inference._model import CenterNet, NetConfig
-from its_camera_ai.inference._train import TrainConfig
+from its_camera_ai.inference.models import (
+    CenterNet,
+    Detector,
+    NetConfig,
+    load_detector,
+    save_detector,
+)
+from its_camera_ai.inference.training import TrainConfig
 from tests.shm.conftest import TEST_PREFIX, remove_ring_objects
 
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from its_camera_ai.inference import DEFAULT_MANIFEST, load_detector
-from its_camera_ai.inference._evaluate import (
+from its_camera_ai.inference.models import DEFAULT_MANIFEST, load_detector
+from its_camera_ai.inference.training import (
     CI_SEEDS,
     CI_TOLERANCE,
     GATE_CONDITION_MAP50,

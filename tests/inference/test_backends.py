@@ -19,18 +19,20 @@ import torch
 
 from its.inference.v1 import model_pb2
 from its_camera_ai.common import InferenceSettings
-from its_camera_ai.inference import Detections, load_detector
-from its_camera_ai.inference import _backends as backends
-from its_camera_ai.inference._backends import (
+from its_camera_ai.inference.models import (
     BackendUnavailableError,
+    DetectionModel,
+    Detections,
     Engine,
     EngineSpec,
+    ModelLoadError,
+    OutputFormatError,
+    YoloAdapter,
     build_engine,
+    detect_frames,
+    load_detector,
 )
-from its_camera_ai.inference._contract import DetectionModel, detect_frames
-from its_camera_ai.inference._errors import ModelLoadError, OutputFormatError
-from its_camera_ai.inference._map import box_iou
-from its_camera_ai.inference._yolo import YoloAdapter
+from its_camera_ai.inference.training import box_iou
 from its_camera_ai.sim import load_shard, write_dataset
 
 
@@ -329,7 +331,7 @@ def stand_in_trt(monkeypatch: pytest.MonkeyPatch) -> StandInTorchTensorRT:
     trt = StandInTorchTensorRT()
     monkeypatch.setitem(sys.modules, "torch_tensorrt", trt)
     # The cache logic does not depend on the device: let it run on the CPU.
-    monkeypatch.setattr(backends, "_target_device", lambda spec: torch.device("cpu"))
+    monkeypatch.setattr(EngineSpec, "target_device", lambda spec: torch.device("cpu"))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "Stand-in GPU")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (9, 0))
     return trt
@@ -375,7 +377,7 @@ def test_tensorrt_cache_problems_are_not_fatal(
     stand_in_trt: StandInTorchTensorRT,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger=backends.__name__)
+    caplog.set_level(logging.WARNING, logger="its_camera_ai.inference.models")
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")
     model = load_detector(tiny_manifest)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from its_camera_ai.inference._batching import REQUEST_LANE, DynamicBatcher, LaneFull, Work
+from its_camera_ai.inference import REQUEST_LANE, DynamicBatcher, LaneFull, Work
 
 
 class Recorder:

@@ -15,14 +15,9 @@ import pytest
 from its.common.v1 import frame_pb2
 from its.inference.v1 import inference_service_pb2 as pb
 from its.inference.v1 import inference_service_pb2_grpc, model_pb2
-from its_camera_ai.inference import load_detector
+from its_camera_ai.inference.models import load_detector
+from its_camera_ai.testing import RingFeeder, inference_host, recording_analytics, sim_frames
 from tests.conftest import rpc_error_details
-from tests.inference.service_support import (
-    RingFeeder,
-    inference_host,
-    recording_analytics,
-    sim_frames,
-)
 
 SLOTS = 4
 

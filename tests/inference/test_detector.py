@@ -9,24 +9,25 @@ import numpy as np
 import pytest
 import torch
 
-from its_camera_ai.inference import (
+from its_camera_ai.inference.models import (
     DEFAULT_MANIFEST,
+    CenterNet,
     ChecksumMismatchError,
     Detector,
     ManifestError,
     ModelLoadError,
     OutputFormatError,
     WeightsNotFoundError,
-    load_detector,
-)
-from its_camera_ai.inference._decode import peak_boxes
-from its_camera_ai.inference._letterbox import (
+    count_gflops,
+    inference_network,
     letterbox,
     letterbox_any,
+    load_detector,
+    max_filter_3x3,
+    peak_boxes,
     to_float_batch,
     unletterbox_boxes,
 )
-from its_camera_ai.inference._model import CenterNet, count_gflops, inference_network
 
 
 def test_detect_contract(tiny_manifest: Path) -> None:
@@ -158,10 +159,8 @@ def test_letterbox_roundtrip() -> None:
 def test_separable_max_filter_equals_max_pool() -> None:
     import torch.nn.functional as F
 
-    from its_camera_ai.inference._decode import _max3x3
-
     h = torch.randn(2, 6, 9, 13)
-    assert torch.equal(_max3x3(h), F.max_pool2d(h, 3, stride=1, padding=1))
+    assert torch.equal(max_filter_3x3(h), F.max_pool2d(h, 3, stride=1, padding=1))
 
 
 def test_peak_decoding_is_nms_free() -> None:

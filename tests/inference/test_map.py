@@ -7,8 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from its_camera_ai.inference._evaluate import _any_class
-from its_camera_ai.inference._map import ImageRecord, average_precision, box_iou, evaluate
+from its_camera_ai.inference.training import (
+    ImageRecord,
+    average_precision,
+    box_iou,
+    class_agnostic,
+    evaluate,
+)
 
 NAMES = ("car", "truck")
 
@@ -113,4 +118,4 @@ def test_class_agnostic_scores_a_confused_class_as_found() -> None:
     # A truck reported as a car: a miss and a false positive per class, a hit without them.
     r = rec([(0, 0, 10, 20, 0.9, 0)], [(0, 0, 10, 20, 1)])
     assert evaluate([r], NAMES).map50 == pytest.approx(0.0)
-    assert evaluate([_any_class(r)], ("any",)).map50 == pytest.approx(1.0)
+    assert evaluate([class_agnostic(r)], ("any",)).map50 == pytest.approx(1.0)

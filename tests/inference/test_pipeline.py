@@ -16,17 +16,18 @@ from its.camera.v1 import camera_pb2, camera_service_pb2, camera_service_pb2_grp
 from its_camera_ai.analytics.server import analytics_unit
 from its_camera_ai.common import AnalyticsServiceSettings, DecoderSettings, ServiceHost
 from its_camera_ai.decoder.server import decoder_unit
-from tests.analytics.test_service_support import insert_camera
-from tests.conftest import free_port, host_settings
-from tests.inference.service_support import (
+from its_camera_ai.testing import (
     SIM_SIZE,
     RingFeeder,
+    host_settings,
     inference_host,
     metric_value,
     recording_analytics,
     sim_frames,
     until,
 )
+from tests.analytics.test_service_support import insert_camera
+from tests.conftest import free_port
 
 
 async def test_cameras_created_and_deleted_in_the_decoder_attach_and_detach(

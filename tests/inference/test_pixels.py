@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from its_camera_ai import shm
-from its_camera_ai.inference._letterbox import letterbox_any
-from its_camera_ai.inference._pixels import (
+from its_camera_ai.inference import (
     MAX_IMAGE_PIXELS,
     ImageError,
     decode_image,
@@ -19,6 +18,7 @@ from its_camera_ai.inference._pixels import (
     image_size,
     letterbox_into,
 )
+from its_camera_ai.inference.models import letterbox_any
 
 CPU = torch.device("cpu")
 

@@ -27,9 +27,12 @@ from its.analytics.v1 import (
 )
 from its_camera_ai.analytics.server import analytics_unit
 from its_camera_ai.common import AnalyticsServiceSettings, ServiceHost, Settings
-from its_camera_ai.inference import _producer
-from its_camera_ai.inference._producer import DetectionProducer, new_producer_id
-from its_camera_ai.inference._producer_accounting import ProducerMetrics, ProducerStats
+from its_camera_ai.inference import (
+    DetectionProducer,
+    ProducerMetrics,
+    ProducerStats,
+    new_producer_id,
+)
 from tests.analytics import synth
 from tests.analytics.test_service_support import (
     CAMERA_ID,
@@ -259,7 +262,7 @@ async def test_a_full_buffer_drops_the_oldest_frames_and_counts_them(
     frames = wire_frames(12.0)  # 120 frames
     producer = make_producer(max_pending_frames=50)
     await producer.start()
-    with caplog.at_level(logging.WARNING, logger=_producer.__name__):
+    with caplog.at_level(logging.WARNING, logger="its_camera_ai.inference"):
         submit_from_thread(producer, [(CAMERA, f) for f in frames]).join()
         stats = await until(producer, lambda s: s.frames_undelivered.get("buffer_full") == 70)
         assert stats.pending_frames == 50
@@ -319,7 +322,9 @@ async def test_a_batch_analytics_finds_malformed_is_dropped_and_the_rest_deliver
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Let a camera name analytics refuses past the producer's own check (a producer bug).
-    monkeypatch.setattr(_producer, "camera_id_from_name", lambda name: name[len("cameras/") :])
+    monkeypatch.setattr(
+        DetectionProducer, "camera_id", staticmethod(lambda name: name[len("cameras/") :])
+    )
     frames = wire_frames(6.0)
     await analytics.start()
     producer = make_producer()

@@ -15,10 +15,10 @@ import torch
 from its.analytics.v1 import detection_batch_pb2
 from its_camera_ai import shm
 from its_camera_ai.common import ServiceHost
-from its_camera_ai.inference import load_detector
-from its_camera_ai.inference._map import ImageRecord, evaluate
+from its_camera_ai.inference.models import load_detector
+from its_camera_ai.inference.training import ImageRecord, evaluate
 from its_camera_ai.sim import CLASSES, FrameTruth
-from tests.inference.service_support import (
+from its_camera_ai.testing import (
     RingFeeder,
     inference_host,
     metric_value,

@@ -10,9 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from its_camera_ai.inference import load_detector
-from its_camera_ai.inference._data import _jitter_colour, augment, build_targets, load_trainset
-from its_camera_ai.inference._train import class_weights, focal_loss
+from its_camera_ai.inference.models import load_detector
+from its_camera_ai.inference.training import (
+    augment,
+    build_targets,
+    class_weights,
+    focal_loss,
+    jitter_colour,
+    load_trainset,
+)
 from its_camera_ai.sim import load_shard, write_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,7 +114,7 @@ def test_colour_jitter_is_the_three_steps_in_order() -> None:
     mean = expected.mean(dim=(1, 2, 3), keepdim=True)
     expected = (((expected - mean) * contrast + mean) * bright).clamp(0.0, 1.0)
     offset = 0.45
-    fused = _jitter_colour(pixels - offset, offset, sat, contrast, bright)
+    fused = jitter_colour(pixels - offset, offset, sat, contrast, bright)
     torch.testing.assert_close(fused, expected, atol=1e-5, rtol=0)
 
 

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from its_camera_ai.inference import (
+from its_camera_ai.inference.models import (
     ChecksumMismatchError,
     ModelLoadError,
     OutputFormatError,
     WeightsNotFoundError,
     YoloAdapter,
+    nms,
 )
-from its_camera_ai.inference._yolo import nms
 
 
 class FixedYolo(torch.nn.Module):

@@ -1,46 +1,68 @@
-"""Vehicle detection for the inference service: the shipped detector and user YOLO models.
+"""The inference service: frames from the camera rings in, detections out to analytics.
 
-    from its_camera_ai.inference import load_detector
-    det = load_detector()                       # shipped weights; sha256 checked
-    for d in det.detect(frames_uint8_bhwc):      # one Detections per frame
-        d.boxes, d.scores, d.classes             # original pixels, [0,1], ObjectClass ids
+    decoder's WatchCameraStatus ─▶ Feeds (a reader thread per ring) ─▶ DynamicBatcher
+        ─▶ BatchRunner (preprocess, model, postprocess) ─▶ FrameSink ─▶ DetectionProducer
+        ─▶ AnalyticsService.StreamDetectionBatches
 
-The shipped model (``models/its-detector-v1.{pt,json}``) is a small anchor-free heatmap
-detector trained from scratch on the simulator (``its_camera_ai.sim``); its manifest records the
-input size, normalisation, training config, sha256 and evaluation figures. ``YoloAdapter``
-runs an Ultralytics YOLO TorchScript export (``[B, 4+nc, N]``) behind the same ``detect``,
-COCO classes mapped to ours. Every problem with a model surfaces at load time as a
-``ModelLoadError``.
+This package is the service runtime: ring feeds (``Feeds``), dynamic batching, the batch
+runner, the exactly-once ``DetectionProducer``, decoder discovery (``watch_decoder``), pixel
+handling (``decode_image``, ``frame_rgb``), metrics, the ``InferenceService`` servicer, and the
+service unit (``inference_unit``; ``server.UNIT`` for ``its-camera-ai serve``). The models it
+runs are ``its_camera_ai.inference.models`` (shipped detector, YOLO adapter, engines); how the
+shipped detector is trained and evaluated is ``its_camera_ai.inference.training``, which the
+runtime never imports.
 """
 
 from __future__ import annotations
 
-from its_camera_ai.inference._contract import DetectionModel, Detections
-from its_camera_ai.inference._detector import DEFAULT_MANIFEST, Detector, load_detector
-from its_camera_ai.inference._errors import (
-    ChecksumMismatchError,
-    ManifestError,
-    ModelLoadError,
-    OutputFormatError,
-    WeightsNotFoundError,
+from its_camera_ai.inference._batching import (
+    REQUEST_LANE,
+    BatcherClosed,
+    DynamicBatcher,
+    LaneFull,
+    Work,
 )
-from its_camera_ai.inference._manifest import CLASS_IDS, Manifest, read_manifest
-from its_camera_ai.inference._yolo import COCO_TO_ITS, YoloAdapter
+from its_camera_ai.inference._discovery import watch_decoder
+from its_camera_ai.inference._feeds import Feeds, FrameSink, to_detection_protos
+from its_camera_ai.inference._metrics import InferenceMetrics
+from its_camera_ai.inference._pixels import (
+    MAX_IMAGE_PIXELS,
+    ImageError,
+    decode_image,
+    frame_rgb,
+    image_size,
+    letterbox_into,
+)
+from its_camera_ai.inference._producer import DetectionProducer, new_producer_id
+from its_camera_ai.inference._producer_accounting import ProducerMetrics, ProducerStats
+from its_camera_ai.inference._runner import BatchRunner
+from its_camera_ai.inference._servicer import InferenceServicer, model_resource
+from its_camera_ai.inference.server import inference_unit, load_model
 
 __all__ = [
-    "CLASS_IDS",
-    "COCO_TO_ITS",
-    "DEFAULT_MANIFEST",
-    "ChecksumMismatchError",
-    "DetectionModel",
-    "Detections",
-    "Detector",
-    "Manifest",
-    "ManifestError",
-    "ModelLoadError",
-    "OutputFormatError",
-    "WeightsNotFoundError",
-    "YoloAdapter",
-    "load_detector",
-    "read_manifest",
+    "MAX_IMAGE_PIXELS",
+    "REQUEST_LANE",
+    "BatchRunner",
+    "BatcherClosed",
+    "DetectionProducer",
+    "DynamicBatcher",
+    "Feeds",
+    "FrameSink",
+    "ImageError",
+    "InferenceMetrics",
+    "InferenceServicer",
+    "LaneFull",
+    "ProducerMetrics",
+    "ProducerStats",
+    "Work",
+    "decode_image",
+    "frame_rgb",
+    "image_size",
+    "inference_unit",
+    "letterbox_into",
+    "load_model",
+    "model_resource",
+    "new_producer_id",
+    "to_detection_protos",
+    "watch_decoder",
 ]

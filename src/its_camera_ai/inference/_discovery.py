@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Callable
 
 import grpc
 
 from its.camera.v1 import camera_service_pb2, camera_service_pb2_grpc, camera_status_pb2
+from its_camera_ai.common import Backoff, camera_id_from_name
 
 __all__ = ["watch_decoder"]
 
@@ -30,13 +30,6 @@ _LIVE = {
 }
 
 
-def _camera_id(status_name: str) -> str | None:
-    parts = status_name.split("/")
-    if len(parts) == 3 and parts[0] == "cameras" and parts[2] == "status" and parts[1]:
-        return parts[1]
-    return None
-
-
 async def watch_decoder(
     target: str,
     on_ring: Callable[[str, str | None], None],
@@ -45,15 +38,15 @@ async def watch_decoder(
     max_backoff: float,
 ) -> None:
     """Follow the decoder at ``target`` forever, calling ``on_ring(camera, ring or None)``."""
-    delay = initial_backoff
+    backoff = Backoff(initial_backoff, max_backoff)
     while True:
         channel = grpc.aio.insecure_channel(target)
         try:
             stub = camera_service_pb2_grpc.CameraServiceStub(channel)
             call = stub.WatchCameraStatus(camera_service_pb2.WatchCameraStatusRequest())
             async for message in call:
-                delay = initial_backoff  # the stream works: the next break starts afresh
-                camera = _camera_id(message.status.name)
+                backoff.reset()  # the stream works: the next break starts afresh
+                camera = camera_id_from_name(message.status.name, suffix="/status")
                 if camera is None:
                     _log.warning(
                         "status with an unexpected name", extra={"name": message.status.name}
@@ -69,5 +62,4 @@ async def watch_decoder(
             )
         finally:
             await channel.close()
-        await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-        delay = min(delay * 2, max_backoff)
+        await asyncio.sleep(backoff.next_delay())

@@ -26,9 +26,10 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from its.analytics.v1 import detection_batch_pb2
 from its.common.v1 import detection_pb2, geometry_pb2
 from its_camera_ai import shm
+from its_camera_ai.common import Backoff
 from its_camera_ai.inference._batching import BatcherClosed, DynamicBatcher, Work
-from its_camera_ai.inference._contract import Detections
 from its_camera_ai.inference._metrics import InferenceMetrics
+from its_camera_ai.inference.models import Detections
 
 __all__ = ["CameraFeed", "Feeds", "FrameSink", "to_detection_protos"]
 
@@ -157,7 +158,7 @@ class CameraFeed:
         self._thread.start()
 
     def _attach(self) -> shm.RingReader | None:
-        delay = _REATTACH_MIN
+        backoff = Backoff(_REATTACH_MIN, _REATTACH_MAX)
         while not self._stop.is_set():
             try:
                 return shm.attach(self.ring, pin_memory=self._pin)
@@ -165,8 +166,7 @@ class CameraFeed:
                 _log.debug("ring not ready", extra={"camera": self.camera, "error": str(exc)})
             except shm.ShmError as exc:
                 _log.warning("cannot attach ring", extra={"camera": self.camera, "error": str(exc)})
-            self._stop.wait(delay)
-            delay = min(delay * 2, _REATTACH_MAX)
+            self._stop.wait(backoff.next_delay())
         return None
 
     def _run(self) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from its_camera_ai import shm
-from its_camera_ai.inference._letterbox import Letterbox, letterbox_any
+from its_camera_ai.inference.models import Letterbox, letterbox_any
 
 __all__ = [
     "MAX_IMAGE_PIXELS",

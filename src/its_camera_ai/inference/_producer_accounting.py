@@ -14,6 +14,8 @@ the producer decides when a frame reaches which end.
 
 from __future__ import annotations
 
+import threading
+from collections import Counter as Tally
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -22,6 +24,7 @@ __all__ = [
     "BUFFER_FULL",
     "INVALID_BATCH",
     "SHUTDOWN",
+    "ProducerLedger",
     "ProducerMetrics",
     "ProducerStats",
 ]
@@ -137,3 +140,86 @@ class ProducerStats:
     connected: bool
     pending_frames: int
     unacked_batches: int
+
+
+class ProducerLedger:
+    """Where each frame ended, counted twice: in ``ProducerMetrics`` and in the counters behind
+    ``ProducerStats``. Thread-safe: ``submit()`` counts on the batching thread, the stream on
+    the event loop. Frames still pending or unacknowledged are counted by their holders (the
+    pending-frame queue, the ack window) and handed to ``snapshot``."""
+
+    def __init__(self, metrics: ProducerMetrics) -> None:
+        self._metrics = metrics
+        self._lock = threading.Lock()
+        self._submitted = 0
+        self._acknowledged = 0
+        self._rejected: Tally[str] = Tally()
+        self._undelivered: Tally[str] = Tally()
+        self._batches_sent = 0
+        self._batches_resent = 0
+        self._batches_acknowledged = 0
+        self._reconnects = 0
+        self._connected = False
+
+    def count_submitted(self) -> None:
+        with self._lock:
+            self._submitted += 1
+        self._metrics.frames_submitted.inc()
+
+    def count_undelivered(self, reason: str, frames: int) -> None:
+        """``frames`` given up without an acknowledgement, for ``reason``."""
+        with self._lock:
+            # Even for none: a clean shutdown reports ``{"shutdown": 0}``, as it always has.
+            self._undelivered[reason] += frames
+        if frames:
+            self._metrics.frames_undelivered.labels(reason).inc(frames)
+
+    def count_settled(self, frames: int, rejected: Tally[str]) -> None:
+        """A batch of ``frames`` acknowledged, ``rejected`` of them (by reason) for good."""
+        refused = min(sum(rejected.values()), frames)
+        with self._lock:
+            self._acknowledged += frames - refused
+            self._rejected.update(rejected)
+            self._batches_acknowledged += 1
+        self._metrics.frames_acknowledged.inc(frames - refused)
+        for reason, count in rejected.items():
+            self._metrics.frames_rejected.labels(reason).inc(count)
+
+    def count_sent(self, *, resent: bool) -> None:
+        with self._lock:
+            if resent:
+                self._batches_resent += 1
+            else:
+                self._batches_sent += 1
+        (self._metrics.batches_resent if resent else self._metrics.batches_sent).inc()
+
+    def count_reconnect(self) -> None:
+        with self._lock:
+            self._reconnects += 1
+        self._metrics.reconnects.inc()
+
+    def set_connected(self, connected: bool) -> None:
+        with self._lock:
+            self._connected = connected
+        self._metrics.connected.set(1 if connected else 0)
+
+    @property
+    def batches_acknowledged(self) -> int:
+        with self._lock:
+            return self._batches_acknowledged
+
+    def snapshot(self, *, pending_frames: int, unacked_batches: int) -> ProducerStats:
+        with self._lock:
+            return ProducerStats(
+                frames_submitted=self._submitted,
+                frames_acknowledged=self._acknowledged,
+                frames_rejected=dict(self._rejected),
+                frames_undelivered=dict(self._undelivered),
+                batches_sent=self._batches_sent,
+                batches_resent=self._batches_resent,
+                batches_acknowledged=self._batches_acknowledged,
+                reconnects=self._reconnects,
+                connected=self._connected,
+                pending_frames=pending_frames,
+                unacked_batches=unacked_batches,
+            )

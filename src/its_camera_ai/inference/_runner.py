@@ -16,11 +16,10 @@ import numpy as np
 import torch
 
 from its_camera_ai import shm
-from its_camera_ai.inference._backends import Engine
 from its_camera_ai.inference._batching import Work
-from its_camera_ai.inference._contract import DetectionModel
 from its_camera_ai.inference._metrics import InferenceMetrics
 from its_camera_ai.inference._pixels import frame_rgb, letterbox_into
+from its_camera_ai.inference.models import DetectionModel, Engine
 
 __all__ = ["BatchRunner"]
 

@@ -28,9 +28,8 @@ from its_camera_ai.common import (
     InvalidArgumentError,
     NotFoundError,
     UnavailableError,
-    camera_id_from_name,
+    parse_camera_name,
 )
-from its_camera_ai.inference._backends import Engine
 from its_camera_ai.inference._batching import (
     REQUEST_LANE,
     BatcherClosed,
@@ -38,9 +37,9 @@ from its_camera_ai.inference._batching import (
     LaneFull,
     Work,
 )
-from its_camera_ai.inference._contract import DetectionModel, Detections
 from its_camera_ai.inference._feeds import Feeds, to_detection_protos
 from its_camera_ai.inference._pixels import ImageError, decode_image
+from its_camera_ai.inference.models import DetectionModel, Detections, Engine
 
 __all__ = ["InferenceServicer", "model_resource"]
 
@@ -50,11 +49,11 @@ _IMAGE_FORMATS = {
     inference_service_pb2.IMAGE_FORMAT_JPEG: "jpeg",
     inference_service_pb2.IMAGE_FORMAT_PNG: "png",
 }
+# The API's pixel formats in the ring's terms: the same names, other numbers.
 _PIXEL_FORMATS = {
-    frame_pb2.PIXEL_FORMAT_RGB24: shm.PixelFormat.RGB24,
-    frame_pb2.PIXEL_FORMAT_BGR24: shm.PixelFormat.BGR24,
-    frame_pb2.PIXEL_FORMAT_YUV420P: shm.PixelFormat.YUV420P,
-    frame_pb2.PIXEL_FORMAT_NV12: shm.PixelFormat.NV12,
+    value: shm.PixelFormat.from_name(name.removeprefix("PIXEL_FORMAT_").lower())
+    for name, value in frame_pb2.PixelFormat.items()
+    if value != frame_pb2.PIXEL_FORMAT_UNSPECIFIED
 }
 
 
@@ -158,9 +157,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         ref = request.frame
         if not request.camera:
             raise InvalidArgumentError.for_field("camera", "is required with frame")
-        camera_id = camera_id_from_name(request.camera)
-        if camera_id is None:
-            raise InvalidArgumentError.for_field("camera", 'must be "cameras/{camera}"')
+        camera_id = parse_camera_name(request.camera, "camera")
         for field, ok in (
             ("frame.ring_name", bool(ref.ring_name)),
             ("frame.slot_index", ref.slot_index >= 0),
@@ -207,8 +204,8 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
 
     async def _image(self, request: inference_service_pb2.DetectRequest) -> Any:
         image = request.image
-        if request.camera and camera_id_from_name(request.camera) is None:
-            raise InvalidArgumentError.for_field("camera", 'must be "cameras/{camera}"')
+        if request.camera:
+            parse_camera_name(request.camera, "camera")
         if not image.data:
             raise InvalidArgumentError.for_field("image.data", "is required")
         try:

@@ -30,12 +30,9 @@ import time
 import grpc
 import torch
 
-from its.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
+from its.inference.v1 import inference_service_pb2, inference_service_pb2_grpc, model_pb2
 from its_camera_ai.common import ConfigError, InferenceSettings, Runtime, ServiceUnit
-from its_camera_ai.inference._backends import EngineSpec, build_engine
 from its_camera_ai.inference._batching import DynamicBatcher
-from its_camera_ai.inference._contract import DetectionModel
-from its_camera_ai.inference._detector import DEFAULT_MANIFEST, load_detector
 from its_camera_ai.inference._discovery import watch_decoder
 from its_camera_ai.inference._feeds import Feeds, FrameSink
 from its_camera_ai.inference._metrics import InferenceMetrics
@@ -43,7 +40,15 @@ from its_camera_ai.inference._producer import DetectionProducer, new_producer_id
 from its_camera_ai.inference._producer_accounting import ProducerMetrics
 from its_camera_ai.inference._runner import BatchRunner
 from its_camera_ai.inference._servicer import InferenceServicer, model_resource
-from its_camera_ai.inference._yolo import YoloAdapter
+from its_camera_ai.inference.models import (
+    DEFAULT_MANIFEST,
+    DetectionModel,
+    Engine,
+    EngineSpec,
+    YoloAdapter,
+    build_engine,
+    load_detector,
+)
 
 __all__ = ["UNIT", "inference_unit", "load_model"]
 
@@ -71,30 +76,28 @@ def _target(configured: str | None, peer: str, runtime: Runtime) -> str | None:
     return None
 
 
-def inference_unit(settings: InferenceSettings | None = None) -> ServiceUnit:
-    async def register(server: grpc.aio.Server, runtime: Runtime) -> None:
-        config = settings or runtime.settings.inference
-        if config.analytics_target is None and "analytics" not in runtime.units:
-            raise ConfigError(
-                "inference.analytics_target is required when analytics does not run in "
-                "this process (set ITS_INFERENCE__ANALYTICS_TARGET)"
-            )
-        if config.torch_threads:
-            torch.set_num_threads(config.torch_threads)
-        model = await asyncio.to_thread(load_model, config)
-        engine = await asyncio.to_thread(build_engine, model, EngineSpec.from_settings(config))
-        resource = model_resource(model, engine, config.max_batch_size, time.time_ns())
-        _log.info(
-            "model ready",
-            extra={"model": resource.name, "version": resource.version, "device": resource.device},
-        )
+class _Pipeline:
+    """One registration's pipeline: built before the server takes a call, the producer and
+    discovery started once it serves, everything stopped before it drains."""
 
+    def __init__(
+        self,
+        config: InferenceSettings,
+        runtime: Runtime,
+        model: DetectionModel,
+        engine: Engine,
+        resource: model_pb2.Model,
+    ) -> None:
+        self._config = config
+        self._runtime = runtime
+        self._resource = resource
         metrics = InferenceMetrics(runtime.metrics)
-        producer_metrics = ProducerMetrics(runtime.metrics)
-        producers: list[DetectionProducer] = []
-        sink = FrameSink(metrics)
+        self._producer_metrics = ProducerMetrics(runtime.metrics)
+        self._producers: list[DetectionProducer] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._sink = FrameSink(metrics)
         runner = BatchRunner(model, engine, metrics, config.max_batch_size)
-        batcher = DynamicBatcher(
+        self._batcher = DynamicBatcher(
             runner,
             max_batch_size=config.max_batch_size,
             max_queue_delay=config.max_queue_delay_ms / 1000.0,
@@ -107,57 +110,80 @@ def inference_unit(settings: InferenceSettings | None = None) -> ServiceUnit:
             if config.score_threshold is None
             else config.score_threshold
         )
-        feeds = Feeds(batcher, sink, metrics, score_threshold=threshold, device=engine.device)
-        servicer = InferenceServicer(model, resource, batcher, feeds)
-        tasks: list[asyncio.Task[None]] = []
+        self._feeds = Feeds(
+            self._batcher, self._sink, metrics, score_threshold=threshold, device=engine.device
+        )
+        self.servicer = InferenceServicer(model, resource, self._batcher, self._feeds)
 
-        async def started() -> None:
-            analytics = _target(config.analytics_target, "analytics", runtime)
-            assert analytics is not None  # checked above
-            producer = DetectionProducer(
-                analytics,
-                producer_id=new_producer_id(f"inference-{socket.gethostname()}-{os.getpid()}"),
-                model=resource.name,
-                model_version=resource.version,
-                metrics=producer_metrics,
-                max_unacked_batches=config.max_unacked_batches,
-                max_pending_frames=config.max_pending_frames,
-                backoff_initial_seconds=config.reconnect_initial_seconds,
-                backoff_max_seconds=config.reconnect_max_seconds,
+    async def started(self) -> None:
+        config = self._config
+        analytics = _target(config.analytics_target, "analytics", self._runtime)
+        assert analytics is not None  # checked at registration
+        producer = DetectionProducer(
+            analytics,
+            producer_id=new_producer_id(f"inference-{socket.gethostname()}-{os.getpid()}"),
+            model=self._resource.name,
+            model_version=self._resource.version,
+            metrics=self._producer_metrics,
+            max_unacked_batches=config.max_unacked_batches,
+            max_pending_frames=config.max_pending_frames,
+            backoff_initial_seconds=config.reconnect_initial_seconds,
+            backoff_max_seconds=config.reconnect_max_seconds,
+        )
+        self._producers.append(producer)
+        self._sink.connect(producer.submit)
+        await producer.start()
+        for camera, ring in config.cameras.items():
+            self._feeds.set(camera, ring)
+        decoder = _target(config.decoder_target, "decoder", self._runtime)
+        if decoder is not None:
+            watch = watch_decoder(
+                decoder,
+                self._feeds.set,
+                initial_backoff=config.reconnect_initial_seconds,
+                max_backoff=config.reconnect_max_seconds,
             )
-            producers.append(producer)
-            sink.connect(producer.submit)
-            await producer.start()
-            for camera, ring in config.cameras.items():
-                feeds.set(camera, ring)
-            decoder = _target(config.decoder_target, "decoder", runtime)
-            if decoder is not None:
-                tasks.append(
-                    asyncio.create_task(
-                        watch_decoder(
-                            decoder,
-                            feeds.set,
-                            initial_backoff=config.reconnect_initial_seconds,
-                            max_backoff=config.reconnect_max_seconds,
-                        )
-                    )
-                )
+            self._tasks.append(asyncio.create_task(watch))
 
-        async def stop() -> None:
-            for task in tasks:
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.gather(*tasks)
-            await asyncio.to_thread(feeds.close)
-            await asyncio.to_thread(batcher.close)
-            servicer.close()
-            for producer in producers:
-                await producer.close(_DRAIN_SECONDS)
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*self._tasks)
+        await asyncio.to_thread(self._feeds.close)
+        await asyncio.to_thread(self._batcher.close)
+        self.servicer.close()
+        for producer in self._producers:
+            await producer.close(_DRAIN_SECONDS)
 
-        runtime.on_started.append(started)
+
+async def _load(config: InferenceSettings) -> tuple[DetectionModel, Engine, model_pb2.Model]:
+    """The model, its engine and the Model resource reporting them; slow, off the loop."""
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+    model = await asyncio.to_thread(load_model, config)
+    engine = await asyncio.to_thread(build_engine, model, EngineSpec.from_settings(config))
+    resource = model_resource(model, engine, config.max_batch_size, time.time_ns())
+    _log.info(
+        "model ready",
+        extra={"model": resource.name, "version": resource.version, "device": resource.device},
+    )
+    return model, engine, resource
+
+
+def inference_unit(settings: InferenceSettings | None = None) -> ServiceUnit:
+    async def register(server: grpc.aio.Server, runtime: Runtime) -> None:
+        config = settings or runtime.settings.inference
+        if config.analytics_target is None and "analytics" not in runtime.units:
+            raise ConfigError(
+                "inference.analytics_target is required when analytics does not run in "
+                "this process (set ITS_INFERENCE__ANALYTICS_TARGET)"
+            )
+        pipeline = _Pipeline(config, runtime, *await _load(config))
+        runtime.on_started.append(pipeline.started)
         # Before the server drains: in `serve all` the producer streams to this very server.
-        runtime.on_stopping.append(stop)
-        inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)
+        runtime.on_stopping.append(pipeline.stop)
+        inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(pipeline.servicer, server)
 
     return ServiceUnit(
         name="inference",

@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 
-from its_camera_ai.inference._contract import Detections, ImageInput, detect_frames
-from its_camera_ai.inference._decode import peak_boxes
-from its_camera_ai.inference._errors import ManifestError, ModelLoadError, OutputFormatError
-from its_camera_ai.inference._letterbox import PAD_VALUE, Letterbox, unletterbox_boxes
-from its_camera_ai.inference._manifest import (
+from its_camera_ai.inference.models._contract import Detections, ImageInput, detect_frames
+from its_camera_ai.inference.models._errors import ManifestError, ModelLoadError, OutputFormatError
+from its_camera_ai.inference.models._heatmaps import peak_boxes
+from its_camera_ai.inference.models._letterbox import PAD_VALUE, Letterbox, unletterbox_boxes
+from its_camera_ai.inference.models._manifest import (
     CLASS_IDS,
     Decoding,
     InputSpec,
@@ -30,11 +30,11 @@ from its_camera_ai.inference._manifest import (
     verified_weights,
     write_manifest,
 )
-from its_camera_ai.inference._model import STRIDE, CenterNet, NetConfig, inference_network
+from its_camera_ai.inference.models._network import STRIDE, CenterNet, NetConfig, inference_network
 
 __all__ = ["DEFAULT_MANIFEST", "Detector", "load_detector"]
 
-DEFAULT_MANIFEST = Path(__file__).parent / "models" / "its-detector-v1.json"
+DEFAULT_MANIFEST = Path(__file__).parent / "its-detector-v1.json"
 
 
 class Detector:

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 import torch
 
-from its_camera_ai.inference._letterbox import Letterbox, as_batch, letterbox_any
+from its_camera_ai.inference.models._letterbox import Letterbox, as_batch, letterbox_any
 
 __all__ = ["DetectionModel", "Detections", "ImageInput", "detect_frames", "frames_of"]
 

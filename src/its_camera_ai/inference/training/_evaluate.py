@@ -21,12 +21,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from its_camera_ai.inference._contract import DetectionModel, Detections, detect_frames
-from its_camera_ai.inference._manifest import CLASS_IDS
-from its_camera_ai.inference._map import ImageRecord, MapResult, evaluate
+from its_camera_ai.inference.models import CLASS_IDS, DetectionModel, Detections, detect_frames
+from its_camera_ai.inference.training._map import ImageRecord, MapResult, evaluate
 
 if TYPE_CHECKING:
-    from its_camera_ai.inference._backends import Engine
+    from its_camera_ai.inference.models import Engine
 
 __all__ = [
     "CI_SEEDS",
@@ -38,6 +37,7 @@ __all__ = [
     "HELD_OUT_SEEDS",
     "REPORTED_TAGS",
     "Sample",
+    "class_agnostic",
     "evaluate_detector",
     "format_table",
 ]
@@ -133,7 +133,7 @@ def evaluate_detector(
     if pending:
         flush()
     overall = evaluate(records, _CLASS_NAMES)
-    agnostic = [_any_class(r) for r in records]
+    agnostic = [class_agnostic(r) for r in records]
     per_tag: dict[str, MapResult] = {}
     for tag in tags:
         subset = [r for r in records if tag in r.tags]
@@ -152,7 +152,7 @@ def evaluate_detector(
     }
 
 
-def _any_class(r: ImageRecord) -> ImageRecord:
+def class_agnostic(r: ImageRecord) -> ImageRecord:
     """The record with every class made one: what is found, whatever it was called. A peak
     of a second class on the same object then counts as a duplicate, so this is a lower
     bound of finding objects regardless of their class."""

@@ -17,15 +17,15 @@ from typing import Any
 
 import torch
 
-from its_camera_ai.inference._contract import Detections, ImageInput, detect_frames
-from its_camera_ai.inference._errors import (
+from its_camera_ai.inference.models._contract import Detections, ImageInput, detect_frames
+from its_camera_ai.inference.models._errors import (
     ChecksumMismatchError,
     ModelLoadError,
     OutputFormatError,
     WeightsNotFoundError,
 )
-from its_camera_ai.inference._letterbox import PAD_VALUE, Letterbox, unletterbox_boxes
-from its_camera_ai.inference._manifest import sha256_file
+from its_camera_ai.inference.models._letterbox import PAD_VALUE, Letterbox, unletterbox_boxes
+from its_camera_ai.inference.models._manifest import sha256_file
 
 __all__ = ["COCO_TO_ITS", "YoloAdapter", "nms"]
 

@@ -1,5 +1,5 @@
-"""Helpers for the inference service tests: a recording AnalyticsService peer, sim frames
-written into a real ring, and an in-process inference host."""
+"""The inference service's surroundings: a recording AnalyticsService peer and sim frames
+written into a real ring, paced like a decoder."""
 
 from __future__ import annotations
 
@@ -17,10 +17,16 @@ import numpy as np
 
 from its.analytics.v1 import analytics_service_pb2, analytics_service_pb2_grpc, detection_batch_pb2
 from its_camera_ai import shm
-from its_camera_ai.common import InferenceSettings, ServiceHost, ServiceUnit
-from its_camera_ai.inference.server import inference_unit
 from its_camera_ai.sim import FrameTruth, Scene, SceneConfig
-from tests.conftest import host_settings
+
+__all__ = [
+    "SIM_SIZE",
+    "RecordingAnalytics",
+    "RingFeeder",
+    "recording_analytics",
+    "sim_frames",
+    "until",
+]
 
 SIM_SIZE = (640, 360)
 
@@ -62,6 +68,7 @@ class RecordingAnalytics(analytics_service_pb2_grpc.AnalyticsServiceServicer):
 
 @asynccontextmanager
 async def recording_analytics() -> AsyncIterator[tuple[RecordingAnalytics, str]]:
+    """A ``RecordingAnalytics`` served on loopback, and its address."""
     server = grpc.aio.server()
     recorder = RecordingAnalytics()
     analytics_service_pb2_grpc.add_AnalyticsServiceServicer_to_server(recorder, server)
@@ -74,6 +81,7 @@ async def recording_analytics() -> AsyncIterator[tuple[RecordingAnalytics, str]]
 
 
 def sim_frames(count: int, seed: int = 11) -> list[tuple[np.ndarray, FrameTruth]]:
+    """``count`` simulator frames of ``SIM_SIZE`` with their ground truth."""
     scene = Scene(SceneConfig(seed=seed), size=SIM_SIZE)
     # Skip the empty start: traffic has entered the view after a few seconds.
     for _ in range(60):
@@ -134,32 +142,8 @@ class RingFeeder:
         self.writer.close()
 
 
-@asynccontextmanager
-async def inference_host(
-    *units: ServiceUnit, dsn: str | None = None, **settings: Any
-) -> AsyncIterator[ServiceHost]:
-    """An in-process host with an inference unit (``settings``: InferenceSettings fields)
-    in front of any other ``units`` (decoder, analytics)."""
-    config = InferenceSettings(**{"max_queue_delay_ms": 2.0, **settings})
-    host = ServiceHost(host_settings(dsn), [*units, inference_unit(config)])
-    await host.start()
-    try:
-        yield host
-    finally:
-        await host.stop()
-
-
-def metric_value(host: ServiceHost, name: str, **labels: str) -> float:
-    """Sum of a host's samples called ``name`` (``..._total`` for counters) with ``labels``."""
-    total = 0.0
-    for metric in host.runtime.metrics.collect():
-        for sample in metric.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
-
-
 async def until(predicate: Callable[[], bool], what: str, within: float = 30.0) -> None:
+    """Wait until ``predicate()`` holds; fail naming ``what`` after ``within`` seconds."""
     deadline = time.monotonic() + within
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"

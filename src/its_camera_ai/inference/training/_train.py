@@ -40,8 +40,8 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from its_camera_ai.inference._data import augment, build_targets, load_trainset
-from its_camera_ai.inference._model import STRIDE, CenterNet, NetConfig, set_memory_format
+from its_camera_ai.inference.models import STRIDE, CenterNet, NetConfig, set_memory_format
+from its_camera_ai.inference.training._data import augment, build_targets, load_trainset
 
 __all__ = ["TrainConfig", "WeightAverage", "class_weights", "focal_loss", "giou_loss", "train"]
 
@@ -181,6 +181,53 @@ def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
 
+def _initial_model(cfg: TrainConfig, log: Callable[[str], None]) -> CenterNet:
+    """A fresh network (or ``cfg.init``'s weights), laid out channels-last for training."""
+    model = CenterNet(cfg.net)
+    if cfg.init is not None:
+        model.load_state_dict(torch.load(cfg.init, map_location="cpu", weights_only=True))
+        log(f"initialised from {cfg.init}")
+    set_memory_format(model, torch.channels_last)
+    return model
+
+
+def _optimiser(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    decay = [p for p in model.parameters() if p.dim() > 1]
+    no_decay = [p for p in model.parameters() if p.dim() <= 1]
+    # No weight decay on BatchNorm and biases: decaying them only hurts a small network.
+    groups: list[dict[str, Any]] = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay},
+    ]
+    return torch.optim.AdamW(
+        groups,
+        lr=cfg.lr,
+        weight_decay=0.0,
+    )
+
+
+def _optimise(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    x: torch.Tensor,
+    targets: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    weight_of_class: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step on the normalised batch ``x``; its (heatmap, box) losses."""
+    heat, ignore, box, weight = targets
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+        heat_logits, ltrb = model(x)
+    lh = focal_loss(heat_logits.float(), heat, ignore, weight_of_class)
+    lb = giou_loss(ltrb.float(), box, weight)
+    loss = lh + cfg.box_loss_weight * lb
+    opt.zero_grad(set_to_none=True)
+    loss.backward()  # type: ignore[no-untyped-call]
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+    opt.step()
+    return lh, lb
+
+
 def train(
     cfg: TrainConfig,
     log: Callable[[str], None] = print,
@@ -203,24 +250,9 @@ def train(
         data.classes, data.difficult, cfg.net.num_classes, cfg.class_balance
     )
     log(f"heatmap loss weight per class: {[round(v, 2) for v in weight_of_class.tolist()]}")
-    model = CenterNet(cfg.net)
-    if cfg.init is not None:
-        model.load_state_dict(torch.load(cfg.init, map_location="cpu", weights_only=True))
-        log(f"initialised from {cfg.init}")
-    set_memory_format(model, torch.channels_last)
+    model = _initial_model(cfg, log)
     average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    decay = [p for p in model.parameters() if p.dim() > 1]
-    no_decay = [p for p in model.parameters() if p.dim() <= 1]
-    # No weight decay on BatchNorm and biases: decaying them only hurts a small network.
-    groups: list[dict[str, Any]] = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay},
-    ]
-    opt = torch.optim.AdamW(
-        groups,
-        lr=cfg.lr,
-        weight_decay=0.0,
-    )
+    opt = _optimiser(model, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
     steps_per_epoch = max(n // cfg.batch_size, 1)
     total = max(int(cfg.epochs * steps_per_epoch), 1)
@@ -241,7 +273,7 @@ def train(
         x, boxes = augment(
             data.images[idx], [data.boxes[i] for i in idx], gen, scale=cfg.zoom, out_size=seen
         )
-        heat, ignore, box, weight = build_targets(
+        targets = build_targets(
             boxes,
             [data.classes[i] for i in idx],
             [data.difficult[i] for i in idx],
@@ -251,15 +283,7 @@ def train(
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, total, cfg)
         x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-            heat_logits, ltrb = model(x)
-        lh = focal_loss(heat_logits.float(), heat, ignore, weight_of_class)
-        lb = giou_loss(ltrb.float(), box, weight)
-        loss = lh + cfg.box_loss_weight * lb
-        opt.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        opt.step()
+        lh, lb = _optimise(model, opt, cfg, x, targets, weight_of_class)
         if average is not None:
             average.update()
         smooth_h = lh.item() if step == 0 else 0.95 * smooth_h + 0.05 * lh.item()

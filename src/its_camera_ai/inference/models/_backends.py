@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from its.inference.v1 import model_pb2
-from its_camera_ai.inference._contract import DetectionModel
-from its_camera_ai.inference._errors import (
+from its_camera_ai.inference.models._contract import DetectionModel
+from its_camera_ai.inference.models._errors import (
     BackendUnavailableError,
     ModelLoadError,
     OutputFormatError,
@@ -96,6 +96,60 @@ class EngineSpec:
     @property
     def dtype(self) -> torch.dtype:
         return _DTYPES[self.precision]
+
+    def target_device(self) -> torch.device:
+        """The device this spec runs on, once checked usable here; otherwise
+        ``BackendUnavailableError`` says why."""
+        try:
+            dev = torch.device(self.device)
+        except RuntimeError as e:
+            raise BackendUnavailableError(
+                f"inference.device={self.device!r} is not a device"
+            ) from e
+        if dev.type == "cpu":
+            if self.precision == "fp16":
+                raise BackendUnavailableError(
+                    "inference.precision='fp16' needs a cuda device, inference.device is 'cpu'"
+                )
+            if self.backend == "tensorrt":
+                raise BackendUnavailableError(
+                    "inference.backend='tensorrt' needs a cuda device, inference.device is 'cpu'"
+                )
+            # Without bf16 instructions oneDNN emulates bf16, slower than fp32.
+            if self.precision == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+                raise BackendUnavailableError(
+                    "inference.precision='bf16' needs a CPU with bf16 instructions (AVX512-BF16 "
+                    "or AMX), which this one lacks; use precision 'fp32'"
+                )
+            return dev
+        if dev.type != "cuda":
+            raise BackendUnavailableError(
+                f"inference.device={self.device!r}: only 'cpu' and 'cuda[:N]' are supported"
+            )
+        if not torch.cuda.is_available():
+            why = (
+                f"this torch {torch.__version__} is a CPU-only build (torch.version.cuda is None)"
+                if torch.version.cuda is None
+                else "torch sees no CUDA device (driver, CUDA_VISIBLE_DEVICES?)"
+            )
+            raise BackendUnavailableError(
+                f"inference.device={self.device!r} requested but {why}; "
+                "set inference.device to 'cpu'"
+            )
+        index = torch.cuda.current_device() if dev.index is None else dev.index
+        if index >= torch.cuda.device_count():
+            raise BackendUnavailableError(
+                f"inference.device={self.device!r}: only {torch.cuda.device_count()} CUDA "
+                "device(s) visible"
+            )
+        cuda = torch.device("cuda", index)
+        major, minor = torch.cuda.get_device_capability(cuda)
+        if self.precision == "bf16" and major < 8:  # bf16 tensor cores came with Ampere
+            raise BackendUnavailableError(
+                f"inference.precision='bf16' needs a GPU of compute capability 8.0 or newer, "
+                f"{torch.cuda.get_device_name(cuda)} is {major}.{minor}; use precision 'fp16'"
+            )
+        return cuda
 
 
 class Engine:
@@ -162,7 +216,7 @@ def build_engine(model: DetectionModel, spec: EngineSpec) -> Engine:
     if spec.backend == "tensorrt":
         # Before the device: on a machine with neither, installing comes first.
         _import_torch_tensorrt()
-    device = _target_device(spec)
+    device = spec.target_device()
     reference = _output_shapes(model, model.network, _module_device(model.network))
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -346,56 +400,6 @@ def _import_torch_tensorrt() -> Any:
             f"({type(e).__name__}: {e}); {_INSTALL_GPU}, or use backend 'torch-compile' or "
             "'torch'"
         ) from e
-
-
-def _target_device(spec: EngineSpec) -> torch.device:
-    try:
-        dev = torch.device(spec.device)
-    except RuntimeError as e:
-        raise BackendUnavailableError(f"inference.device={spec.device!r} is not a device") from e
-    if dev.type == "cpu":
-        if spec.precision == "fp16":
-            raise BackendUnavailableError(
-                "inference.precision='fp16' needs a cuda device, inference.device is 'cpu'"
-            )
-        if spec.backend == "tensorrt":
-            raise BackendUnavailableError(
-                "inference.backend='tensorrt' needs a cuda device, inference.device is 'cpu'"
-            )
-        # Without bf16 instructions oneDNN emulates bf16, slower than fp32.
-        if spec.precision == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            raise BackendUnavailableError(
-                "inference.precision='bf16' needs a CPU with bf16 instructions (AVX512-BF16 "
-                "or AMX), which this one lacks; use precision 'fp32'"
-            )
-        return dev
-    if dev.type != "cuda":
-        raise BackendUnavailableError(
-            f"inference.device={spec.device!r}: only 'cpu' and 'cuda[:N]' are supported"
-        )
-    if not torch.cuda.is_available():
-        why = (
-            f"this torch {torch.__version__} is a CPU-only build (torch.version.cuda is None)"
-            if torch.version.cuda is None
-            else "torch sees no CUDA device (driver, CUDA_VISIBLE_DEVICES?)"
-        )
-        raise BackendUnavailableError(
-            f"inference.device={spec.device!r} requested but {why}; set inference.device to 'cpu'"
-        )
-    index = torch.cuda.current_device() if dev.index is None else dev.index
-    if index >= torch.cuda.device_count():
-        raise BackendUnavailableError(
-            f"inference.device={spec.device!r}: only {torch.cuda.device_count()} CUDA "
-            "device(s) visible"
-        )
-    cuda = torch.device("cuda", index)
-    major, minor = torch.cuda.get_device_capability(cuda)
-    if spec.precision == "bf16" and major < 8:  # bf16 tensor cores came with Ampere
-        raise BackendUnavailableError(
-            f"inference.precision='bf16' needs a GPU of compute capability 8.0 or newer, "
-            f"{torch.cuda.get_device_name(cuda)} is {major}.{minor}; use precision 'fp16'"
-        )
-    return cuda
 
 
 def _backend_value(backend: str, device: torch.device) -> int:

@@ -21,11 +21,23 @@ import torch
 import torch.nn.functional as F
 from numpy.typing import NDArray
 
-from its_camera_ai.inference._letterbox import PAD_VALUE, Letterbox, letterbox, to_float_batch
-from its_camera_ai.inference._model import STRIDE
+from its_camera_ai.inference.models import (
+    PAD_VALUE,
+    STRIDE,
+    Letterbox,
+    letterbox,
+    to_float_batch,
+)
 from its_camera_ai.sim import load_shard
 
-__all__ = ["TrainSet", "augment", "build_targets", "load_trainset", "shard_files"]
+__all__ = [
+    "TrainSet",
+    "augment",
+    "build_targets",
+    "jitter_colour",
+    "load_trainset",
+    "shard_files",
+]
 
 # TTFNet: the Gaussian's sigma is alpha * size / 6; regression is trained on cells of the
 # beta-scaled box. 0.54 for both is the paper's value.
@@ -144,7 +156,7 @@ def augment(
     bright = 1.0 + (torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1) * colour
     contrast = 1.0 + (torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1) * colour
     sat = 1.0 + (torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1) * colour
-    x = _jitter_colour(x, PAD_VALUE, sat, contrast, bright)
+    x = jitter_colour(x, PAD_VALUE, sat, contrast, bright)
     out_boxes = []
     for i in range(b):
         bx = boxes[i].copy()
@@ -157,7 +169,7 @@ def augment(
     return x, out_boxes
 
 
-def _jitter_colour(
+def jitter_colour(
     x: torch.Tensor,
     offset: float,
     sat: torch.Tensor,

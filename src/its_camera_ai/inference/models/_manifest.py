@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from its_camera_ai.inference._errors import (
+from its_camera_ai.inference.models._errors import (
     ChecksumMismatchError,
     ManifestError,
     WeightsNotFoundError,

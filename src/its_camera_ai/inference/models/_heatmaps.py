@@ -11,12 +11,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from its_camera_ai.inference._model import STRIDE
+from its_camera_ai.inference.models._network import STRIDE
 
-__all__ = ["decode", "peak_boxes"]
+__all__ = ["max_filter_3x3", "peak_boxes"]
 
 
-def _max3x3(x: torch.Tensor) -> torch.Tensor:
+def max_filter_3x3(x: torch.Tensor) -> torch.Tensor:
     """3x3 max filter (stride 1, -inf padding) as two separable passes of shifted maxima.
 
     Same result as ``F.max_pool2d(x, 3, 1, 1)``, which on CPU is ~5x slower here (14 ms
@@ -37,7 +37,7 @@ def peak_boxes(
     b, c, h, w = heat_logits.shape
     # Peaks and ranking on the logits: sigmoid is monotonic, so only the K winners need it
     # (a third of the decoding time at batch 8 otherwise).
-    keep = _max3x3(heat_logits) == heat_logits
+    keep = max_filter_3x3(heat_logits) == heat_logits
     peaks = heat_logits.masked_fill(~keep, float("-inf"))
     k = min(k, c * h * w)
     logits, idx = peaks.reshape(b, -1).topk(k, dim=1)
@@ -54,18 +54,3 @@ def peak_boxes(
     boxes = torch.stack((cx - d[:, 0], cy - d[:, 1], cx + d[:, 2], cy + d[:, 3]), dim=-1)
     return boxes, scores, classes
 
-
-def decode(
-    heat_logits: torch.Tensor,
-    ltrb: torch.Tensor,
-    *,
-    k: int = 100,
-    score_threshold: float = 0.05,
-) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Per image: (boxes ``[N,4]`` input pixels, scores ``[N]``, class indices ``[N]``)."""
-    boxes, scores, classes = peak_boxes(heat_logits, ltrb, k)
-    out = []
-    for i in range(boxes.shape[0]):
-        m = scores[i] >= score_threshold
-        out.append((boxes[i][m], scores[i][m], classes[i][m]))
-    return out

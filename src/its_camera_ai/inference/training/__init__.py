@@ -1,0 +1,82 @@
+"""Training and evaluation of the shipped detector (``its_camera_ai.inference.models``).
+
+``train`` fits the heatmap network on simulator shards (``load_trainset``, ``augment``,
+``build_targets``); ``evaluate_detector`` scores a detector on held-out simulator scenes, mAP
+overall and per condition tag (``evaluate``: COCO-style mAP@0.5 and mAP@0.5:0.95), and holds
+the accuracy gate the shipped weights are checked against. Used by ``scripts/train_detector.py``,
+``scripts/evaluate_detector.py`` and the tests; never imported by the serving runtime.
+"""
+
+from __future__ import annotations
+
+from its_camera_ai.inference.training._data import (
+    TrainSet,
+    augment,
+    build_targets,
+    jitter_colour,
+    load_trainset,
+    shard_files,
+)
+from its_camera_ai.inference.training._evaluate import (
+    CI_SEEDS,
+    CI_TOLERANCE,
+    EVAL_SCORE_THRESHOLD,
+    GATE_CONDITION_MAP50,
+    GATE_OVERALL_MAP50,
+    HEIGHT_BUCKETS,
+    HELD_OUT_SEEDS,
+    REPORTED_TAGS,
+    Sample,
+    class_agnostic,
+    evaluate_detector,
+    format_table,
+)
+from its_camera_ai.inference.training._map import (
+    IOU_THRESHOLDS,
+    ImageRecord,
+    MapResult,
+    average_precision,
+    box_iou,
+    evaluate,
+)
+from its_camera_ai.inference.training._train import (
+    TrainConfig,
+    WeightAverage,
+    class_weights,
+    focal_loss,
+    giou_loss,
+    train,
+)
+
+__all__ = [
+    "CI_SEEDS",
+    "CI_TOLERANCE",
+    "EVAL_SCORE_THRESHOLD",
+    "GATE_CONDITION_MAP50",
+    "GATE_OVERALL_MAP50",
+    "HEIGHT_BUCKETS",
+    "HELD_OUT_SEEDS",
+    "IOU_THRESHOLDS",
+    "REPORTED_TAGS",
+    "ImageRecord",
+    "MapResult",
+    "Sample",
+    "TrainConfig",
+    "TrainSet",
+    "WeightAverage",
+    "augment",
+    "average_precision",
+    "box_iou",
+    "build_targets",
+    "class_agnostic",
+    "class_weights",
+    "evaluate",
+    "evaluate_detector",
+    "focal_loss",
+    "format_table",
+    "giou_loss",
+    "jitter_colour",
+    "load_trainset",
+    "shard_files",
+    "train",
+]

@@ -1,0 +1,32 @@
+"""Harnesses shared by the test suite and the benchmarks: in-process service hosts on
+loopback (``host_settings``, ``inference_host``, ``metric_value``), a recording
+AnalyticsService peer (``recording_analytics``), simulator frames written into a real ring
+like a decoder writes them (``RingFeeder``, ``sim_frames``) and ``until`` for polling.
+
+Part of the package so that benchmarks run without pytest and import nothing from
+``tests/``; never imported by a service.
+"""
+
+from __future__ import annotations
+
+from its_camera_ai.testing._hosts import host_settings, inference_host, metric_value
+from its_camera_ai.testing._inference import (
+    SIM_SIZE,
+    RecordingAnalytics,
+    RingFeeder,
+    recording_analytics,
+    sim_frames,
+    until,
+)
+
+__all__ = [
+    "SIM_SIZE",
+    "RecordingAnalytics",
+    "RingFeeder",
+    "host_settings",
+    "inference_host",
+    "metric_value",
+    "recording_analytics",
+    "sim_frames",
+    "until",
+]
