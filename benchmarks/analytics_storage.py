@@ -30,25 +30,23 @@ from typing import Any
 
 import asyncpg
 
-from its_camera_ai.analytics._records import (
+from its_camera_ai.analytics import (
+    INSERT_CROSSING,
+    UPSERT_BIN,
+    UPSERT_EVENT,
     BinKey,
     BinRecord,
-    Direction,
     EventEvidence,
     EventRecord,
     EventType,
     ObjectClass,
     Scope,
     Severity,
-)
-from its_camera_ai.analytics._store import (
-    INSERT_CROSSING,
-    UPSERT_BIN,
-    UPSERT_EVENT,
     bin_row,
     event_row,
 )
 from its_camera_ai.common import MigrationSet, apply_migrations
+from its_camera_ai.scene import Direction
 
 _NS = 1_000_000_000
 _T0 = (time.time_ns() // (60 * _NS)) * 60 * _NS

@@ -24,11 +24,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from its_camera_ai.analytics._engine import CameraAnalytics
-from its_camera_ai.analytics._geometry import fit_homography
-from its_camera_ai.analytics._records import FrameInput
-from its_camera_ai.analytics._scene import CalibrationSpec, LaneSpec, LineSpec, SceneSpec, ZoneSpec
-from its_camera_ai.analytics._tracker import ByteTracker
+from its_camera_ai.analytics import ByteTracker, CameraAnalytics, FrameInput
+from its_camera_ai.scene import (
+    CalibrationSpec,
+    LaneSpec,
+    LineSpec,
+    SceneSpec,
+    ZoneSpec,
+    fit_homography,
+)
 
 W, H, FPS = 1280, 720, 25.0
 GROUND = np.array([(0.0, -8.0), (0.0, 8.0), (100.0, 8.0), (100.0, -8.0)])

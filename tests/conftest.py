@@ -16,8 +16,6 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from its_camera_ai.common import Settings
-
 # The machine's PostgreSQL and Redis (.ci/run starts them). Overridable for other setups.
 POSTGRES_ADMIN_DSN = os.environ.get(
     "ITS_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -47,15 +45,6 @@ def rpc_error_details(error: grpc.aio.AioRpcError) -> tuple[str, list[str]]:
             detail.Unpack(bad)
             fields = [v.field for v in bad.field_violations]
     return reason, fields
-
-
-def host_settings(dsn: str | None = None, **database: object) -> Settings:
-    """Settings for an in-process service host on loopback, on ports the OS picks."""
-    return Settings(
-        grpc={"host": "127.0.0.1", "port": 0, "drain_seconds": 0.5},
-        http={"host": "127.0.0.1", "port": 0},
-        database={"dsn": dsn, **database},
-    )
 
 
 def _dsn_for(database: str) -> str:

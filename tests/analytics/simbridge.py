@@ -18,18 +18,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from its_camera_ai.analytics._engine import CameraAnalytics
-from its_camera_ai.analytics._records import (
-    Direction,
+from its_camera_ai.analytics import (
+    CameraAnalytics,
     EventRecord,
     EventType,
     FrameInput,
     LineCrossing,
 )
-from its_camera_ai.analytics._scene import CalibrationSpec, LaneSpec, LineSpec, SceneSpec
-from its_camera_ai.analytics._settings import AnalyticsSettings
-from its_camera_ai.sim import Scene, SceneConfig
-from its_camera_ai.sim._truth import Crossing, IncidentTruth
+from its_camera_ai.common import AnalyticsEngineSettings
+from its_camera_ai.scene import CalibrationSpec, Direction, LaneSpec, LineSpec, SceneSpec
+from its_camera_ai.sim import Crossing, IncidentTruth, Scene, SceneConfig
 
 CAMERA = "sim"
 T0_NS = 1_699_999_200 * 10**9
@@ -119,7 +117,7 @@ def run_sim(
     noise_px: float = 0.0,
     dropout: float = 0.0,
     seed: int = 0,
-    settings: AnalyticsSettings | None = None,
+    settings: AnalyticsEngineSettings | None = None,
     start_ns: int = T0_NS,
     calibrated: bool = True,
 ) -> SimRun:

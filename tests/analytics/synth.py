@@ -13,9 +13,15 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from its_camera_ai.analytics._geometry import fit_homography
-from its_camera_ai.analytics._records import FrameInput, ObjectClass
-from its_camera_ai.analytics._scene import CalibrationSpec, LaneSpec, LineSpec, SceneSpec, ZoneSpec
+from its_camera_ai.analytics import FrameInput, ObjectClass
+from its_camera_ai.scene import (
+    CalibrationSpec,
+    LaneSpec,
+    LineSpec,
+    SceneSpec,
+    ZoneSpec,
+    fit_homography,
+)
 
 W, H = 1280, 720
 CAMERA = "cam-1"

@@ -6,13 +6,17 @@ from collections import Counter
 
 import numpy as np
 
-from its_camera_ai.analytics._bins import BinStore
-from its_camera_ai.analytics._engine import CameraAnalytics
-from its_camera_ai.analytics._measures import SceneMeasures
-from its_camera_ai.analytics._records import Direction, LineCrossing, ObjectClass, Scope
-from its_camera_ai.analytics._scene import LineSpec, Scene, SceneSpec
-from its_camera_ai.analytics._settings import AnalyticsSettings
-from its_camera_ai.analytics._tracks import TrackTable
+from its_camera_ai.analytics import (
+    BinStore,
+    CameraAnalytics,
+    LineCrossing,
+    ObjectClass,
+    SceneMeasures,
+    Scope,
+    TrackTable,
+)
+from its_camera_ai.common import AnalyticsEngineSettings
+from its_camera_ai.scene import CameraScene, Direction, LineSpec, SceneSpec
 from tests.analytics import synth
 
 LTR, RTL = Direction.LEFT_TO_RIGHT, Direction.RIGHT_TO_LEFT
@@ -138,9 +142,9 @@ def test_crossing_is_measured_from_the_last_view_with_the_bottom_in_sight() -> N
     # for a frame: its reference point moves up and sideways, past the end. Measured from
     # there, the crossing would be outside the segment; from the last view with the bottom
     # in sight (the tracker says which), it is inside.
-    scene = Scene.build(SceneSpec(lines=(LineSpec("l", (500.0, 300.0), (700.0, 300.0)),)))
+    scene = CameraScene.build(SceneSpec(lines=(LineSpec("l", (500.0, 300.0), (700.0, 300.0)),)))
     table = TrackTable()
-    measures = SceneMeasures(scene, AnalyticsSettings(), table, BinStore(synth.CAMERA, (60,)))
+    measures = SceneMeasures(scene, AnalyticsEngineSettings(), table, BinStore(synth.CAMERA, (60,)))
     ids, car = np.array([1]), np.array([int(ObjectClass.CAR)])
     slots, _ = table.slots(ids)
     measures.start_tracks(slots, np.array([[670.0, 230.0, 710.0, 260.0, 0.0]]))

@@ -5,16 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from its_camera_ai.analytics._drift import DriftMonitor, kl_divergence
-from its_camera_ai.analytics._engine import CameraAnalytics
-from its_camera_ai.analytics._events import EventBook
-from its_camera_ai.analytics._records import EventType, FrameInput
-from its_camera_ai.analytics._scene import SceneSpec
-from its_camera_ai.analytics._settings import AnalyticsSettings
+from its_camera_ai.analytics import (
+    CameraAnalytics,
+    DriftMonitor,
+    EventBook,
+    EventType,
+    FrameInput,
+    kl_divergence,
+)
+from its_camera_ai.common import AnalyticsEngineSettings
+from its_camera_ai.scene import SceneSpec
 from tests.analytics import synth
 
 MIX = np.array([0.0, 0.7, 0.1, 0.05, 0.05, 0.03, 0.07])
-SMALL = AnalyticsSettings(
+SMALL = AnalyticsEngineSettings(
     drift_baseline_detections=2000, drift_window_detections=2000, drift_chunk_detections=250
 )
 SHIFTED = np.array([0.0, 0.35, 0.45, 0.05, 0.05, 0.03, 0.07])
@@ -80,7 +84,7 @@ def test_score_shift_is_drift_too() -> None:
 
 
 def test_configured_baseline_and_model_version_change() -> None:
-    cfg = AnalyticsSettings(
+    cfg = AnalyticsEngineSettings(
         drift_baseline_detections=500,
         drift_window_detections=500,
         drift_chunk_detections=250,

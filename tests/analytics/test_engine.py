@@ -10,16 +10,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from its_camera_ai.analytics._engine import CameraAnalytics
-from its_camera_ai.analytics._records import (
+from its_camera_ai.analytics import (
     BinRecord,
+    CameraAnalytics,
     DetectionIssue,
     EventRecord,
     FrameInput,
     FrameOutcome,
     FrameReject,
 )
-from its_camera_ai.analytics._scene import ZoneSpec
+from its_camera_ai.common import AnalyticsEngineSettings
+from its_camera_ai.scene import ZoneSpec
 from tests.analytics import synth
 
 FAR = synth.T0_NS + 10**15
@@ -77,9 +78,10 @@ def test_malformed_detections_are_counted_and_repaired_or_dropped() -> None:
 
 
 def test_too_many_detections_keeps_the_most_confident() -> None:
-    from its_camera_ai.analytics._settings import AnalyticsSettings
 
-    eng = CameraAnalytics(synth.CAMERA, synth.road_scene(), AnalyticsSettings(max_detections=3))
+    eng = CameraAnalytics(
+        synth.CAMERA, synth.road_scene(), AnalyticsEngineSettings(max_detections=3)
+    )
     det = synth.to_array(
         [[10 * i, 10, 10 * i + 8, 30, s, 1] for i, s in enumerate([0.2, 0.9, 0.5, 0.95, 0.1])]
     )
@@ -88,10 +90,11 @@ def test_too_many_detections_keeps_the_most_confident() -> None:
 
 
 def test_strict_mode_rejects_the_frame() -> None:
-    from its_camera_ai.analytics._settings import AnalyticsSettings
 
     eng = CameraAnalytics(
-        synth.CAMERA, synth.road_scene(), AnalyticsSettings(reject_frame_on_bad_detection=True)
+        synth.CAMERA,
+        synth.road_scene(),
+        AnalyticsEngineSettings(reject_frame_on_bad_detection=True),
     )
     out = eng.process(_frame(1, synth.to_array([[2000, 100, 2100, 140, 0.9, 1]])))
     assert out.rejected == FrameReject.BAD_DETECTION

@@ -7,16 +7,16 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from its_camera_ai.analytics._engine import CameraAnalytics
-from its_camera_ai.analytics._records import (
+from its_camera_ai.analytics import (
+    CameraAnalytics,
     EventRecord,
     EventType,
     FrameInput,
     ObjectClass,
     Severity,
 )
-from its_camera_ai.analytics._scene import LaneSpec, SceneSpec, ZoneSpec
-from its_camera_ai.analytics._settings import AnalyticsSettings
+from its_camera_ai.common import AnalyticsEngineSettings
+from its_camera_ai.scene import LaneSpec, SceneSpec, ZoneSpec
 from tests.analytics import synth
 
 V50 = 50 / 3.6
@@ -185,7 +185,7 @@ def test_pedestrian_on_roadway_and_exempt_crossing() -> None:
     assert abs(_t(ev.end_time_ns) - 11.5 / 1.2) < 0.5
     # The same walk on a zebra crossing declared exempt raises nothing.
     crossing = ZoneSpec("zebra", synth.lane_polygon(-8.0, 8.0, 27.0, 33.0))
-    cfg = AnalyticsSettings(pedestrian_exempt_zones=("zebra",))
+    cfg = AnalyticsEngineSettings(pedestrian_exempt_zones=("zebra",))
     eng = CameraAnalytics(synth.CAMERA, synth.road_scene(zones=[crossing]), cfg)
     _, events = _run([walker, *_traffic()], 16.0, engine=eng)
     assert events == []

@@ -9,20 +9,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from its_camera_ai.analytics._bins import BinStore
-from its_camera_ai.analytics._engine import CameraAnalytics
-from its_camera_ai.analytics._records import (
+from its_camera_ai.analytics import (
     SPEED_BINS,
     BinRecord,
-    Direction,
+    BinStore,
+    CameraAnalytics,
     LevelOfService,
     ObjectClass,
     Scope,
     histogram_percentile,
     level_of_service,
 )
-from its_camera_ai.analytics._scene import ZoneSpec
-from its_camera_ai.analytics._settings import AnalyticsSettings
+from its_camera_ai.common import AnalyticsEngineSettings
+from its_camera_ai.scene import Direction, ZoneSpec
 from tests.analytics import synth
 
 FAR_FUTURE = synth.T0_NS + 10**15
@@ -95,7 +94,7 @@ def test_histogram_percentile_edges() -> None:
 
 
 def test_coarse_bins_are_the_merge_of_fine_bins() -> None:
-    cfg = AnalyticsSettings(bin_seconds=(60, 300))  # 1 and 5 min keep the test short
+    cfg = AnalyticsEngineSettings(bin_seconds=(60, 300))  # 1 and 5 min keep the test short
     eng = CameraAnalytics(synth.CAMERA, synth.road_scene(), cfg)
     rng = np.random.default_rng(5)
     agents = [

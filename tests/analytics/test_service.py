@@ -18,20 +18,21 @@ from its.analytics.v1 import (
 )
 from its.common.v1 import error_reason_pb2
 from its_camera_ai.analytics.server import analytics_unit
-from its_camera_ai.common import AnalyticsServiceSettings, ServiceHost
+from its_camera_ai.common import AnalyticsServiceSettings, ServiceHost, load_settings
+from its_camera_ai.testing import host_settings
 from tests.analytics import synth
 from tests.analytics.test_service_support import (
     CAMERA_ID,
     camera_proto,
-    insert_camera,
     producer_mark,
     reference,
+    serve_cameras,
     stored,
     stream,
     to_batches,
     traffic,
 )
-from tests.conftest import host_settings, rpc_error_details
+from tests.conftest import rpc_error_details
 
 
 @dataclass
@@ -42,9 +43,15 @@ class Analytics:
 
 
 @pytest.fixture
-async def analytics(postgres_dsn: str, tmp_path: Path) -> AsyncIterator[Analytics]:
-    await insert_camera(postgres_dsn, CAMERA_ID, camera_proto(synth.road_scene()))
-    settings = AnalyticsServiceSettings(spool_dir=tmp_path / "spool")
+async def decoder() -> AsyncIterator[str]:
+    """The target of a CameraService serving the road camera."""
+    async with serve_cameras({CAMERA_ID: camera_proto(synth.road_scene())}) as target:
+        yield target
+
+
+@pytest.fixture
+async def analytics(postgres_dsn: str, decoder: str, tmp_path: Path) -> AsyncIterator[Analytics]:
+    settings = AnalyticsServiceSettings(spool_dir=tmp_path / "spool", decoder_target=decoder)
     host = ServiceHost(host_settings(postgres_dsn), [analytics_unit(settings)])
     await host.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{host.grpc_port}")
@@ -152,13 +159,46 @@ async def test_unknown_camera_and_bad_detections_reject_or_repair_frames(
     assert rejected == 16
 
 
-async def test_retention_deletes_rows_older_than_the_configured_age(
-    postgres_dsn: str, tmp_path: Path
+async def test_engine_tunables_from_yaml_reach_the_engine(
+    postgres_dsn: str, decoder: str, tmp_path: Path
 ) -> None:
-    await insert_camera(postgres_dsn, CAMERA_ID, camera_proto(synth.road_scene()))
+    config = tmp_path / "analytics.yaml"
+    config.write_text(
+        f"analytics:\n  spool_dir: {tmp_path / 'spool'}\n  decoder_target: {decoder}\n"
+        "  engine:\n    max_detections: 3\n"
+    )
+    settings = load_settings(config, config_dir=tmp_path)
+    host = ServiceHost(host_settings(postgres_dsn), [analytics_unit(settings.analytics)])
+    await host.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{host.grpc_port}")
+    try:
+        batch = to_batches(traffic(2.0), "p-capped")[0]
+        del batch.frames[1:]
+        crowded = batch.frames[0]
+        del crowded.detections[:]
+        for i in range(5):
+            crowded.detections.add(box={"x_min": 100 + 40 * i, "y_min": 400, "x_max": 130 + 40 * i,
+                                        "y_max": 430}, score=0.9, object_class=1)  # fmt: skip
+        acks = await stream(channel, [batch])
+        assert acks[0].accepted_frames == 1
+        over_limit = host.runtime.metrics.get_sample_value(
+            "analytics_detection_issues_total", {"issue": "over_limit"}
+        )
+        assert over_limit == 2  # 5 detections, the configured cap of 3
+    finally:
+        await channel.close()
+        await host.stop()
+
+
+async def test_retention_deletes_rows_older_than_the_configured_age(
+    postgres_dsn: str, decoder: str, tmp_path: Path
+) -> None:
     # About two seconds: the traffic below (an hour old) is past it at once.
     settings = AnalyticsServiceSettings(
-        spool_dir=tmp_path / "spool", retention_days=2 / 86400, retention_interval_seconds=0.3
+        spool_dir=tmp_path / "spool",
+        retention_days=2 / 86400,
+        retention_interval_seconds=0.3,
+        decoder_target=decoder,
     )
     host = ServiceHost(host_settings(postgres_dsn), [analytics_unit(settings)])
     await host.start()
@@ -178,12 +218,12 @@ async def test_retention_deletes_rows_older_than_the_configured_age(
 
 
 async def test_stopping_ends_idle_producer_streams_without_waiting_the_drain(
-    postgres_dsn: str, tmp_path: Path
+    postgres_dsn: str, decoder: str, tmp_path: Path
 ) -> None:
-    await insert_camera(postgres_dsn, CAMERA_ID, camera_proto(synth.road_scene()))
     base = host_settings(postgres_dsn)
     settings = base.model_copy(update={"grpc": base.grpc.model_copy(update={"drain_seconds": 20})})
-    host = ServiceHost(settings, [analytics_unit(AnalyticsServiceSettings(spool_dir=tmp_path))])
+    analytics = AnalyticsServiceSettings(spool_dir=tmp_path, decoder_target=decoder)
+    host = ServiceHost(settings, [analytics_unit(analytics)])
     await host.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{host.grpc_port}")
     batches = to_batches(traffic(), "inference-0/idle")[:3]

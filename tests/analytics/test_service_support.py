@@ -1,9 +1,11 @@
-"""Shared by the analytics service tests: a camera in the decoder's table, batches built from
-synthetic traffic, the totals an undisturbed engine computes from them, and what the tables
-hold. (A module of helpers, no tests: the service and reliability tests import it.)"""
+"""Shared by the analytics service tests: a CameraService serving fixed cameras, batches built
+from synthetic traffic, the totals an undisturbed engine computes from them, and what the
+tables hold. (A module of helpers, no tests: the service and reliability tests import it.)"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -12,18 +14,16 @@ from typing import Any
 import asyncpg
 import grpc
 import numpy as np
-from google.protobuf import json_format
 
 from its.analytics.v1 import (
     analytics_service_pb2,
     analytics_service_pb2_grpc,
     detection_batch_pb2,
 )
-from its.camera.v1 import camera_pb2
+from its.camera.v1 import camera_pb2, camera_service_pb2, camera_service_pb2_grpc, camera_status_pb2
 from its.common.v1 import detection_pb2, geometry_pb2
-from its_camera_ai.analytics._engine import CameraAnalytics
-from its_camera_ai.analytics._records import (
-    Direction,
+from its_camera_ai.analytics import (
+    CameraAnalytics,
     EventRecord,
     EventType,
     FrameInput,
@@ -31,8 +31,7 @@ from its_camera_ai.analytics._records import (
     ObjectClass,
     Severity,
 )
-from its_camera_ai.analytics._scene import SceneSpec, scene_from_proto
-from its_camera_ai.common import MigrationSet, apply_migrations
+from its_camera_ai.scene import Direction, SceneSpec, scene_from_proto
 from tests.analytics import synth
 
 CAMERA_ID = synth.CAMERA
@@ -65,28 +64,44 @@ def camera_proto(spec: SceneSpec, size: tuple[int, int] = (synth.W, synth.H)) ->
     return camera
 
 
-async def insert_camera(dsn: str, camera_id: str, camera: camera_pb2.Camera) -> None:
-    """The camera as the decoder stores it (its migrations, its table), with plain SQL."""
-    scene = camera_pb2.Camera()
-    scene.lines.extend(camera.lines)
-    scene.lanes.extend(camera.lanes)
-    scene.zones.extend(camera.zones)
-    if camera.HasField("calibration"):
-        scene.calibration.CopyFrom(camera.calibration)
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+class FixedCameraService(camera_service_pb2_grpc.CameraServiceServicer):
+    """The decoder's CameraService as analytics uses it (ListCameras, WatchCameraStatus),
+    serving fixed cameras: no decoding, and scenes the decoder's frame checks would refuse
+    (the simulator's lanes reach beyond the image) are served as given."""
+
+    def __init__(self, cameras: dict[str, camera_pb2.Camera]) -> None:
+        self.cameras = cameras
+
+    async def ListCameras(
+        self, request: camera_service_pb2.ListCamerasRequest, context: Any
+    ) -> camera_service_pb2.ListCamerasResponse:
+        listed = []
+        for camera_id, camera in sorted(self.cameras.items()):
+            named = camera_pb2.Camera(name=f"cameras/{camera_id}")
+            named.MergeFrom(camera)
+            listed.append(named)
+        return camera_service_pb2.ListCamerasResponse(cameras=listed)
+
+    async def WatchCameraStatus(
+        self, request: camera_service_pb2.WatchCameraStatusRequest, context: Any
+    ) -> AsyncIterator[camera_service_pb2.WatchCameraStatusResponse]:
+        for camera_id in sorted(self.cameras):
+            status = camera_status_pb2.CameraStatus(name=f"cameras/{camera_id}/status")
+            yield camera_service_pb2.WatchCameraStatusResponse(status=status)
+        await asyncio.Event().wait()  # no changes: open until the client goes
+
+
+@contextlib.asynccontextmanager
+async def serve_cameras(cameras: dict[str, camera_pb2.Camera]) -> AsyncIterator[str]:
+    """A ``FixedCameraService`` on loopback; yields its target (``host:port``)."""
+    server = grpc.aio.server()
+    camera_service_pb2_grpc.add_CameraServiceServicer_to_server(FixedCameraService(cameras), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
     try:
-        await apply_migrations(pool, [MigrationSet("decoder", "its_camera_ai.decoder")])
-        await pool.execute(
-            "INSERT INTO decoder_cameras (camera_id, source_masked, source_key_id, source_sealed,"
-            " width, height, scene, etag) VALUES ($1, 'sim://x', 'k1', '\\x00', $2, $3,"
-            " $4::jsonb, 'e1')",
-            camera_id,
-            camera.resolution.width,
-            camera.resolution.height,
-            json_format.MessageToJson(scene, indent=None),
-        )
+        yield f"127.0.0.1:{port}"
     finally:
-        await pool.close()
+        await server.stop(0)
 
 
 def traffic(duration_s: float = 24.0, fps: float = 10.0) -> list[FrameInput]:

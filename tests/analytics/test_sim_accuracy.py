@@ -28,20 +28,20 @@ import grpc
 import numpy as np
 import pytest
 
-from its_camera_ai.analytics._records import EventRecord, LineCrossing
-from its_camera_ai.analytics._scene import Scene
+from its_camera_ai.analytics import EventRecord, LineCrossing
 from its_camera_ai.analytics.server import analytics_unit
 from its_camera_ai.common import AnalyticsServiceSettings, ServiceHost
+from its_camera_ai.scene import CameraScene
+from its_camera_ai.testing import host_settings
 from tests.analytics.test_service_support import (
     START_NS,
     camera_proto,
-    insert_camera,
+    serve_cameras,
     stored,
     stored_records,
     stream,
     to_batches,
 )
-from tests.conftest import host_settings
 
 sim = pytest.importorskip("its_camera_ai.sim")
 
@@ -67,18 +67,18 @@ async def run_service(
     as the service's tables have it."""
     run = simbridge.run_sim(cfg, duration_s, start_ns=START_NS, **kw)
     camera = simbridge.CAMERA
-    await insert_camera(dsn, camera, camera_proto(run.spec, run.size))
-    settings = AnalyticsServiceSettings(spool_dir=spool)
-    host = ServiceHost(host_settings(dsn), [analytics_unit(settings)])
-    await host.start()
-    try:
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{host.grpc_port}")
+    async with serve_cameras({camera: camera_proto(run.spec, run.size)}) as decoder:
+        settings = AnalyticsServiceSettings(spool_dir=spool, decoder_target=decoder)
+        host = ServiceHost(host_settings(dsn), [analytics_unit(settings)])
+        await host.start()
         try:
-            acks = await stream(channel, to_batches(run.inputs, "sim-0", camera=camera))
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{host.grpc_port}")
+            try:
+                acks = await stream(channel, to_batches(run.inputs, "sim-0", camera=camera))
+            finally:
+                await channel.close()
         finally:
-            await channel.close()
-    finally:
-        await host.stop()
+            await host.stop()
     assert sum(a.accepted_frames for a in acks) == len(run.inputs)
     crossings, events = await stored_records(dsn, camera)
     # The service stored exactly what the engine computed alone...
@@ -164,7 +164,7 @@ def test_calibration_depth_is_the_camera_depth() -> None:
     # Lost tracks are sized by the ratio of depths from the calibration homography: that is
     # the ratio of the camera's own depths (the sim camera is a pinhole camera).
     scene = sim.Scene(sim.SceneConfig(seed=2, fps=10.0, intersection=None), size=(640, 360))
-    h = Scene.build(simbridge.analytics_scene(scene)).homography
+    h = CameraScene.build(simbridge.analytics_scene(scene)).homography
     assert h is not None
     ground = np.array([[15.0, -5.0], [30.0, 2.0], [80.0, 6.0]])
     depth = h.image_motion(ground, np.zeros_like(ground))[2]
@@ -230,7 +230,7 @@ async def test_uncalibrated_accuracy_sweep(
     seed: int, scene: str, noise: float, dropout: float, postgres_dsn: str, tmp_path: Path
 ) -> None:
     """The same scenes without calibration: no speeds, and the tracker predicts hidden
-    vehicles on the plane of a lane drawn as a rectangle (see ``Scene.road_plane``). The
+    vehicles on the plane of a lane drawn as a rectangle (see ``CameraScene.road_plane``). The
     same count figures must hold."""
     cfg = sim.SceneConfig(seed=seed, fps=10.0, **SCENES[scene])
     run = await run_service(

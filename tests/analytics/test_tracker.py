@@ -7,9 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from its_camera_ai.analytics._assign import assign, hungarian, iou_matrix
-from its_camera_ai.analytics._settings import TrackerSettings
-from its_camera_ai.analytics._tracker import ByteTracker
+from its_camera_ai.analytics import ByteTracker, assign, hungarian, iou_matrix
+from its_camera_ai.common import TrackerSettings
 
 
 def _lapjv_cost(cost: np.ndarray, limit: float, rows: np.ndarray, cols: np.ndarray) -> float:

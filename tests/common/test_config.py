@@ -122,3 +122,38 @@ def test_cli_stops_with_one_clear_message(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "grpc.port" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_analytics_engine_tunables_from_yaml_and_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(
+        tmp_path,
+        "analytics:\n  engine:\n    max_detections: 3\n    bin_seconds: [60, 300]\n"
+        "    tracker:\n      min_hits: 5\n",
+    )
+    monkeypatch.setenv("ITS_ANALYTICS__ENGINE__TRACKER__LOST_TTL_S", "1.5")
+    engine = load_settings(path).analytics.engine
+    assert engine.max_detections == 3
+    assert engine.bin_seconds == (60, 300)
+    assert engine.tracker.min_hits == 5
+    assert engine.tracker.lost_ttl_s == 1.5
+    assert engine.tracker.high_score == 0.5  # the rest keeps its defaults
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "problem"),
+    [
+        ("analytics:\n  engine:\n    tracker:\n      high_score: 2\n",
+         r"analytics\.engine\.tracker\.high_score: Input should be less than or equal to 1"),
+        ("analytics:\n  engine:\n    max_detection: 3\n",
+         r"analytics\.engine\.max_detection: unknown key"),
+        ("analytics:\n  engine:\n    bin_seconds: [60, 90]\n",
+         r"analytics\.engine: .*bin_seconds: each must divide the next"),
+        ("analytics:\n  reconnect_initial_seconds: 9\n  reconnect_max_seconds: 1\n",
+         r"analytics: .*reconnect_max_seconds must be >= reconnect_initial_seconds"),
+    ],
+)  # fmt: skip
+def test_bad_analytics_settings_are_named(tmp_path: Path, yaml_text: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        load_settings(write(tmp_path, yaml_text))

@@ -26,6 +26,7 @@ from grpc_status import rpc_status
 from its_camera_ai.cli import SERVICES, service_units
 from its_camera_ai.common import (
     ERROR_DOMAIN,
+    AnalyticsServiceSettings,
     ConfigError,
     FailedPreconditionError,
     InferenceSettings,
@@ -46,10 +47,15 @@ async def running_host(
     request: pytest.FixtureRequest, postgres_dsn: str
 ) -> AsyncIterator[ServiceHost]:
     settings = host_settings(postgres_dsn)
+    # Alone, inference must be told where analytics is, and analytics where the decoder is;
+    # nothing listens there here.
     if request.param == "inference":
-        # Alone, inference must be told where analytics is; nothing listens there here.
         settings = settings.model_copy(
             update={"inference": InferenceSettings(analytics_target="127.0.0.1:9")}
+        )
+    if request.param == "analytics":
+        settings = settings.model_copy(
+            update={"analytics": AnalyticsServiceSettings(decoder_target="127.0.0.1:9")}
         )
     host = ServiceHost(settings, service_units(request.param))
     await host.start()

@@ -17,7 +17,7 @@ from its.camera.v1 import camera_pb2, camera_service_pb2, camera_service_pb2_grp
 from its.camera.v1 import camera_status_pb2 as status_pb2
 from its.common.v1 import geometry_pb2
 from its_camera_ai.common import DecoderSettings
-from its_camera_ai.decoder._crypto import KeyRing, Sealed
+from its_camera_ai.decoder import KeyRing, Sealed
 from tests.decoder.conftest import Decoder, new_key, start_decoder
 
 SECRET_URI = "rtsp://admin:s3cr%40t!@127.0.0.1:9/stream1?Token=abc123xyz&channel=2"

@@ -26,7 +26,7 @@ from its_camera_ai.decoder import (
     parse_source_uri,
     scrub,
 )
-from its_camera_ai.decoder._geometry import polygon_problem
+from its_camera_ai.scene import polygon_problem
 from tests.decoder.conftest import new_key
 
 

@@ -26,7 +26,7 @@ from its_camera_ai.testing import (
     sim_frames,
     until,
 )
-from tests.analytics.test_service_support import insert_camera
+from tests.analytics.test_service_support import serve_cameras
 from tests.conftest import free_port
 
 
@@ -78,16 +78,23 @@ async def test_analytics_down_then_back_loses_no_acknowledged_batch(
 ) -> None:
     camera = camera_pb2.Camera()
     camera.resolution.width, camera.resolution.height = SIM_SIZE
-    await insert_camera(postgres_dsn, "cam-a", camera)
     port = free_port()
+    async with serve_cameras({"cam-a": camera}) as decoder_target:
+        await _analytics_down_then_back(postgres_dsn, ring_name, tmp_path, port, decoder_target)
+
+
+async def _analytics_down_then_back(
+    postgres_dsn: str, ring_name: str, tmp_path: Path, port: int, decoder_target: str
+) -> None:
 
     async def start_analytics() -> ServiceHost:
         settings = host_settings(postgres_dsn).model_copy(
             update={"grpc": host_settings().grpc.model_copy(update={"port": port})}
         )
-        analytics = ServiceHost(
-            settings, [analytics_unit(AnalyticsServiceSettings(spool_dir=tmp_path / "spool"))]
+        config = AnalyticsServiceSettings(
+            spool_dir=tmp_path / "spool", decoder_target=decoder_target
         )
+        analytics = ServiceHost(settings, [analytics_unit(config)])
         await analytics.start()
         return analytics
 

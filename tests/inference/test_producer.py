@@ -38,9 +38,9 @@ from tests.analytics.test_service_support import (
     CAMERA_ID,
     Totals,
     camera_proto,
-    insert_camera,
     producer_mark,
     reference,
+    serve_cameras,
     stored,
     to_batches,
     traffic,
@@ -60,6 +60,7 @@ class Analytics:
     dsn: str
     port: int
     spool: Path
+    decoder_target: str
     host: ServiceHost | None = None
 
     async def start(self) -> ServiceHost:
@@ -69,7 +70,14 @@ class Analytics:
             database={"dsn": self.dsn},
         )
         host = ServiceHost(
-            settings, [analytics_unit(AnalyticsServiceSettings(spool_dir=self.spool))]
+            settings,
+            [
+                analytics_unit(
+                    AnalyticsServiceSettings(
+                        spool_dir=self.spool, decoder_target=self.decoder_target
+                    )
+                )
+            ],
         )
         await host.start()
         self.host = host
@@ -83,14 +91,15 @@ class Analytics:
 
 @pytest.fixture
 async def analytics(postgres_dsn: str, tmp_path: Path) -> AsyncIterator[Analytics]:
-    """Analytics knowing cam-1 and cam-2 (same road scene), not started yet."""
-    for camera_id in (CAMERA_ID, OTHER_ID):
-        await insert_camera(postgres_dsn, camera_id, camera_proto(synth.road_scene()))
-    service = Analytics(postgres_dsn, free_port(), tmp_path / "spool")
-    try:
-        yield service
-    finally:
-        await service.stop()
+    """Analytics knowing cam-1 and cam-2 (same road scene) from a CameraService, not started
+    yet."""
+    cameras = {camera_id: camera_proto(synth.road_scene()) for camera_id in (CAMERA_ID, OTHER_ID)}
+    async with serve_cameras(cameras) as decoder_target:
+        service = Analytics(postgres_dsn, free_port(), tmp_path / "spool", decoder_target)
+        try:
+            yield service
+        finally:
+            await service.stop()
 
 
 @pytest.fixture

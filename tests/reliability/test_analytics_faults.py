@@ -20,9 +20,9 @@ from tests.analytics import synth
 from tests.analytics.test_service_support import (
     CAMERA_ID,
     camera_proto,
-    insert_camera,
     producer_mark,
     reference,
+    serve_cameras,
     stored,
     stream,
     to_batches,
@@ -42,10 +42,15 @@ def _settings(dsn: str, redis_url: str | None = None) -> Settings:
     )
 
 
-async def _start(settings: Settings, spool_dir: Path) -> tuple[ServiceHost, grpc.aio.Channel]:
+async def _start(
+    settings: Settings, spool_dir: Path, decoder: str
+) -> tuple[ServiceHost, grpc.aio.Channel]:
     unit = analytics_unit(
         AnalyticsServiceSettings(
-            spool_dir=spool_dir, breaker_reset_seconds=0.3, replay_interval_seconds=0.2
+            spool_dir=spool_dir,
+            breaker_reset_seconds=0.3,
+            replay_interval_seconds=0.2,
+            decoder_target=decoder,
         )
     )
     host = ServiceHost(settings, [unit])
@@ -65,11 +70,17 @@ async def _until(check: Callable[[], bool], within: float = 20.0) -> None:
 
 
 @pytest.fixture
+async def decoder() -> AsyncIterator[str]:
+    """The target of a CameraService serving the road camera."""
+    async with serve_cameras({CAMERA_ID: camera_proto(synth.road_scene())}) as target:
+        yield target
+
+
+@pytest.fixture
 async def pg_analytics(
-    private_postgres: PrivatePostgres, tmp_path: Path
+    private_postgres: PrivatePostgres, decoder: str, tmp_path: Path
 ) -> AsyncIterator[tuple[ServiceHost, grpc.aio.Channel]]:
-    await insert_camera(private_postgres.dsn, CAMERA_ID, camera_proto(synth.road_scene()))
-    host, channel = await _start(_settings(private_postgres.dsn), tmp_path / "spool")
+    host, channel = await _start(_settings(private_postgres.dsn), tmp_path / "spool", decoder)
     try:
         yield host, channel
     finally:
@@ -103,10 +114,10 @@ async def test_postgres_outage_spools_then_drains_exactly_once(
 
 
 async def test_redis_outage_degrades_fanout_only(
-    postgres_dsn: str, private_redis: PrivateRedis, tmp_path: Path
+    postgres_dsn: str, decoder: str, private_redis: PrivateRedis, tmp_path: Path
 ) -> None:
-    await insert_camera(postgres_dsn, CAMERA_ID, camera_proto(synth.road_scene()))
-    host, channel = await _start(_settings(postgres_dsn, private_redis.url), tmp_path / "spool")
+    settings = _settings(postgres_dsn, private_redis.url)
+    host, channel = await _start(settings, tmp_path / "spool", decoder)
     client = aioredis.Redis.from_url(private_redis.url)
     key = f"its:analytics:stats:{CAMERA_ID}"
     published = {"result": "published"}

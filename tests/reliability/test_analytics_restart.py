@@ -19,9 +19,9 @@ from tests.analytics import synth
 from tests.analytics.test_service_support import (
     CAMERA_ID,
     camera_proto,
-    insert_camera,
     producer_mark,
     reference,
+    serve_cameras,
     stored,
     stream,
     to_batches,
@@ -36,7 +36,7 @@ pytestmark = pytest.mark.reliability
 class Process:
     """``its-camera-ai serve analytics`` as a child process, configured from the environment."""
 
-    def __init__(self, dsn: str, spool_dir: Path) -> None:
+    def __init__(self, dsn: str, spool_dir: Path, decoder: str) -> None:
         self.port = free_port()
         self.env = {
             **os.environ,
@@ -45,6 +45,7 @@ class Process:
             "ITS_GRPC__PORT": str(self.port),
             "ITS_HTTP__ENABLED": "false",
             "ITS_ANALYTICS__SPOOL_DIR": str(spool_dir),
+            "ITS_ANALYTICS__DECODER_TARGET": decoder,
             "ITS_ANALYTICS__BREAKER_RESET_SECONDS": "0.3",
             "ITS_ANALYTICS__REPLAY_INTERVAL_SECONDS": "0.2",
             "ITS_LOGGING__LEVEL": "WARNING",
@@ -68,6 +69,13 @@ class Process:
 @pytest.fixture
 def spool_dir(tmp_path: Path) -> Path:
     return tmp_path / "spool"
+
+
+@pytest.fixture
+async def decoder() -> AsyncIterator[str]:
+    """The target of a CameraService serving the road camera."""
+    async with serve_cameras({CAMERA_ID: camera_proto(synth.road_scene())}) as target:
+        yield target
 
 
 async def _stream_until_killed(
@@ -115,12 +123,11 @@ async def _resend_and_check(
 
 
 async def test_sigkill_mid_stream_loses_and_doubles_nothing(
-    postgres_dsn: str, spool_dir: Path
+    postgres_dsn: str, decoder: str, spool_dir: Path
 ) -> None:
-    await insert_camera(postgres_dsn, CAMERA_ID, camera_proto(synth.road_scene()))
     frames = traffic()
     batches = to_batches(frames, "inference-0/kill")
-    process = Process(postgres_dsn, spool_dir)
+    process = Process(postgres_dsn, spool_dir, decoder)
     acked = await _stream_until_killed(await process.start(), batches, process, kill_after=12)
     assert acked >= 12, acked
     await _resend_and_check(process, postgres_dsn, batches, acked)
@@ -129,13 +136,12 @@ async def test_sigkill_mid_stream_loses_and_doubles_nothing(
 
 
 async def test_sigkill_with_a_spool_pending_replays_it_on_restart(
-    private_postgres: PrivatePostgres, spool_dir: Path
+    private_postgres: PrivatePostgres, decoder: str, spool_dir: Path
 ) -> None:
     dsn = private_postgres.dsn
-    await insert_camera(dsn, CAMERA_ID, camera_proto(synth.road_scene()))
     frames = traffic()
     batches = to_batches(frames, "inference-0/kill-spool")
-    process = Process(dsn, spool_dir)
+    process = Process(dsn, spool_dir, decoder)
     channel = await process.start()
     await stream(channel, batches[:8])
     private_postgres.stop()

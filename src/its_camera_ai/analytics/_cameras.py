@@ -1,104 +1,184 @@
-"""Each camera's scene, read from the decoder's ``decoder_cameras`` table (read-only).
+"""Each camera's scene, learnt from the decoder's ``CameraService`` API (never its storage).
 
-Analytics shares the decoder's database and never writes its table. The whole table is
-re-read every ``refresh_seconds``, and on a batch for a camera not seen yet (at most once a
-second, so a producer sending an unknown camera cannot hammer the database). While
-PostgreSQL is down the last scenes read stay in use.
+The directory lists every camera (``ListCameras``, page by page) and follows
+``WatchCameraStatus``: its first messages name every camera, later ones a camera created or
+deleted, and, with ``refresh_interval``, every camera again periodically. A camera not
+listed yet makes it list again, a deleted one is dropped, and on a periodic message the
+list is read again once it is ``refresh_seconds`` old (an update of a scene alone changes
+no status, so it arrives that way). A batch for a camera not listed yet lists again at once
+too, at most once a second, so a producer sending an unknown camera cannot hammer the
+decoder. While the decoder is unreachable the last scenes listed stay in use, and the
+watch is reopened with a capped, jittered backoff.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-import asyncpg
-from google.protobuf import json_format
+import grpc
 
-from its.camera.v1 import camera_pb2
-from its_camera_ai.analytics._scene import Scene, scene_from_proto
+from its.camera.v1 import camera_pb2, camera_service_pb2, camera_service_pb2_grpc
 from its_camera_ai.common import (
-    POSTGRES_FAILURES,
+    Backoff,
     CircuitBreaker,
     InvalidArgumentError,
     UnavailableError,
+    camera_id_from_name,
 )
+from its_camera_ai.scene import CameraScene, scene_from_proto
 
-__all__ = ["CameraDirectory", "CameraScene"]
+__all__ = ["DECODER_FAILURES", "CameraDirectory", "KnownCamera"]
 
-# A dependency being down, whether the breaker knew it already or the call found out.
-_POSTGRES_DOWN: tuple[type[BaseException], ...] = (UnavailableError, *POSTGRES_FAILURES)
+# A call to the decoder failed: what the breaker in front of it counts.
+DECODER_FAILURES: tuple[type[BaseException], ...] = (grpc.aio.AioRpcError, TimeoutError)
+# ...and what a caller sees while the decoder is down, the open breaker included.
+_DECODER_DOWN: tuple[type[BaseException], ...] = (UnavailableError, *DECODER_FAILURES)
 
 _log = logging.getLogger(__name__)
 
-_SELECT = "SELECT camera_id, width, height, scene::text AS scene FROM decoder_cameras"
+_PAGE_SIZE = 1000  # the most the decoder returns per page
+_CALL_TIMEOUT_SECONDS = 10.0
 _MISS_REFRESH_SECONDS = 1.0
+# The decoder refuses watch refresh intervals below this.
+_MIN_WATCH_REFRESH_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
-class CameraScene:
+class KnownCamera:
     camera_id: str
-    scene: Scene
+    scene: CameraScene
     # The configured resolution: the frame size of frames that do not carry their own.
     width: int
     height: int
 
 
-def _scene_of(row: asyncpg.Record) -> CameraScene | None:
-    camera = json_format.Parse(row["scene"], camera_pb2.Camera(), ignore_unknown_fields=True)
+def _known(camera_id: str, camera: camera_pb2.Camera) -> KnownCamera | None:
     try:
         scene = scene_from_proto(camera)
     except InvalidArgumentError as exc:
-        # The camera service validates scenes with the same code; a row that fails anyway
-        # (older rules) leaves the camera unknown rather than counting on a wrong scene.
-        _log.error("camera scene unusable", extra={"camera": row["camera_id"], "error": str(exc)})
+        # The camera service validates scenes with the same rules; a camera that fails
+        # anyway (accepted under older rules) stays unknown rather than counting on a
+        # wrong scene.
+        _log.error("camera scene unusable", extra={"camera": camera_id, "error": str(exc)})
         return None
-    return CameraScene(row["camera_id"], scene, row["width"], row["height"])
+    return KnownCamera(camera_id, scene, camera.resolution.width, camera.resolution.height)
 
 
 class CameraDirectory:
+    """The decoder's cameras and their scenes; ``follow`` keeps them current (a task)."""
+
     def __init__(
-        self, pool: asyncpg.Pool[Any], breaker: CircuitBreaker, refresh_seconds: float
+        self,
+        target: Callable[[], str],
+        breaker: CircuitBreaker,
+        *,
+        refresh_seconds: float,
+        reconnect_initial_seconds: float,
+        reconnect_max_seconds: float,
     ) -> None:
-        self._pool = pool
+        # Asked for when first needed: in `serve all` the decoder is this process's own
+        # server, whose port is known only once it is bound.
+        self._target = target
         self._breaker = breaker
         self._refresh_seconds = refresh_seconds
-        self._cameras: dict[str, CameraScene] = {}
-        self._read_at: float | None = None
-        self._missing_table_logged = False
+        self._backoff = Backoff(reconnect_initial_seconds, reconnect_max_seconds)
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: camera_service_pb2_grpc.CameraServiceAsyncStub | None = None
+        self._cameras: dict[str, KnownCamera] = {}
+        # Cameras the decoder has but whose scene is unusable: listed, not to list again for.
+        self._unusable: frozenset[str] = frozenset()
+        self._listed_at: float | None = None
+        self._listing = asyncio.Lock()
 
-    async def get(self, camera_id: str) -> CameraScene | None:
-        """The camera's scene, or None if the decoder has no such camera.
+    async def get(self, camera_id: str) -> KnownCamera | None:
+        """The camera's scene, or None if the decoder has no such camera (with a usable
+        scene).
 
-        Raises ``UnavailableError`` when the camera is not known yet and PostgreSQL is down:
-        "unknown" would be a final rejection, and it may well exist.
+        Raises ``UnavailableError`` when the camera is not known yet and the decoder cannot
+        be reached: "unknown" would be a final rejection, and it may well exist.
         """
-        now = time.monotonic()
-        age = None if self._read_at is None else now - self._read_at
-        stale = age is None or age >= self._refresh_seconds
-        missed = camera_id not in self._cameras and (age is None or age >= _MISS_REFRESH_SECONDS)
-        if stale or missed:
-            try:
-                await self._breaker.call(self._read)
-            except _POSTGRES_DOWN as exc:
-                if camera_id not in self._cameras:
-                    raise UnavailableError("camera scenes unavailable: PostgreSQL is down") from exc
+        known = self._cameras.get(camera_id)
+        if known is not None:
+            return known
+        async with self._listing:  # concurrent misses wait for one listing
+            if camera_id not in self._cameras and self._listed_ago() >= _MISS_REFRESH_SECONDS:
+                try:
+                    await self._list()
+                except _DECODER_DOWN as exc:
+                    raise UnavailableError(
+                        "camera scenes unavailable: the decoder cannot be reached"
+                    ) from exc
         return self._cameras.get(camera_id)
 
-    async def _read(self) -> None:
+    async def follow(self) -> None:
+        """List and watch the decoder's cameras until cancelled."""
+        while True:
+            try:
+                await self._watch()
+                _log.info("decoder closed the camera watch")
+            except _DECODER_DOWN as exc:
+                _log.warning("camera discovery broke", extra={"error": str(exc)})
+            await asyncio.sleep(self._backoff.next_delay())
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+
+    def _camera_service(self) -> camera_service_pb2_grpc.CameraServiceAsyncStub:
+        if self._stub is None:
+            self._channel = grpc.aio.insecure_channel(self._target())
+            self._stub = camera_service_pb2_grpc.CameraServiceStub(self._channel)
+        return self._stub
+
+    def _listed_ago(self) -> float:
+        return float("inf") if self._listed_at is None else time.monotonic() - self._listed_at
+
+    async def _watch(self) -> None:
+        request = camera_service_pb2.WatchCameraStatusRequest()
+        request.refresh_interval.FromNanoseconds(
+            round(max(self._refresh_seconds, _MIN_WATCH_REFRESH_SECONDS) * 1e9)
+        )
+        call = self._camera_service().WatchCameraStatus(request)
         try:
-            rows = await self._pool.fetch(_SELECT)
-        except asyncpg.UndefinedTableError:
-            # Analytics on a database without the decoder's schema: no cameras known.
-            if not self._missing_table_logged:
-                _log.warning("no decoder_cameras table: every camera is unknown")
-                self._missing_table_logged = True
-            rows = []
-        cameras = {}
-        for row in rows:
-            scene = _scene_of(row)
-            if scene is not None:
-                cameras[scene.camera_id] = scene
-        self._cameras = cameras
-        self._read_at = time.monotonic()
+            async with self._listing:
+                await self._list()
+            self._backoff.reset()  # the decoder answers: the next break starts afresh
+            async for message in call:
+                camera_id = camera_id_from_name(message.status.name, "/status")
+                if camera_id is None:
+                    continue
+                if message.camera_deleted:
+                    self._cameras.pop(camera_id, None)
+                    continue
+                listed = camera_id in self._cameras or camera_id in self._unusable
+                if not listed or self._listed_ago() >= self._refresh_seconds:
+                    async with self._listing:
+                        await self._list()
+        finally:
+            call.cancel()
+
+    async def _list(self) -> None:
+        """Replace the directory with the decoder's current cameras (hold ``_listing``)."""
+        cameras = await self._breaker.call(self._list_pages)
+        known = {camera_id: _known(camera_id, camera) for camera_id, camera in cameras.items()}
+        self._cameras = {camera_id: k for camera_id, k in known.items() if k is not None}
+        self._unusable = frozenset(camera_id for camera_id, k in known.items() if k is None)
+        self._listed_at = time.monotonic()
+
+    async def _list_pages(self) -> dict[str, camera_pb2.Camera]:
+        service = self._camera_service()
+        request = camera_service_pb2.ListCamerasRequest(page_size=_PAGE_SIZE)
+        cameras: dict[str, camera_pb2.Camera] = {}
+        while True:
+            response = await service.ListCameras(request, timeout=_CALL_TIMEOUT_SECONDS)
+            for camera in response.cameras:
+                camera_id = camera_id_from_name(camera.name)
+                if camera_id is not None:
+                    cameras[camera_id] = camera
+            if not response.next_page_token:
+                return cameras
+            request.page_token = response.next_page_token

@@ -25,7 +25,7 @@ from its_camera_ai.analytics._records import (
     EventType,
     Severity,
 )
-from its_camera_ai.analytics._settings import AnalyticsSettings
+from its_camera_ai.common import AnalyticsEngineSettings
 
 __all__ = ["DriftMonitor", "kl_divergence"]
 
@@ -41,7 +41,7 @@ def kl_divergence(p_counts: F64, q_counts: F64, alpha: float) -> float:
 
 
 class DriftMonitor:
-    def __init__(self, cfg: AnalyticsSettings) -> None:
+    def __init__(self, cfg: AnalyticsEngineSettings) -> None:
         self.cfg = cfg
         self.bins = cfg.drift_score_bins
         self.model_version = ""

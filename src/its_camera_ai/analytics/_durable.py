@@ -25,12 +25,10 @@ from typing import TypeVar
 from its_camera_ai.analytics._metrics import AnalyticsMetrics
 from its_camera_ai.analytics._spool import Spool
 from its_camera_ai.analytics._store import BatchWrite, Store
-from its_camera_ai.common import POSTGRES_FAILURES, CircuitBreaker, UnavailableError
+from its_camera_ai.common import POSTGRES_DOWN, POSTGRES_FAILURES, CircuitBreaker, UnavailableError
 
 __all__ = ["DurableWriter", "Written"]
 
-# A dependency being down, whether the breaker knew it already or the call found out.
-_POSTGRES_DOWN: tuple[type[BaseException], ...] = (UnavailableError, *POSTGRES_FAILURES)
 
 _log = logging.getLogger(__name__)
 
@@ -98,7 +96,7 @@ class DurableWriter:
         if not self._spool.pending:
             try:
                 applied = await self._breaker.call(lambda: self._store.commit(write))
-            except _POSTGRES_DOWN as exc:
+            except POSTGRES_DOWN as exc:
                 _log.warning("PostgreSQL unavailable, spooling",
                              extra={"error": type(exc).__name__})  # fmt: skip
             else:
@@ -141,7 +139,7 @@ class DurableWriter:
             if self._spool.pending:
                 try:
                     await self.replay()
-                except _POSTGRES_DOWN:
+                except POSTGRES_DOWN:
                     pass  # the breaker counts it; try again next round
                 except Exception:
                     # Not an outage (a record PostgreSQL refuses): keep it, say so loudly,

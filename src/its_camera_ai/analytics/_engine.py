@@ -29,7 +29,6 @@ from numpy.typing import NDArray
 from its_camera_ai.analytics._bins import BinStore
 from its_camera_ai.analytics._drift import DriftMonitor
 from its_camera_ai.analytics._events import EventBook
-from its_camera_ai.analytics._geometry import Homography, inside_frame
 from its_camera_ai.analytics._incidents import IncidentDetector
 from its_camera_ai.analytics._measures import SceneMeasures
 from its_camera_ai.analytics._records import (
@@ -43,10 +42,10 @@ from its_camera_ai.analytics._records import (
     ObjectClass,
 )
 from its_camera_ai.analytics._sanitize import as_detection_array, sanitize_detections
-from its_camera_ai.analytics._scene import Scene, SceneSpec
-from its_camera_ai.analytics._settings import AnalyticsSettings
 from its_camera_ai.analytics._tracker import ByteTracker
 from its_camera_ai.analytics._tracks import TrackTable, push_positions, regress_velocity
+from its_camera_ai.common import AnalyticsEngineSettings
+from its_camera_ai.scene import CameraScene, Homography, SceneSpec, inside_frame
 
 __all__ = ["CameraAnalytics"]
 
@@ -70,13 +69,16 @@ class CameraAnalytics:
     """The analytics of one camera. Not thread-safe: one caller at a time per camera."""
 
     def __init__(
-        self, camera: str, scene: Scene | SceneSpec, settings: AnalyticsSettings | None = None
+        self,
+        camera: str,
+        scene: CameraScene | SceneSpec,
+        settings: AnalyticsEngineSettings | None = None,
     ) -> None:
         self.camera = camera
-        self.cfg = settings or AnalyticsSettings()
+        self.cfg = settings or AnalyticsEngineSettings()
         self.bins = BinStore(camera, self.cfg.bin_seconds)
         self.book = EventBook(camera, self.cfg.event_update_s)
-        self._build(scene if isinstance(scene, Scene) else Scene.build(scene))
+        self._build(scene if isinstance(scene, CameraScene) else CameraScene.build(scene))
         self.tracker = ByteTracker(self.cfg.tracker, self.scene.road_plane)
         self.drift = DriftMonitor(self.cfg)
         self.t0_ns: int | None = None
@@ -88,7 +90,7 @@ class CameraAnalytics:
         self.issues: dict[DetectionIssue, int] = {}
         self._live_reset()
 
-    def _build(self, scene: Scene) -> None:
+    def _build(self, scene: CameraScene) -> None:
         self.scene = scene
         self.table = TrackTable()
         self.measures = SceneMeasures(scene, self.cfg, self.table, self.bins)
@@ -327,7 +329,7 @@ class CameraAnalytics:
 
     # -- configuration changes ---------------------------------------------------------------
 
-    def reconfigure(self, scene: Scene | SceneSpec) -> list[EventRecord]:
+    def reconfigure(self, scene: CameraScene | SceneSpec) -> list[EventRecord]:
         """Adopt new scene geometry without losing tracks, open bins or drift state.
 
         Events tied to the old geometry (all but drift) are closed; per-track line sides and
@@ -337,7 +339,7 @@ class CameraAnalytics:
         closed = self.book.close_all(t_ns, keep=("drift",))
         keep: tuple[str, ...] = ("id", "cls", "speed", "seen_t", "counted")
         old, old_plane = self.table, self.scene.road_plane
-        self._build(scene if isinstance(scene, Scene) else Scene.build(scene))
+        self._build(scene if isinstance(scene, CameraScene) else CameraScene.build(scene))
         if _same_plane(old_plane, self.scene.road_plane):
             # Position histories (speeds) are in the plane's coordinates.
             keep += ("h_t", "h_x", "h_y", "h_h", "h_head")
@@ -359,7 +361,7 @@ class CameraAnalytics:
         return {
             "version": _STATE_VERSION,
             "camera": self.camera,
-            "settings": self.cfg.to_state(),
+            "settings": self.cfg.model_dump(),
             "scene": self.scene.spec.to_state(),
             "t0_ns": self.t0_ns,
             "last_seq": self.last_seq,
@@ -384,7 +386,7 @@ class CameraAnalytics:
         eng = cls(
             str(s["camera"]),
             SceneSpec.from_state(s["scene"]),
-            AnalyticsSettings.from_state(s["settings"]),
+            AnalyticsEngineSettings.model_validate(s["settings"]),
         )
         eng.t0_ns, eng.last_seq, eng.last_ns = s["t0_ns"], int(s["last_seq"]), s["last_ns"]
         eng.frames_accepted = int(s["frames_accepted"])

@@ -31,7 +31,6 @@ import numpy as np
 from numpy.typing import NDArray
 
 from its_camera_ai.analytics._events import EventBook
-from its_camera_ai.analytics._geometry import distance_to_boundary
 from its_camera_ai.analytics._measures import FrameView
 from its_camera_ai.analytics._records import (
     EventEvidence,
@@ -41,9 +40,9 @@ from its_camera_ai.analytics._records import (
     Severity,
     level_of_service,
 )
-from its_camera_ai.analytics._scene import Scene
-from its_camera_ai.analytics._settings import AnalyticsSettings
 from its_camera_ai.analytics._tracks import TrackTable, true_cells
+from its_camera_ai.common import AnalyticsEngineSettings
+from its_camera_ai.scene import CameraScene, distance_to_boundary
 
 __all__ = ["IncidentDetector"]
 
@@ -79,7 +78,7 @@ def _name(cls: int) -> str:
 
 class IncidentDetector:
     def __init__(
-        self, scene: Scene, cfg: AnalyticsSettings, table: TrackTable, book: EventBook
+        self, scene: CameraScene, cfg: AnalyticsEngineSettings, table: TrackTable, book: EventBook
     ) -> None:
         self.scene, self.cfg, self.table, self.book = scene, cfg, table, book
         table.add("i_on", (3,), np.int64, 0)  # first frame of the current condition run, ns

@@ -22,15 +22,14 @@ import numpy as np
 
 from its.analytics.v1 import analytics_service_pb2, detection_batch_pb2
 from its.common.v1 import error_reason_pb2
-from its_camera_ai.analytics._cameras import CameraDirectory, CameraScene
+from its_camera_ai.analytics._cameras import CameraDirectory, KnownCamera
 from its_camera_ai.analytics._durable import DurableWriter, Written
 from its_camera_ai.analytics._engine import CameraAnalytics
 from its_camera_ai.analytics._fanout import Fanout
 from its_camera_ai.analytics._metrics import AnalyticsMetrics
 from its_camera_ai.analytics._records import CameraStats, EventRecord, FrameInput, FrameOutcome
-from its_camera_ai.analytics._settings import AnalyticsSettings
 from its_camera_ai.analytics._store import BatchWrite, bin_row, crossing_row, event_row
-from its_camera_ai.common import UnavailableError
+from its_camera_ai.common import AnalyticsEngineSettings, UnavailableError
 
 __all__ = ["Ingestor"]
 
@@ -42,7 +41,7 @@ _MAX_MARKS = 4096
 
 
 def _frame_input(
-    camera_id: str, frame: detection_batch_pb2.FrameDetections, scene: CameraScene, model: str
+    camera_id: str, frame: detection_batch_pb2.FrameDetections, scene: KnownCamera, model: str
 ) -> FrameInput:
     """The engine's view of a wire frame; the engine repairs or rejects what is wrong."""
     det = np.array(
@@ -92,13 +91,13 @@ class Ingestor:
         writer: DurableWriter,
         fanout: Fanout | None,
         metrics: AnalyticsMetrics,
-        engine_settings: AnalyticsSettings | None = None,
+        engine_settings: AnalyticsEngineSettings | None = None,
     ) -> None:
         self._cameras = cameras
         self._writer = writer
         self._fanout = fanout
         self._metrics = metrics
-        self._engine_settings = engine_settings or AnalyticsSettings()
+        self._engine_settings = engine_settings or AnalyticsEngineSettings()
         self._engines: dict[str, _Camera] = {}
         # A producer id lives as long as its process, so both are bounded: a lock is needed
         # while the producer has a stream open; a mark is a cache of the store's (kept past
@@ -217,7 +216,7 @@ class Ingestor:
         )
         return ack, events, stats
 
-    async def _camera(self, camera_id: str, scene: CameraScene) -> _Camera:
+    async def _camera(self, camera_id: str, scene: KnownCamera) -> _Camera:
         camera = self._engines.get(camera_id)
         if camera is None:
             state = await self._writer.camera_state(camera_id)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from its_camera_ai.analytics._settings import TrackerSettings
+from its_camera_ai.common import TrackerSettings
 
 __all__ = ["BoxFilters", "boxes_to_xywh", "xywh_to_boxes"]
 

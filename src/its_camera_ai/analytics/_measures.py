@@ -27,7 +27,6 @@ import numpy as np
 from numpy.typing import NDArray
 
 from its_camera_ai.analytics._bins import BinStore
-from its_camera_ai.analytics._geometry import segment_crossing, signed_distances
 from its_camera_ai.analytics._records import (
     MOTOR_CLASSES,
     NUM_CLASSES,
@@ -36,9 +35,9 @@ from its_camera_ai.analytics._records import (
     ObjectClass,
     Scope,
 )
-from its_camera_ai.analytics._scene import Scene
-from its_camera_ai.analytics._settings import AnalyticsSettings
 from its_camera_ai.analytics._tracks import TrackTable, true_cells
+from its_camera_ai.common import AnalyticsEngineSettings
+from its_camera_ai.scene import CameraScene, segment_crossing, signed_distances
 
 __all__ = ["FrameView", "SceneMeasures"]
 
@@ -80,7 +79,7 @@ class FrameView:
 
 class SceneMeasures:
     def __init__(
-        self, scene: Scene, cfg: AnalyticsSettings, table: TrackTable, bins: BinStore
+        self, scene: CameraScene, cfg: AnalyticsEngineSettings, table: TrackTable, bins: BinStore
     ) -> None:
         self.scene, self.cfg, self.table, self.bins = scene, cfg, table, bins
         n_lines, n_zones = len(scene.spec.lines), len(scene.spec.zones)

@@ -19,6 +19,8 @@ from enum import IntEnum, StrEnum
 import numpy as np
 from numpy.typing import NDArray
 
+from its_camera_ai.scene import Direction
+
 __all__ = [
     "MOTOR_CLASSES",
     "NUM_CLASSES",
@@ -60,14 +62,6 @@ class ObjectClass(IntEnum):
 NUM_CLASSES = 7
 # Only these enter lane occupancy, density, queues and the vehicle incidents (traffic.proto).
 MOTOR_CLASSES = (ObjectClass.CAR, ObjectClass.TRUCK, ObjectClass.BUS, ObjectClass.MOTORCYCLE)
-
-
-class Direction(IntEnum):
-    """``its.common.v1.CrossingDirection``; 0 on records that have no direction."""
-
-    NONE = 0
-    LEFT_TO_RIGHT = 1
-    RIGHT_TO_LEFT = 2
 
 
 class Scope(StrEnum):
@@ -134,7 +128,9 @@ class FrameReject(StrEnum):
     LATE_DATA = "late_data"
     TIME_BACKWARDS = "time_backwards"
     BAD_FRAME = "bad_frame"  # size, time or detection array unusable
-    BAD_DETECTION = "bad_detection"  # only with AnalyticsSettings.reject_frame_on_bad_detection
+    BAD_DETECTION = (
+        "bad_detection"  # only with AnalyticsEngineSettings.reject_frame_on_bad_detection
+    )
 
     @property
     def error_reason(self) -> int:

@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from its_camera_ai.analytics._records import NUM_CLASSES, DetectionIssue
-from its_camera_ai.analytics._settings import AnalyticsSettings
+from its_camera_ai.common import AnalyticsEngineSettings
 
 __all__ = ["CleanDetections", "as_detection_array", "sanitize_detections"]
 
@@ -54,7 +54,9 @@ def _note(
         issues[issue] = issues.get(issue, 0) + n
 
 
-def _all_good(det: F64, width: int, height: int, cfg: AnalyticsSettings) -> CleanDetections | None:
+def _all_good(
+    det: F64, width: int, height: int, cfg: AnalyticsEngineSettings
+) -> CleanDetections | None:
     """The common case in one pass: every detection valid as is (None otherwise)."""
     if len(det) > cfg.max_detections:
         return None
@@ -81,7 +83,7 @@ def _all_good(det: F64, width: int, height: int, cfg: AnalyticsSettings) -> Clea
 
 
 def sanitize_detections(
-    det: F64, width: int, height: int, cfg: AnalyticsSettings
+    det: F64, width: int, height: int, cfg: AnalyticsEngineSettings
 ) -> CleanDetections:
     fast = _all_good(det, width, height, cfg)
     if fast is not None:

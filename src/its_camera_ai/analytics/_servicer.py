@@ -28,8 +28,8 @@ from its_camera_ai.common import (
     FailedPreconditionError,
     InvalidArgumentError,
     UnavailableError,
-    camera_id_from_name,
     is_token,
+    parse_camera_name,
 )
 
 __all__ = ["AnalyticsServicer"]
@@ -50,9 +50,7 @@ def _check(batch: detection_batch_pb2.DetectionBatch) -> str:
         raise InvalidArgumentError.for_field("batch.sequence", "is required (starts at 1)")
     if not batch.camera:
         raise InvalidArgumentError.for_field("batch.camera", "is required")
-    camera_id = camera_id_from_name(batch.camera)
-    if camera_id is None:
-        raise InvalidArgumentError.for_field("batch.camera", 'must be "cameras/{camera}"')
+    camera_id = parse_camera_name(batch.camera, "batch.camera")
     model = batch.model.removeprefix("models/")
     if model == batch.model or not is_token(model):
         raise InvalidArgumentError.for_field("batch.model", 'must be "models/{model}"')

@@ -29,12 +29,17 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from its_camera_ai.analytics._assign import assign, iou_matrix
-from its_camera_ai.analytics._geometry import Homography, inside_frame
+from its_camera_ai.analytics._association import (
+    ASSOCIATION_GROUP,
+    FrameAssociation,
+    match_by_iou,
+)
 from its_camera_ai.analytics._kalman import BoxFilters, boxes_to_xywh, xywh_to_boxes
+from its_camera_ai.analytics._occlusion import anchored, expand, foot_hidden, occluded
 from its_camera_ai.analytics._records import NUM_CLASSES
-from its_camera_ai.analytics._settings import TrackerSettings
 from its_camera_ai.analytics._tracks import array_from_json, array_to_json
+from its_camera_ai.common import TrackerSettings
+from its_camera_ai.scene import Homography, inside_frame
 
 __all__ = ["ByteTracker", "TrackerOutput"]
 
@@ -49,11 +54,6 @@ _BOX, _T, _V, _VX = slice(0, 4), 4, slice(5, 7), 5
 _FIX_COLS = 7
 # (cx, cy) + (w, h) * this: a box's bottom-centre; (u, v, w, h) - h * this: its centre form.
 _TO_FOOT, _FOOT_TO_CENTRE = np.array([0.0, 0.5]), np.array([0.0, 0.5, 0.0, 0.0])
-# A box dimension under this fraction of the prediction counts as cut by an occluder.
-_CUT = 0.9
-# Association groups by class number: motor vehicles may be confused with each other by the
-# detector, but not with two-wheelers or people.
-_GROUP = np.array([0, 1, 1, 1, 1, 2, 3], dtype=np.int8)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +127,31 @@ class ByteTracker:
     ) -> TrackerOutput:
         """One frame's detections at capture time t (s); ``frame_size`` (width, height) tells
         boxes cut by the frame's border."""
+        frame = self._predict(boxes, scores, classes, t)
+        self._associate_confident(frame)
+        self._associate_weak(frame)
+        self._associate_tentative(frame)
+        rows = (frame.row_det >= 0).nonzero()[0]
+        dets = frame.row_det[rows]
+        self._correct(frame, rows, dets, frame_size)
+        self._promote(rows)
+        drop, ended = self._retire(frame)
+        present = (self.ids > 0) & (
+            (self.status == TRACKED)
+            | ((self.status == LOST) & ((t - self.last_t) <= self.cfg.max_coast_s))
+        )
+        present &= ~drop
+        out = self._output(frame, rows, dets, present, ended)
+        keep = ~drop
+        self._select(keep)
+        self._out_rows = present[keep].nonzero()[0]
+        self._start_tracks(frame)
+        return out
+
+    # -- the stages of an update, in order ---------------------------------------------------
+
+    def _predict(self, boxes: F64, scores: F64, classes: I64, t: float) -> FrameAssociation:
+        """Every track moved on to time t, and the frame's bookkeeping started."""
         cfg = self.cfg
         dt = 0.0 if self.time is None else max(0.0, t - self.time)
         self.time = t
@@ -139,64 +164,73 @@ class ByteTracker:
         self.f.v[lost & self.still] = 0.0
         self.f.predict(dt, cfg)
         grounded = self._predict_on_ground(lost, t)
-        pred = xywh_to_boxes(self.f.x)
-        track_group = _GROUP[self.votes.argmax(axis=1)] if len(self) else _GROUP[:0]
-        det_group = _GROUP[classes]
-        high = scores >= cfg.high_score
-        low = (scores >= cfg.low_score) & ~high
-        row_det = np.full(len(self), -1, dtype=np.intp)
-        row_partial = np.zeros(len(self), dtype=np.bool_)
-        row_foot = np.zeros(len(self), dtype=np.bool_)
-        det_used = np.zeros(len(boxes), dtype=np.bool_)
+        return FrameAssociation(
+            boxes=boxes,
+            scores=scores,
+            classes=classes,
+            t=t,
+            pred=xywh_to_boxes(self.f.x),
+            grounded=grounded,
+            track_group=ASSOCIATION_GROUP[self.votes.argmax(axis=1)]
+            if len(self)
+            else ASSOCIATION_GROUP[:0],
+            det_group=ASSOCIATION_GROUP[classes],
+            high=scores >= cfg.high_score,
+            row_det=np.full(len(self), -1, dtype=np.intp),
+            row_partial=np.zeros(len(self), dtype=np.bool_),
+            row_foot=np.zeros(len(self), dtype=np.bool_),
+            det_used=np.zeros(len(boxes), dtype=np.bool_),
+        )
 
-        def match(
-            rows: IntArr, dets: IntArr, min_iou: float, track_boxes: F64, det_grow: float = 0.0
-        ) -> None:
-            if len(rows) == 0 or len(dets) == 0:
-                return
-            det_boxes = boxes[dets]
-            if det_grow:
-                det_boxes = _expand(det_boxes, np.full(len(dets), det_grow))
-            iou = iou_matrix(track_boxes, det_boxes)
-            cost = 1.0 - iou
-            cost[track_group[rows][:, None] != det_group[dets][None, :]] = np.inf
-            r, c = assign(cost, 1.0 - min_iou)
-            row_det[rows[r]] = dets[c]
-            det_used[dets[c]] = True
-
-        # Stage 1: confident detections against followed and lost tracks.
+    def _associate_confident(self, frame: FrameAssociation) -> None:
+        """Stage 1: confident detections against followed and lost tracks."""
+        cfg = self.cfg
         pool = (self.status != TENTATIVE).nonzero()[0]
-        grow = np.minimum(cfg.lost_expand_max, cfg.lost_expand_per_s * (t - self.last_t[pool]))
+        grow = np.minimum(
+            cfg.lost_expand_max, cfg.lost_expand_per_s * (frame.t - self.last_t[pool])
+        )
         grow = np.where(self.status[pool] == LOST, np.maximum(grow, 0.0), 0.0)
-        match(pool, high.nonzero()[0], cfg.iou_high, _expand(pred[pool], grow))
-        # Stage 2: weak detections against followed tracks still unmatched.
-        rest = ((self.status == TRACKED) & (row_det < 0)).nonzero()[0]
-        match(rest, low.nonzero()[0], cfg.iou_low, pred[rest])
-        # Stage 3: tentative tracks against the confident detections left. Their velocity is
-        # still unknown, so both boxes are buffered (C-BIoU): a fast object near the camera
-        # moves most of its size per frame and would never overlap itself enough to confirm.
-        tent = (self.status == TENTATIVE).nonzero()[0]
-        buf = cfg.tentative_expand
-        tent_boxes = _expand(pred[tent], np.full(len(tent), buf))
-        match(tent, (high & ~det_used).nonzero()[0], cfg.iou_tentative, tent_boxes, buf)
+        match_by_iou(
+            frame, pool, frame.high.nonzero()[0], cfg.iou_high, expand(frame.pred[pool], grow)
+        )
 
-        rows_m = (row_det >= 0).nonzero()[0]
-        dets_m = row_det[rows_m]
-        meas = boxes_to_xywh(boxes[dets_m])
-        # A box much smaller than the prediction is a partial view (the object is going
-        # behind something): keep the association, but let it barely move the state, or the
-        # filter collapses the box and invents a velocity from the shrinking silhouette.
-        # The reference is a slowly decaying maximum of the track's recent width and height:
-        # an occluder sliding over the object shrinks its box within a few frames, faster
-        # than perspective ever does, and gradually, so the previous frame is no reference.
-        decay = np.exp(-(t - self.last_t[rows_m]) / cfg.size_memory_s)[:, None]
-        ref = self.ref_wh[rows_m] * decay
+    def _associate_weak(self, frame: FrameAssociation) -> None:
+        """Stage 2: weak detections against followed tracks still unmatched."""
+        cfg = self.cfg
+        low = (frame.scores >= cfg.low_score) & ~frame.high
+        rest = ((self.status == TRACKED) & (frame.row_det < 0)).nonzero()[0]
+        match_by_iou(frame, rest, low.nonzero()[0], cfg.iou_low, frame.pred[rest])
+
+    def _associate_tentative(self, frame: FrameAssociation) -> None:
+        """Stage 3: tentative tracks against the confident detections left. Their velocity is
+        still unknown, so both boxes are buffered (C-BIoU): a fast object near the camera
+        moves most of its size per frame and would never overlap itself enough to confirm."""
+        tent = (self.status == TENTATIVE).nonzero()[0]
+        buf = self.cfg.tentative_expand
+        tent_boxes = expand(frame.pred[tent], np.full(len(tent), buf))
+        dets = (frame.high & ~frame.det_used).nonzero()[0]
+        match_by_iou(frame, tent, dets, self.cfg.iou_tentative, tent_boxes, buf)
+
+    def _partial_views(
+        self, frame: FrameAssociation, rows: IntArr, dets: IntArr, meas: F64
+    ) -> NDArray[np.bool_]:
+        """Which matches are partial views; remembers the matched tracks' sizes.
+
+        A box much smaller than the prediction is a partial view (the object is going
+        behind something): keep the association, but let it barely move the state, or the
+        filter collapses the box and invents a velocity from the shrinking silhouette.
+        The reference is a slowly decaying maximum of the track's recent width and height:
+        an occluder sliding over the object shrinks its box within a few frames, faster
+        than perspective ever does, and gradually, so the previous frame is no reference."""
+        cfg = self.cfg
+        decay = np.exp(-(frame.t - self.last_t[rows]) / cfg.size_memory_s)[:, None]
+        ref = self.ref_wh[rows] * decay
         # A track predicted on the ground knows its size from the depth ratio, which its
         # memory from before it was lost does not (the object came nearer or went farther):
         # a re-appearing object still half hidden must not be taken for whole.
-        g = grounded[rows_m]
-        ref[g] = np.maximum(ref[g], self.f.x[rows_m[g], 2:4])
-        partial = np.any(meas[:, 2:4] < cfg.partial_shrink * ref, axis=1)
+        g = frame.grounded[rows]
+        ref[g] = np.maximum(ref[g], self.f.x[rows[g], 2:4])
+        partial: NDArray[np.bool_] = np.any(meas[:, 2:4] < cfg.partial_shrink * ref, axis=1)
         # Occlusion reasoning: another object whose box reaches lower in the image stands
         # between this one and the camera; where their boxes overlap, this one is hidden.
         # ...which matters only if it did cut this box (in dense traffic most boxes overlap
@@ -209,73 +243,98 @@ class ByteTracker:
         if len(cut):
             # The track's bottom as it would be uncut: its top plus its remembered height (its
             # predicted bottom may already be cut, making objects behind it look in front).
-            full = pred[rows_m[cut]]
+            full = frame.pred[rows[cut]]
             full[:, 3] = np.maximum(full[:, 3], full[:, 1] + ref[cut, 1])
-            partial[cut] |= _occluded(full, boxes, dets_m[cut]) >= cfg.occluded_fraction
-        self.ref_wh[rows_m] = np.maximum(meas[:, 2:4], ref)
+            partial[cut] |= occluded(full, frame.boxes, dets[cut]) >= cfg.occluded_fraction
+        self.ref_wh[rows] = np.maximum(meas[:, 2:4], ref)
+        return partial
+
+    def _correct(
+        self,
+        frame: FrameAssociation,
+        rows: IntArr,
+        dets: IntArr,
+        frame_size: tuple[int, int] | None,
+    ) -> None:
+        """The matched tracks take in their detections: filter, stillness, ground fix, vote."""
+        cfg, boxes, t = self.cfg, frame.boxes, frame.t
+        meas = boxes_to_xywh(boxes[dets])
+        partial = self._partial_views(frame, rows, dets, meas)
         if partial.any():
             # A partial view informs position only: anchored on its top edge (occluders in a
             # road scene stand in front, hiding the bottom) and its uncut side, with the
             # predicted size, so it can neither collapse the box nor invent a velocity.
-            meas[partial] = _anchored(self.f.x[rows_m[partial]], boxes[dets_m[partial]])
-        self.f.update(rows_m, meas, cfg, np.where(partial, cfg.partial_trust, 1.0))
+            meas[partial] = anchored(self.f.x[rows[partial]], boxes[dets[partial]])
+        self.f.update(rows, meas, cfg, np.where(partial, cfg.partial_trust, 1.0))
         # Whether a track stands still is judged on full views only, so an occlusion (whose
         # shrinking box looks like motion) cannot make a standing object "moving".
-        whole = rows_m[~partial]
+        whole = rows[~partial]
         self.still[whole] = self._stationary()[whole]
         # Only a view whose bottom is in sight places the track on the road: an occluder
         # creeping over the bottom drags the box up (farther away, slower) well before the
         # view is cut enough to be called partial; the frame's border cuts boxes too.
-        foot = ~partial & ~_foot_hidden(boxes, dets_m)
+        foot = ~partial & ~foot_hidden(boxes, dets)
         if frame_size is not None:
-            foot &= inside_frame(boxes[dets_m], *frame_size)
+            foot &= inside_frame(boxes[dets], *frame_size)
         if self.ground is not None:
-            self.ground_fix[rows_m[foot], _BOX] = self.f.x[rows_m[foot]]
-            self.ground_fix[rows_m[foot], _T] = t
-        row_partial[rows_m] = partial
-        row_foot[rows_m] = foot
-        self.votes[rows_m, classes[dets_m]] += scores[dets_m]  # rows_m are distinct
-        self.last_t[rows_m] = t
-        was_tentative = self.status[rows_m] == TENTATIVE
-        self.hits[rows_m] += 1
-        confirm = rows_m[was_tentative & (self.hits[rows_m] >= cfg.min_hits)]
+            self.ground_fix[rows[foot], _BOX] = self.f.x[rows[foot]]
+            self.ground_fix[rows[foot], _T] = t
+        frame.row_partial[rows] = partial
+        frame.row_foot[rows] = foot
+        self.votes[rows, frame.classes[dets]] += frame.scores[dets]  # rows are distinct
+        self.last_t[rows] = t
+
+    def _promote(self, rows: IntArr) -> None:
+        """Matched tentative tracks with enough hits are confirmed; matched ones followed."""
+        was_tentative = self.status[rows] == TENTATIVE
+        self.hits[rows] += 1
+        confirm = rows[was_tentative & (self.hits[rows] >= self.cfg.min_hits)]
         self._confirm(confirm)
-        self.status[rows_m[~was_tentative]] = TRACKED
-        unmatched = row_det < 0
+        self.status[rows[~was_tentative]] = TRACKED
+
+    def _retire(self, frame: FrameAssociation) -> tuple[NDArray[np.bool_], I64]:
+        """Unmatched followed tracks are lost; unmatched tentative and expired lost tracks are
+        dropped. Returns the rows to drop and the ids of confirmed tracks that ended."""
+        cfg = self.cfg
+        unmatched = frame.row_det < 0
         self.status[unmatched & (self.status == TRACKED)] = LOST
         ttl = np.where(self.still, cfg.stationary_ttl_s, cfg.lost_ttl_s)
-        expired = (self.status == LOST) & ((t - self.last_t) > ttl)
+        expired = (self.status == LOST) & ((frame.t - self.last_t) > ttl)
         drop = (unmatched & (self.status == TENTATIVE)) | expired
-        ended = self.ids[expired & (self.ids > 0)]
+        return drop, self.ids[expired & (self.ids > 0)]
 
-        det_track_ids = np.full(len(boxes), -1, dtype=np.int64)
-        det_track_ids[dets_m] = self.ids[rows_m]
+    def _output(
+        self,
+        frame: FrameAssociation,
+        rows: IntArr,
+        dets: IntArr,
+        present: NDArray[np.bool_],
+        ended: I64,
+    ) -> TrackerOutput:
+        """The confirmed tracks ``present`` in this frame, and each detection's track."""
+        det_track_ids = np.full(len(frame.boxes), -1, dtype=np.int64)
+        det_track_ids[dets] = self.ids[rows]
         det_track_ids[det_track_ids == 0] = -1
-
-        present = (self.ids > 0) & (
-            (self.status == TRACKED)
-            | ((self.status == LOST) & ((t - self.last_t) <= cfg.max_coast_s))
-        )
-        present &= ~drop
-        keep = ~drop
-        out = TrackerOutput(
+        return TrackerOutput(
             ids=self.ids[present].copy(),
             boxes=xywh_to_boxes(self.f.x[present]),
             velocity=self.f.v[present, :2].copy(),
             classes=self.votes[present].argmax(axis=1).astype(np.int64),
-            observed=row_det[present] >= 0,
-            partial=row_partial[present],
-            foot_seen=row_foot[present],
-            det_index=row_det[present].astype(np.int64),
+            observed=frame.row_det[present] >= 0,
+            partial=frame.row_partial[present],
+            foot_seen=frame.row_foot[present],
+            det_index=frame.row_det[present].astype(np.int64),
             ended=ended.astype(np.int64),
             birth=self.birth[present].copy(),
             det_track_ids=det_track_ids,
         )
-        self._select(keep)
-        self._out_rows = present[keep].nonzero()[0]
-        births = (high & ~det_used & (scores >= cfg.new_track_score)).nonzero()[0]
-        self._birth(boxes[births], scores[births], classes[births], t)
-        return out
+
+    def _start_tracks(self, frame: FrameAssociation) -> None:
+        """Tentative tracks from the confident detections nothing took."""
+        births = (
+            frame.high & ~frame.det_used & (frame.scores >= self.cfg.new_track_score)
+        ).nonzero()[0]
+        self._birth(frame.boxes[births], frame.scores[births], frame.classes[births], frame.t)
 
     def _predict_on_ground(self, lost: NDArray[np.bool_], t: float) -> NDArray[np.bool_]:
         """Lost tracks move at constant velocity on the road, not in the image.
@@ -419,66 +478,3 @@ class ByteTracker:
         )
         tr.next_id, tr.time = int(s["next_id"]), s["time"]
         return tr
-
-
-def _occluded(track_boxes: F64, boxes: F64, own: IntArr) -> F64:
-    """Fraction of each track box covered by other detections lower in the image."""
-    if len(track_boxes) == 0 or len(boxes) < 2:
-        return np.zeros(len(track_boxes))
-    ix = np.minimum(track_boxes[:, None, 2], boxes[None, :, 2]) - np.maximum(
-        track_boxes[:, None, 0], boxes[None, :, 0]
-    )
-    iy = np.minimum(track_boxes[:, None, 3], boxes[None, :, 3]) - np.maximum(
-        track_boxes[:, None, 1], boxes[None, :, 1]
-    )
-    inter = np.maximum(ix, 0.0) * np.maximum(iy, 0.0)
-    in_front = boxes[None, :, 3] > track_boxes[:, None, 3]
-    in_front[np.arange(len(own)), own] = False
-    wh = track_boxes[:, 2:4] - track_boxes[:, 0:2]
-    area = np.maximum(wh[:, 0] * wh[:, 1], 1e-9)
-    # Overlaps of several occluders are summed (an upper bound; they rarely overlap each other).
-    cover: F64 = np.minimum(np.where(in_front, inter, 0.0).sum(axis=1) / area, 1.0)
-    return cover
-
-
-def _foot_hidden(boxes: F64, own: IntArr) -> NDArray[np.bool_]:
-    """Whether the bottom-centre of each own box lies inside another box reaching lower in
-    the image (standing in front of it), where it may be cut short."""
-    if len(own) == 0 or len(boxes) < 2:
-        return np.zeros(len(own), dtype=np.bool_)
-    me = boxes[own]
-    cx, bottom = (me[:, 0:1] + me[:, 2:3]) * 0.5, me[:, 3:4]
-    b = boxes[None, :, :]
-    inside = (b[..., 0] <= cx) & (cx <= b[..., 2]) & (b[..., 1] <= bottom) & (bottom < b[..., 3])
-    inside[np.arange(len(own)), own] = False
-    out: NDArray[np.bool_] = np.any(inside, axis=1)
-    return out
-
-
-def _anchored(pred_xywh: F64, det: F64) -> F64:
-    """Measurements (cx, cy, w, h) of partial views: a dimension the occluder cut (clearly
-    smaller than predicted) keeps its predicted size, placed from the visible edge (the top
-    for the height: occluders stand in front, lower in the image); an uncut one is taken as
-    seen."""
-    dw, dh = det[:, 2] - det[:, 0], det[:, 3] - det[:, 1]
-    pw, ph = pred_xywh[:, 2], pred_xywh[:, 3]
-    cut_w, cut_h = dw < _CUT * pw, dh < _CUT * ph
-    left = np.abs(det[:, 0] - (pred_xywh[:, 0] - pw / 2)) <= np.abs(
-        det[:, 2] - (pred_xywh[:, 0] + pw / 2))  # fmt: skip
-    cx = np.where(cut_w, np.where(left, det[:, 0] + pw / 2, det[:, 2] - pw / 2),
-                  (det[:, 0] + det[:, 2]) / 2)  # fmt: skip
-    cy = np.where(cut_h, det[:, 1] + ph / 2, (det[:, 1] + det[:, 3]) / 2)
-    out: F64 = np.column_stack([cx, cy, np.where(cut_w, pw, dw), np.where(cut_h, ph, dh)])
-    return out
-
-
-def _expand(boxes: F64, grow: F64) -> F64:
-    """Boxes scaled about their centres by (1 + grow)."""
-    if len(boxes) == 0:
-        return boxes
-    half = 0.5 * (boxes[:, 2:4] - boxes[:, 0:2]) * (1.0 + grow)[:, None]
-    centre = 0.5 * (boxes[:, 2:4] + boxes[:, 0:2])
-    out = np.empty_like(boxes)
-    np.subtract(centre, half, out=out[:, 0:2])
-    np.add(centre, half, out=out[:, 2:4])
-    return out

@@ -1,11 +1,13 @@
 """The analytics service: detection batches in; tracks, counts, speeds and events stored.
 
 Registration builds the pipeline for ``AnalyticsService.StreamDetectionBatches``: camera
-scenes from the decoder's table, the PostgreSQL store behind a circuit breaker with the local
-spool for outages, optional Redis fan-out, and three background tasks (spool replay, scene
-refresh on demand, retention). A spool left by a previous run is replayed before the server
-takes batches, when PostgreSQL allows; otherwise the replay task keeps at it while the
-spool indexes the newest marks and engine states, so nothing acknowledged is lost either way.
+scenes from the decoder's ``CameraService`` (at ``analytics.decoder_target``, or, left unset,
+this process's own server when the decoder runs in it), the PostgreSQL store behind a
+circuit breaker with the local spool for outages, optional Redis fan-out, and three
+background tasks (spool replay, following the decoder's cameras, retention). A spool left by
+a previous run is replayed before the server takes batches, when PostgreSQL allows;
+otherwise the replay task keeps at it while the spool indexes the newest marks and engine
+states, so nothing acknowledged is lost either way.
 
 ``UNIT`` takes the ``analytics`` section of the settings (``ITS_ANALYTICS__*``);
 ``analytics_unit(settings)`` builds one with explicit settings (tests, embedding).
@@ -15,12 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+from collections.abc import Callable
 
 import grpc
+from prometheus_client import CollectorRegistry
 
 from its.analytics.v1 import analytics_service_pb2, analytics_service_pb2_grpc
-from its_camera_ai.analytics._cameras import CameraDirectory
+from its_camera_ai.analytics._cameras import DECODER_FAILURES, CameraDirectory
 from its_camera_ai.analytics._durable import DurableWriter
 from its_camera_ai.analytics._fanout import Fanout
 from its_camera_ai.analytics._ingest import Ingestor
@@ -29,20 +34,18 @@ from its_camera_ai.analytics._servicer import AnalyticsServicer
 from its_camera_ai.analytics._spool import Spool
 from its_camera_ai.analytics._store import Store
 from its_camera_ai.common import (
+    POSTGRES_DOWN,
     POSTGRES_FAILURES,
     REDIS_FAILURES,
     AnalyticsServiceSettings,
     CircuitBreaker,
+    ConfigError,
     MigrationSet,
     Runtime,
     ServiceUnit,
-    UnavailableError,
 )
 
 __all__ = ["UNIT", "analytics_unit"]
-
-# A dependency being down, whether the breaker knew it already or the call found out.
-_POSTGRES_DOWN: tuple[type[BaseException], ...] = (UnavailableError, *POSTGRES_FAILURES)
 
 _log = logging.getLogger(__name__)
 
@@ -53,18 +56,10 @@ _DAY_SECONDS = 86400.0
 def analytics_unit(settings: AnalyticsServiceSettings | None = None) -> ServiceUnit:
     async def register(server: grpc.aio.Server, runtime: Runtime) -> None:
         config = settings or runtime.settings.analytics
+        decoder_target = _decoder_target(config, runtime)
         assert runtime.database is not None  # needs_database=True
         metrics = AnalyticsMetrics(runtime.metrics)
-
-        def breaker(dependency: str, failures: tuple[type[BaseException], ...]) -> CircuitBreaker:
-            return CircuitBreaker(
-                dependency,
-                failure_threshold=config.breaker_failure_threshold,
-                reset_timeout_seconds=config.breaker_reset_seconds,
-                failures=failures,
-                registry=runtime.metrics,
-            )
-
+        breaker = functools.partial(_breaker, config, runtime.metrics)
         postgres = breaker("postgres", POSTGRES_FAILURES)
         store = Store(runtime.database.pool)
         spool = Spool(
@@ -75,7 +70,7 @@ def analytics_unit(settings: AnalyticsServiceSettings | None = None) -> ServiceU
         )
         writer = DurableWriter(store, spool, postgres, metrics)
         if await asyncio.to_thread(writer.recover):
-            with contextlib.suppress(*_POSTGRES_DOWN):
+            with contextlib.suppress(*POSTGRES_DOWN):
                 await writer.replay()
 
         fanout = None
@@ -84,8 +79,20 @@ def analytics_unit(settings: AnalyticsServiceSettings | None = None) -> ServiceU
             fanout.start()
             runtime.on_shutdown.append(fanout.close)
 
-        cameras = CameraDirectory(runtime.database.pool, postgres, config.camera_refresh_seconds)
-        ingestor = Ingestor(cameras=cameras, writer=writer, fanout=fanout, metrics=metrics)
+        cameras = CameraDirectory(
+            decoder_target,
+            breaker("decoder", DECODER_FAILURES),
+            refresh_seconds=config.camera_refresh_seconds,
+            reconnect_initial_seconds=config.reconnect_initial_seconds,
+            reconnect_max_seconds=config.reconnect_max_seconds,
+        )
+        ingestor = Ingestor(
+            cameras=cameras,
+            writer=writer,
+            fanout=fanout,
+            metrics=metrics,
+            engine_settings=config.engine,
+        )
         tasks = [asyncio.create_task(writer.run_replay(config.replay_interval_seconds))]
         if config.retention_days is not None:
             age = config.retention_days * _DAY_SECONDS
@@ -95,13 +102,19 @@ def analytics_unit(settings: AnalyticsServiceSettings | None = None) -> ServiceU
                 )
             )
 
+        async def follow_cameras() -> None:
+            # Once serving: in `serve all` the decoder is this very server.
+            tasks.append(asyncio.create_task(cameras.follow()))
+
         async def stop() -> None:
             # After the gRPC server drained: no batch is in flight any more.
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await cameras.close()
             spool.close()
 
+        runtime.on_started.append(follow_cameras)
         runtime.on_shutdown.append(stop)
         servicer = AnalyticsServicer(ingestor)
         runtime.on_stopping.append(servicer.close_streams)
@@ -118,6 +131,35 @@ def analytics_unit(settings: AnalyticsServiceSettings | None = None) -> ServiceU
     )
 
 
+def _breaker(
+    config: AnalyticsServiceSettings,
+    registry: CollectorRegistry,
+    dependency: str,
+    failures: tuple[type[BaseException], ...],
+) -> CircuitBreaker:
+    return CircuitBreaker(
+        dependency,
+        failure_threshold=config.breaker_failure_threshold,
+        reset_timeout_seconds=config.breaker_reset_seconds,
+        failures=failures,
+        registry=registry,
+    )
+
+
+def _decoder_target(config: AnalyticsServiceSettings, runtime: Runtime) -> Callable[[], str]:
+    """Where the decoder's CameraService is: as configured, or this process's own server
+    (asked for once serving: its port is known only then)."""
+    configured = config.decoder_target
+    if configured is not None:
+        return lambda: configured
+    if "decoder" in runtime.units:
+        return runtime.loopback_target
+    raise ConfigError(
+        "analytics.decoder_target is required when the decoder does not run in this process"
+        " (set ITS_ANALYTICS__DECODER_TARGET)"
+    )
+
+
 async def _retention(
     store: Store,
     breaker: CircuitBreaker,
@@ -130,7 +172,7 @@ async def _retention(
         await asyncio.sleep(interval_seconds)
         try:
             deleted = await breaker.call(lambda: store.delete_older_than(age_seconds))
-        except _POSTGRES_DOWN:
+        except POSTGRES_DOWN:
             continue
         metrics.retention_deleted.inc(deleted)
         if deleted:

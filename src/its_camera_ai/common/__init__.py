@@ -11,6 +11,7 @@ from __future__ import annotations
 from its_camera_ai.common._backoff import Backoff
 from its_camera_ai.common._breaker import BreakerState, CircuitBreaker, CircuitOpenError
 from its_camera_ai.common._config import (
+    AnalyticsEngineSettings,
     AnalyticsServiceSettings,
     ConfigError,
     DatabaseSettings,
@@ -23,6 +24,7 @@ from its_camera_ai.common._config import (
     RedisSettings,
     Settings,
     TracingSettings,
+    TrackerSettings,
     load_settings,
 )
 from its_camera_ai.common._errors import (
@@ -70,6 +72,7 @@ __all__ = [
     "REDIS_FAILURES",
     "AbortedError",
     "AlreadyExistsError",
+    "AnalyticsEngineSettings",
     "AnalyticsServiceSettings",
     "Backoff",
     "BreakerState",
@@ -101,6 +104,7 @@ __all__ = [
     "ServiceUnit",
     "Settings",
     "TracingSettings",
+    "TrackerSettings",
     "UnauthenticatedError",
     "UnavailableError",
     "UnimplementedError",

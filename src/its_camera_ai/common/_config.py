@@ -4,10 +4,13 @@ The YAML file is ``config/<environment>.yaml`` unless ``--config``/``ITS_CONFIG_
 another. Every section forbids unknown keys, so a typo stops start-up instead of being
 ignored; any problem surfaces as one ``ConfigError`` whose message names the field.
 Nested fields are set from the environment with ``__``: ``ITS_GRPC__PORT=50060``.
+
+Size: every section with the reason for each default, in the one file operators read.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 __all__ = [
+    "AnalyticsEngineSettings",
     "AnalyticsServiceSettings",
     "ConfigError",
     "DatabaseSettings",
@@ -29,6 +33,7 @@ __all__ = [
     "RedisSettings",
     "Settings",
     "TracingSettings",
+    "TrackerSettings",
     "load_settings",
 ]
 
@@ -148,8 +153,192 @@ class DecoderSettings(_Section):
         return self
 
 
+class TrackerSettings(_Section):
+    """ByteTrack-style association thresholds and track life cycle
+    (``ITS_ANALYTICS__ENGINE__TRACKER__*``). Times are seconds of capture time."""
+
+    # Detections at or above ``high_score`` take part in the first association; those in
+    # [low_score, high_score) only in the second, against tracks already being followed
+    # (ByteTrack's key idea: occluded objects produce low scores, noise rarely sits on a track).
+    high_score: float = Field(0.5, ge=0.0, le=1.0)
+    low_score: float = Field(0.1, ge=0.0, le=1.0)
+    # Only confident detections start tracks, so a low-score blip never becomes one.
+    new_track_score: float = Field(0.6, ge=0.0, le=1.0)
+    # Minimum IoU per stage: first (high scores, incl. lost tracks), second (low scores),
+    # tentative tracks against what remains.
+    iou_high: float = Field(0.2, ge=0.0, le=1.0)
+    iou_low: float = Field(0.5, ge=0.0, le=1.0)
+    iou_tentative: float = Field(0.3, ge=0.0, le=1.0)
+    # Tentative tracks and detections are scaled by 1 + this about their centres for stage 3.
+    tentative_expand: float = Field(1.0, ge=0.0)
+    # A matched box narrower or shorter than this fraction of the track's recent size (its
+    # maximum, decaying with ``size_memory_s``) is a partial view: the object is going behind
+    # something. It keeps the association and informs the position only (anchored on its
+    # visible edges, with the predicted size), with its measurement std divided by
+    # ``partial_trust``.
+    partial_shrink: float = Field(0.6, gt=0.0, le=1.0)
+    partial_trust: float = Field(0.5, gt=0.0, le=1.0)
+    size_memory_s: float = Field(1.5, gt=0.0)
+    # A match is also partial when detections reaching lower in the image (nearer the camera)
+    # cover at least this fraction of the track's predicted box...
+    occluded_fraction: float = Field(0.15, ge=0.0, le=1.0)
+    # ...and the box is clearly cut: a dimension under this fraction of the prediction.
+    occluded_cut: float = Field(0.75, gt=0.0, le=1.0)
+    # A tentative track needs this many consecutive matches to be confirmed and get an id;
+    # one miss removes it. Ids are never spent on blips.
+    min_hits: int = Field(3, ge=1)
+    # Lost tracks are predicted and kept for re-identification this long...
+    lost_ttl_s: float = Field(2.0, ge=0.0)
+    # ...or this long when they were standing still (speed under ``stationary_rel_per_s``
+    # box heights per second): a stationary prediction does not drift, so a stopped car or
+    # a person hidden again and again by passing traffic keeps its id (and its incident).
+    stationary_ttl_s: float = Field(30.0, ge=0.0)
+    stationary_rel_per_s: float = Field(0.2, ge=0.0)
+    # ...and reported as present (occupancy, density, queues) this long after the last match.
+    max_coast_s: float = Field(0.5, ge=0.0)
+    # Buffered IoU for lost tracks: the predicted box grows by this fraction of its size per
+    # second lost (capped), absorbing velocity error after an occlusion.
+    lost_expand_per_s: float = Field(0.5, ge=0.0)
+    lost_expand_max: float = Field(0.5, ge=0.0)
+    # Calibrated cameras: a lost track is predicted on the road plane, at constant velocity
+    # from where it was last seen with its bottom in sight, if that was at most this long
+    # before it was lost. An older position is a stale one (the track may even have moved
+    # on to another object since): the image filter, which has followed it, knows better.
+    ground_fix_max_age_s: float = Field(1.0, ge=0.0)
+    # Kalman noise, relative to the box height (scale-invariant across the image):
+    # measurement std, process random walk of positions and velocities per sqrt(second),
+    # initial velocity std. Close to ByteTrack's per-frame values expressed at 30 fps.
+    std_measure: float = Field(0.05, gt=0.0)
+    std_pos_per_s: float = Field(0.27, gt=0.0)
+    std_vel_per_s: float = Field(1.0, gt=0.0)
+    std_vel_init: float = Field(2.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _scores_ordered(self) -> TrackerSettings:
+        if self.low_score > self.high_score:
+            raise ValueError("low_score must be <= high_score")
+        return self
+
+
+class AnalyticsEngineSettings(_Section):
+    """The analytics engine's tunables (``ITS_ANALYTICS__ENGINE__*``); the defaults suit a
+    typical road camera at 10-30 fps. Times are seconds of capture time, never frames, so
+    behaviour does not change with a camera's frame rate (1 to 120 fps)."""
+
+    tracker: TrackerSettings = TrackerSettings()
+    # Bin lengths produced; each must divide the next so bins nest.
+    bin_seconds: tuple[int, ...] = Field((60, 900), min_length=1)
+
+    # -- input hygiene --
+    max_detections: int = Field(1000, ge=1)
+    max_frame_px: int = Field(16384, ge=1)
+    min_box_px: float = Field(2.0, ge=0.0)
+    # A box covering most of the frame is a detector failure, not a vehicle.
+    max_box_area_fraction: float = Field(0.8, gt=0.0, le=1.0)
+    # Drop bad detections and keep the frame (default), or refuse the whole frame.
+    reject_frame_on_bad_detection: bool = False
+    # A wall-clock gap beyond this is a stream outage: occupancy/Edie time is not accrued over it.
+    max_frame_gap_s: float = Field(2.0, gt=0.0)
+
+    # -- kinematics --
+    # Speeds are the slope of a least-squares line through the ground positions of the last
+    # ``speed_window_s``: exact for constant velocity, smoothing for noisy boxes.
+    speed_window_s: float = Field(1.0, gt=0.0)
+    speed_min_span_s: float = Field(0.3, ge=0.0)
+    speed_min_samples: int = Field(3, ge=2)
+    max_speed_kmh: float = Field(250.0, gt=0.0)
+    # Counting-line hysteresis: a track must be this far past the line (px, or fraction of its
+    # box height, whichever is larger) for its side to change, so jitter never double counts.
+    line_margin_px: float = Field(2.0, ge=0.0)
+    line_margin_rel: float = Field(0.1, ge=0.0)
+    # Vehicle lengths (m) per ObjectClass number for gaps (headway minus passing time).
+    vehicle_length_m: tuple[float, ...] = (4.5, 4.5, 12.0, 12.0, 2.2, 1.8, 0.5)
+
+    # -- stopped vehicles, queues --
+    stopped_kmh: float = Field(5.0, ge=0.0)
+    # Without calibration: stopped when image speed < this many box heights per second.
+    stopped_rel_per_s: float = Field(0.15, ge=0.0)
+    # Queued vehicles: stopped within this gap plus the vehicles' lengths (class defaults
+    # above) of the lane's downstream end or of the vehicle ahead, or at any distance behind
+    # a vehicle that is itself slow.
+    queue_gap_m: float = Field(10.0, ge=0.0)
+    queue_gap_rel: float = Field(3.0, ge=0.0)  # uncalibrated: gap in box heights
+
+    # -- incidents (onset: condition held this long; clear: condition absent this long) --
+    # Vehicle incidents need a box at least this tall (px): smaller ones are too far away
+    # to tell a stop or a reversal from detector noise and id switches.
+    incident_min_box_px: float = Field(12.0, ge=0.0)
+    # When a track with an open incident ends, the event waits this long for a new track of
+    # the same object to continue it (adopt): one event per incident, even when the object
+    # was hidden long enough to lose its track. The new track must appear within
+    # ``adopt_radius_m`` of the last evidence (plus walking distance for pedestrians).
+    incident_grace_s: float = Field(5.0, ge=0.0)
+    adopt_radius_m: float = Field(3.0, ge=0.0)
+    adopt_walk_mps: float = Field(2.5, ge=0.0)
+    stopped_onset_s: float = Field(20.0, ge=0.0)
+    stopped_clear_s: float = Field(3.0, ge=0.0)
+    wrong_way_distance_m: float = Field(10.0, ge=0.0)
+    wrong_way_distance_rel: float = Field(3.0, ge=0.0)  # uncalibrated: box heights
+    # ...and, calibrated or not, at least this many box heights against the lane in the image.
+    wrong_way_min_image_rel: float = Field(1.0, ge=0.0)
+    # ...and inside the central part of the lane: at least this fraction of the lane's width
+    # from its edges (0.25: the middle half).
+    wrong_way_inner_fraction: float = Field(0.25, ge=0.0, lt=0.5)
+    # ...and, calibrated, at a plausible speed (faster is a track jumping between vehicles).
+    wrong_way_max_kmh: float = Field(130.0, gt=0.0)
+    wrong_way_clear_s: float = Field(3.0, ge=0.0)
+    pedestrian_onset_s: float = Field(2.0, ge=0.0)
+    pedestrian_clear_s: float = Field(3.0, ge=0.0)
+    # Zones where people on a lane are expected (zebra crossings, refuges).
+    pedestrian_exempt_zones: tuple[str, ...] = ()
+    # Congestion: the lane's trailing-window density reaches LOS E (> 22 veh/km) or, without
+    # calibration, its occupancy exceeds ``congestion_occupancy``; clears below the lower
+    # thresholds held for ``congestion_clear_s``. The window smooths signal cycles.
+    congestion_window_s: float = Field(120.0, gt=0.0)
+    congestion_density: float = Field(22.0, ge=0.0)
+    congestion_clear_density: float = Field(16.0, ge=0.0)
+    congestion_occupancy: float = Field(0.6, ge=0.0, le=1.0)
+    congestion_clear_occupancy: float = Field(0.4, ge=0.0, le=1.0)
+    congestion_clear_s: float = Field(30.0, ge=0.0)
+    # Also require the bucket's space-mean speed below this (calibrated lanes): a short lane
+    # at LOS E/F by density alone can still be flowing at speed near capacity; None = density
+    # only, as the wire enum's definition reads.
+    congestion_max_speed_kmh: float | None = Field(60.0, gt=0.0)
+    # Ongoing events are re-emitted with fresh evidence at most this often.
+    event_update_s: float = Field(5.0, gt=0.0)
+
+    # -- model drift --
+    # Consecutive frames repeat the same objects: sample at most one frame per interval so
+    # the histograms hold many objects, not one bus seen 300 times.
+    drift_sample_interval_s: float = Field(1.0, ge=0.0)
+    drift_baseline_detections: int = Field(20000, ge=1)
+    drift_window_detections: int = Field(10000, ge=1)
+    drift_chunk_detections: int = Field(1000, ge=1)
+    drift_threshold: float = Field(0.1, gt=0.0)
+    drift_clear: float = Field(0.05, ge=0.0)
+    drift_score_bins: int = Field(20, ge=1)
+    # Dirichlet smoothing added to every histogram cell: no zero probabilities, no log(0).
+    drift_alpha: float = Field(0.5, gt=0.0)
+
+    # -- live stats --
+    stats_fps_window_s: float = Field(10.0, gt=0.0)
+    stats_latency_window_s: float = Field(60.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _bins_nest(self) -> AnalyticsEngineSettings:
+        bins = self.bin_seconds
+        if any(b <= 0 for b in bins):
+            raise ValueError("bin_seconds must be positive")
+        if any(longer % shorter for shorter, longer in itertools.pairwise(bins)):
+            raise ValueError("bin_seconds: each must divide the next (bins nest)")
+        return self
+
+
 class AnalyticsServiceSettings(_Section):
-    """The analytics service (``ITS_ANALYTICS__*``): storage, spool, fan-out, retention."""
+    """The analytics service (``ITS_ANALYTICS__*``): camera scenes, storage, spool, fan-out,
+    retention, and the engine's tunables (``engine``)."""
+
+    engine: AnalyticsEngineSettings = AnalyticsEngineSettings()
 
     # While PostgreSQL is unreachable, acknowledged batches are appended (fsynced) here and
     # replayed in order when it returns. Local disk of the node: never a network share.
@@ -160,8 +349,14 @@ class AnalyticsServiceSettings(_Section):
     spool_alert_fraction: float = Field(0.8, gt=0.0, lt=1.0)
     # How often the replay task looks for spooled batches to drain into PostgreSQL.
     replay_interval_seconds: float = Field(1.0, gt=0)
-    # Camera scenes are re-read from the decoder's table this often (and on an unknown one).
+    # Camera scenes come from the decoder's CameraService (None: this process's own server,
+    # when the decoder runs in it). They are listed again this often (and at once on a
+    # camera created, or a batch for an unknown one); a broken watch of the decoder is
+    # reopened after a capped, jittered backoff.
+    decoder_target: str | None = None
     camera_refresh_seconds: float = Field(30.0, gt=0)
+    reconnect_initial_seconds: float = Field(0.2, gt=0, le=60)
+    reconnect_max_seconds: float = Field(5.0, gt=0, le=600)
     # Consecutive failures that open a dependency's breaker, and how long it stays open.
     breaker_failure_threshold: int = Field(3, ge=1)
     breaker_reset_seconds: float = Field(2.0, gt=0)
@@ -173,6 +368,12 @@ class AnalyticsServiceSettings(_Section):
     redis_prefix: str = Field("its:analytics", pattern=r"^[A-Za-z0-9:_-]{1,64}$")
     fanout_queue_size: int = Field(1024, ge=1)
     stats_ttl_seconds: int = Field(60, ge=1)
+
+    @model_validator(mode="after")
+    def _backoff_cap_covers_start(self) -> AnalyticsServiceSettings:
+        if self.reconnect_max_seconds < self.reconnect_initial_seconds:
+            raise ValueError("reconnect_max_seconds must be >= reconnect_initial_seconds")
+        return self
 
 
 BackendName = Literal["torch", "torch-compile", "tensorrt"]

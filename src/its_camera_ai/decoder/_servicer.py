@@ -22,7 +22,7 @@ from its.camera.v1 import (
     camera_service_pb2_grpc,
     camera_status_pb2,
 )
-from its_camera_ai.common import DecoderSettings, InvalidArgumentError
+from its_camera_ai.common import DecoderSettings, InvalidArgumentError, parse_camera_name
 from its_camera_ai.decoder._crypto import KeyRing, Sealed, SealedUnreadable
 from its_camera_ai.decoder._listing import compile_list_query
 from its_camera_ai.decoder._sources import probe_file, scene_config
@@ -37,8 +37,6 @@ from its_camera_ai.decoder._validation import (
     check_source_uri,
     check_update_mask,
     invalid_source,
-    parse_camera_name,
-    parse_status_name,
 )
 from its_camera_ai.decoder._worker import DecodeSpec
 
@@ -153,7 +151,7 @@ class CameraServicer(camera_service_pb2_grpc.CameraServiceServicer):
     async def GetCamera(
         self, request: camera_service_pb2.GetCameraRequest, context: _Context
     ) -> camera_service_pb2.GetCameraResponse:
-        stored = await self._store.get(parse_camera_name(request.name))
+        stored = await self._store.get(parse_camera_name(request.name, "name"))
         return camera_service_pb2.GetCameraResponse(camera=stored.camera)
 
     async def ListCameras(
@@ -201,7 +199,7 @@ class CameraServicer(camera_service_pb2_grpc.CameraServiceServicer):
     async def DeleteCamera(
         self, request: camera_service_pb2.DeleteCameraRequest, context: _Context
     ) -> camera_service_pb2.DeleteCameraResponse:
-        camera_id = parse_camera_name(request.name)
+        camera_id = parse_camera_name(request.name, "name")
         if await self._store.delete(camera_id, request.etag, allow_missing=request.allow_missing):
             await self._supervisor.remove(camera_id)
         return camera_service_pb2.DeleteCameraResponse()
@@ -211,7 +209,7 @@ class CameraServicer(camera_service_pb2_grpc.CameraServiceServicer):
     async def GetCameraStatus(
         self, request: camera_service_pb2.GetCameraStatusRequest, context: _Context
     ) -> camera_service_pb2.GetCameraStatusResponse:
-        camera_id = parse_status_name(request.name)
+        camera_id = parse_camera_name(request.name, "name", "/status")
         tracker = self._board.get(camera_id)
         if tracker is None:
             raise camera_not_found(camera_id)

@@ -1,29 +1,30 @@
-"""Request checks for CameraService: names, the camera's fields and its scene geometry.
+"""Request checks for CameraService: ids, update masks, the camera's fields and its scene.
 
 Every problem becomes a field violation naming the request field (``camera.zones[2].polygon``)
 and all of a request's problems are reported together in one INVALID_ARGUMENT, so a client
-fixes its request in one round trip.
+fixes its request in one round trip. The scene (lines, zones, lanes, calibration) is checked
+by ``its_camera_ai.scene``, the rules analytics builds it with.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from its.camera.v1 import camera_pb2
-from its.common.v1 import error_reason_pb2, geometry_pb2
-
-# The calibration a camera is accepted with must be the one analytics can use: fit it with
-# analytics' own homography, so the two services cannot disagree on what is degenerate.
-from its_camera_ai.analytics._geometry import GeometryError, fit_homography
+from its.common.v1 import error_reason_pb2
 from its_camera_ai.common import FieldViolation, InvalidArgumentError, is_resource_id
-from its_camera_ai.decoder._geometry import Point, polygon_problem
 from its_camera_ai.decoder._uri import SourceUri, UriError, parse_source_uri
+from its_camera_ai.scene import (
+    ID_RULE,
+    MAX_FRAME_HEIGHT,
+    MAX_FRAME_WIDTH,
+    Frame,
+    scene_from_proto,
+)
 
 __all__ = [
     "MAX_FPS",
@@ -34,18 +35,10 @@ __all__ = [
     "check_source_uri",
     "check_update_mask",
     "invalid_source",
-    "parse_camera_name",
-    "parse_status_name",
 ]
 
 MAX_FPS = 120.0
 MAX_DISPLAY_NAME = 128
-MAX_LINES, MAX_ZONES, MAX_LANES = 64, 64, 32
-MAX_VERTICES = 256
-MAX_CALIBRATION_POINTS = 64
-MIN_CALIBRATION_POINTS = 4
-# The largest frame the decoder delivers (8K UHD); also bounds geometry of unscaled cameras.
-MAX_WIDTH, MAX_HEIGHT = 7680, 4320
 # Update-mask paths (AIP-134): every field a client may write.
 WRITABLE_FIELDS = frozenset(
     {
@@ -67,28 +60,8 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 def check_camera_id(camera_id: str, field: str) -> str:
     if not is_resource_id(camera_id):
-        raise InvalidArgumentError.for_field(
-            field,
-            "must be 1-63 lower-case letters, digits and hyphens, starting with a letter"
-            " and not ending with a hyphen",
-        )
+        raise InvalidArgumentError.for_field(field, ID_RULE)
     return camera_id
-
-
-def parse_camera_name(name: str, field: str = "name") -> str:
-    """The {camera} of "cameras/{camera}"."""
-    collection, slash, camera_id = name.partition("/")
-    if collection != "cameras" or not slash:
-        raise InvalidArgumentError.for_field(field, 'must be "cameras/{camera}"')
-    return check_camera_id(camera_id, field)
-
-
-def parse_status_name(name: str, field: str = "name") -> str:
-    """The {camera} of "cameras/{camera}/status"."""
-    camera, slash, singleton = name.rpartition("/")
-    if singleton != "status" or not slash:
-        raise InvalidArgumentError.for_field(field, 'must be "cameras/{camera}/status"')
-    return parse_camera_name(camera, field)
 
 
 def check_update_mask(paths: Sequence[str], field: str = "update_mask") -> frozenset[str]:
@@ -189,21 +162,18 @@ def check_camera(
     _check_text(problems, f"{prefix}.display_name", camera.display_name)
     if not (math.isfinite(camera.target_fps) and 0 <= camera.target_fps <= MAX_FPS):
         problems.add(f"{prefix}.target_fps", f"must be between 0 and {MAX_FPS:g} frames/s")
-    width, height = _check_resolution(problems, f"{prefix}.resolution", camera)
-    frame = _Frame(width, height)
-    _check_lines(problems, prefix, camera.lines, frame)
-    _check_areas(problems, f"{prefix}.zones", camera.zones, MAX_ZONES, frame)
-    _check_areas(problems, f"{prefix}.lanes", camera.lanes, MAX_LANES, frame)
-    for index, lane in enumerate(camera.lanes):
-        field = f"{prefix}.lanes[{index}].travel_direction"
-        _check_segment(
-            problems, field, lane.travel_direction, frame, lane.HasField("travel_direction")
-        )
-    rms = (
-        _check_calibration(problems, f"{prefix}.calibration", camera.calibration, frame)
-        if camera.HasField("calibration")
-        else None
-    )
+    frame = _check_resolution(problems, f"{prefix}.resolution", camera)
+    _check_display_names(problems, f"{prefix}.lines", camera.lines)
+    _check_display_names(problems, f"{prefix}.zones", camera.zones)
+    _check_display_names(problems, f"{prefix}.lanes", camera.lanes)
+    rms = None
+    try:
+        scene = scene_from_proto(camera, prefix, frame)
+    except InvalidArgumentError as exc:
+        problems.items.extend(exc.violations)
+    else:
+        if scene.homography is not None:
+            rms = scene.homography.rms_reprojection_error_px
     problems.raise_any()
     return CheckedCamera(source, rms)
 
@@ -215,148 +185,24 @@ def _check_text(problems: _Violations, field: str, text: str) -> None:
         problems.add(field, "must not contain control characters")
 
 
-def _check_resolution(
-    problems: _Violations, field: str, camera: camera_pb2.Camera
-) -> tuple[int, int]:
-    """The frame size geometry must fit in: the resolution, or the largest frame."""
+def _check_display_names(
+    problems: _Violations,
+    field: str,
+    entries: Sequence[camera_pb2.CountingLine | camera_pb2.Zone | camera_pb2.Lane],
+) -> None:
+    for index, entry in enumerate(entries):
+        _check_text(problems, f"{field}[{index}].display_name", entry.display_name)
+
+
+def _check_resolution(problems: _Violations, field: str, camera: camera_pb2.Camera) -> Frame:
+    """The frame geometry must fit in: the resolution, or the largest frame."""
     width, height = camera.resolution.width, camera.resolution.height
+    largest = Frame(MAX_FRAME_WIDTH, MAX_FRAME_HEIGHT)
     if (width, height) == (0, 0):
-        return MAX_WIDTH, MAX_HEIGHT
-    if not (0 < width <= MAX_WIDTH and 0 < height <= MAX_HEIGHT):
-        problems.add(field, f"must be 0x0 (native) or within {MAX_WIDTH}x{MAX_HEIGHT}")
-        return MAX_WIDTH, MAX_HEIGHT
+        return largest
+    if not (0 < width <= MAX_FRAME_WIDTH and 0 < height <= MAX_FRAME_HEIGHT):
+        problems.add(field, f"must be 0x0 (native) or within {MAX_FRAME_WIDTH}x{MAX_FRAME_HEIGHT}")
+        return largest
     if width % 2 or height % 2:
         problems.add(field, "width and height must be even (4:2:0 video)")
-    return width, height
-
-
-@dataclass(frozen=True, slots=True)
-class _Frame:
-    width: int
-    height: int
-
-    def problem(self, point: geometry_pb2.Point) -> str | None:
-        if not (math.isfinite(point.x) and math.isfinite(point.y)):
-            return "coordinates must be finite numbers"
-        if not (0 <= point.x <= self.width and 0 <= point.y <= self.height):
-            return f"({point.x:g}, {point.y:g}) is outside the {self.width}x{self.height} frame"
-        return None
-
-
-def _check_id(problems: _Violations, field: str, item_id: str, seen: set[str]) -> None:
-    if not is_resource_id(item_id):
-        problems.add(field, "must be 1-63 lower-case letters, digits and hyphens")
-    elif item_id in seen:
-        problems.add(field, f"duplicate id {item_id!r}")
-    seen.add(item_id)
-
-
-def _check_segment(
-    problems: _Violations,
-    field: str,
-    segment: geometry_pb2.LineSegment,
-    frame: _Frame,
-    present: bool,
-) -> None:
-    if not present:
-        problems.add(field, "is required")
-        return
-    for end_name, point in (("start", segment.start), ("end", segment.end)):
-        problem = frame.problem(point)
-        if problem:
-            problems.add(f"{field}.{end_name}", problem)
-            return
-    if (segment.start.x, segment.start.y) == (segment.end.x, segment.end.y):
-        problems.add(field, "start and end must differ")
-
-
-def _check_lines(
-    problems: _Violations,
-    prefix: str,
-    lines: Sequence[camera_pb2.CountingLine],
-    frame: _Frame,
-) -> None:
-    if len(lines) > MAX_LINES:
-        problems.add(f"{prefix}.lines", f"at most {MAX_LINES} lines")
-        return
-    seen: set[str] = set()
-    for index, line in enumerate(lines):
-        field = f"{prefix}.lines[{index}]"
-        _check_id(problems, f"{field}.id", line.id, seen)
-        _check_text(problems, f"{field}.display_name", line.display_name)
-        _check_segment(problems, f"{field}.segment", line.segment, frame, line.HasField("segment"))
-
-
-def _check_areas(
-    problems: _Violations,
-    field: str,
-    areas: Sequence[camera_pb2.Zone | camera_pb2.Lane],
-    limit: int,
-    frame: _Frame,
-) -> None:
-    if len(areas) > limit:
-        problems.add(field, f"at most {limit} entries")
-        return
-    seen: set[str] = set()
-    for index, area in enumerate(areas):
-        item = f"{field}[{index}]"
-        _check_id(problems, f"{item}.id", area.id, seen)
-        _check_text(problems, f"{item}.display_name", area.display_name)
-        _check_polygon(problems, f"{item}.polygon", area.polygon.vertices, frame)
-
-
-def _check_polygon(
-    problems: _Violations,
-    field: str,
-    vertices: Sequence[geometry_pb2.Point],
-    frame: _Frame,
-) -> None:
-    if len(vertices) > MAX_VERTICES:
-        problems.add(field, f"at most {MAX_VERTICES} vertices")
-        return
-    for index, vertex in enumerate(vertices):
-        problem = frame.problem(vertex)
-        if problem:
-            problems.add(f"{field}.vertices[{index}]", problem)
-            return
-    problem = polygon_problem([(v.x, v.y) for v in vertices])
-    if problem:
-        problems.add(field, problem)
-
-
-def _check_calibration(
-    problems: _Violations,
-    field: str,
-    calibration: camera_pb2.Calibration,
-    frame: _Frame,
-) -> float | None:
-    points = calibration.points
-    if not MIN_CALIBRATION_POINTS <= len(points) <= MAX_CALIBRATION_POINTS:
-        problems.add(
-            f"{field}.points",
-            f"needs {MIN_CALIBRATION_POINTS} to {MAX_CALIBRATION_POINTS} points",
-        )
-        return None
-    image: list[Point] = []
-    world: list[Point] = []
-    for index, point in enumerate(points):
-        problem = frame.problem(point.image_point)
-        if problem is None and not (
-            math.isfinite(point.world_point.x) and math.isfinite(point.world_point.y)
-        ):
-            problem = "world coordinates must be finite numbers"
-        if problem:
-            problems.add(f"{field}.points[{index}]", problem)
-            return None
-        image.append((point.image_point.x, point.image_point.y))
-        world.append((point.world_point.x, point.world_point.y))
-    try:
-        homography = fit_homography(np.asarray(image), np.asarray(world))
-    except GeometryError as exc:
-        problems.add(f"{field}.{exc.field}", exc.description)
-        return None
-    return homography.rms_reprojection_error_px
-
-
-def _listed(indices: Iterable[int]) -> str:
-    return ", ".join(str(i) for i in indices)
+    return Frame(width, height)

@@ -53,4 +53,3 @@ def peak_boxes(
     d = ltrb.reshape(b, 4, h * w).gather(2, pos.unsqueeze(1).expand(b, 4, k))
     boxes = torch.stack((cx - d[:, 0], cy - d[:, 1], cx + d[:, 2], cy + d[:, 3]), dim=-1)
     return boxes, scores, classes
-

@@ -41,7 +41,12 @@ from numpy.typing import NDArray
 from torch import nn
 
 from its_camera_ai.inference.models import STRIDE, CenterNet, NetConfig, set_memory_format
-from its_camera_ai.inference.training._data import augment, build_targets, load_trainset
+from its_camera_ai.inference.training._data import (
+    TrainSet,
+    augment,
+    build_targets,
+    load_trainset,
+)
 
 __all__ = ["TrainConfig", "WeightAverage", "class_weights", "focal_loss", "giou_loss", "train"]
 
@@ -228,6 +233,23 @@ def _optimise(
     return lh, lb
 
 
+def _training_batch(
+    data: TrainSet, idx: list[int], gen: torch.Generator, cfg: TrainConfig, seen: tuple[int, int]
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The augmented images ``idx`` of ``data`` (uint8 scale) and their heatmap targets."""
+    x, boxes = augment(
+        data.images[idx], [data.boxes[i] for i in idx], gen, scale=cfg.zoom, out_size=seen
+    )
+    targets = build_targets(
+        boxes,
+        [data.classes[i] for i in idx],
+        [data.difficult[i] for i in idx],
+        seen,
+        cfg.net.num_classes,
+    )
+    return x, targets
+
+
 def train(
     cfg: TrainConfig,
     log: Callable[[str], None] = print,
@@ -270,16 +292,7 @@ def train(
             order, pos = torch.randperm(n, generator=gen), 0
         idx = order[pos : pos + cfg.batch_size].tolist()
         pos += cfg.batch_size
-        x, boxes = augment(
-            data.images[idx], [data.boxes[i] for i in idx], gen, scale=cfg.zoom, out_size=seen
-        )
-        targets = build_targets(
-            boxes,
-            [data.classes[i] for i in idx],
-            [data.difficult[i] for i in idx],
-            seen,
-            cfg.net.num_classes,
-        )
+        x, targets = _training_batch(data, idx, gen, cfg, seen)
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, total, cfg)
         x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)

@@ -1,14 +1,26 @@
 """Plane geometry for scenes: directed segments, polygons and the ground-plane homography.
 
-Everything is vectorised over points because it runs per frame on every track. Sides follow
-``its.common.v1.CrossingDirection``: with y pointing down, a point p is on the right of the
-directed segment a->b when (b - a) x (p - a) = dx * (p.y - a.y) - dy * (p.x - a.x) > 0.
+Everything used per frame is vectorised over points because it runs on every track. Sides
+follow ``its.common.v1.CrossingDirection``: with y pointing down, a point p is on the right
+of the directed segment a->b when (b - a) x (p - a) = dx * (p.y - a.y) - dy * (p.x - a.x) > 0.
+
+The rules for degenerate cases, one set for configuration and one for run time:
+
+- Configuration (``polygon_problem``): a polygon must be simple in the strict sense. Two
+  non-adjacent edges that share any point, by crossing, by a vertex touching an edge or by
+  overlapping collinearly, make it not simple; so do repeated vertices, fewer than 3, and
+  zero area. (Touching edges make the even-odd inside test ambiguous along the contact.)
+- Run time (counting): a track crosses a line when its side changes by more than the
+  hysteresis margin and its move meets the drawn segment, ends included
+  (``segment_crossing``'s fraction along the segment in 0..1). Touching the line without
+  changing sides is no crossing.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +36,7 @@ __all__ = [
     "inside_frame",
     "points_in_polygon",
     "polygon_area",
-    "polygon_is_simple",
+    "polygon_problem",
     "segment_crossing",
     "signed_distances",
 ]
@@ -153,26 +165,54 @@ def polygon_area(vertices: F64) -> float:
     return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
 
 
-def _segments_intersect(a: F64, b: F64, c: F64, d: F64) -> bool:
-    def orient(p: F64, q: F64, r: F64) -> float:
-        return float((q[0] - p[0]) * (r[1] - p[1]) - (q[1] - p[1]) * (r[0] - p[0]))
-
-    o1, o2, o3, o4 = orient(a, b, c), orient(a, b, d), orient(c, d, a), orient(c, d, b)
-    return (o1 * o2 < 0) and (o3 * o4 < 0)
+Point = tuple[float, float]
 
 
-def polygon_is_simple(vertices: F64) -> bool:
-    """No two non-adjacent edges cross (proper crossings; configs are small, O(V^2) is fine)."""
+def _cross(o: Point, a: Point, b: Point) -> float:
+    return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+
+def _on_segment(p: Point, q: Point, r: Point) -> bool:
+    """r, known collinear with p-q, lies within the box of p-q."""
+    return min(p[0], q[0]) <= r[0] <= max(p[0], q[0]) and min(p[1], q[1]) <= r[1] <= max(p[1], q[1])
+
+
+def _segments_touch(p1: Point, p2: Point, q1: Point, q2: Point) -> bool:
+    """Closed segments p1-p2 and q1-q2 share at least one point (touching counts)."""
+    d1, d2 = _cross(q1, q2, p1), _cross(q1, q2, p2)
+    d3, d4 = _cross(p1, p2, q1), _cross(p1, p2, q2)
+    if d1 * d2 < 0 and d3 * d4 < 0:
+        return True
+    return (
+        (d1 == 0 and _on_segment(q1, q2, p1))
+        or (d2 == 0 and _on_segment(q1, q2, p2))
+        or (d3 == 0 and _on_segment(p1, p2, q1))
+        or (d4 == 0 and _on_segment(p1, p2, q2))
+    )
+
+
+def polygon_problem(vertices: Sequence[Point]) -> str | None:
+    """Why ``vertices`` is not a simple polygon (None when it is one); configs are small,
+    so O(V^2) is fine."""
     n = len(vertices)
+    if n < 3:
+        return "needs at least 3 vertices"
+    if vertices[0] == vertices[-1]:
+        return "must not repeat the first vertex at the end (the polygon closes itself)"
     for i in range(n):
+        if vertices[i] == vertices[(i + 1) % n]:
+            return f"vertices {i} and {(i + 1) % n} are the same point"
+    edges = [(vertices[i], vertices[(i + 1) % n]) for i in range(n)]
+    for i in range(n):
+        # Neighbouring edges share a vertex by construction; every other pair must be apart.
         for j in range(i + 2, n):
             if i == 0 and j == n - 1:
-                continue  # adjacent through the closing edge
-            if _segments_intersect(
-                vertices[i], vertices[(i + 1) % n], vertices[j], vertices[(j + 1) % n]
-            ):
-                return False
-    return True
+                continue
+            if _segments_touch(*edges[i], *edges[j]):
+                return f"intersects itself (edges {i} and {j})"
+    # Only now: a self-intersecting bow tie can have zero signed area too.
+    area = sum(_cross((0.0, 0.0), vertices[i], vertices[(i + 1) % n]) for i in range(n)) / 2
+    return "has zero area" if area == 0 else None
 
 
 def _normaliser(pts: F64) -> F64:
@@ -309,12 +349,3 @@ def fit_homography(image_points: F64, world_points: F64) -> Homography:
     if not (np.all(np.isfinite(g2i)) and np.all(np.isfinite(i2g)) and math.isfinite(rms)):
         raise GeometryError("points", "the points do not determine a homography")
     return Homography(i2g, g2i, float(signs[0]), rms)
-
-
-def homography_from_state(state: dict[str, Any]) -> Homography:
-    return Homography(
-        np.asarray(state["image_to_ground"], dtype=np.float64),
-        np.asarray(state["ground_to_image"], dtype=np.float64),
-        float(state["ground_side"]),
-        float(state["rms"]),
-    )

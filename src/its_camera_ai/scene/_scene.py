@@ -1,46 +1,62 @@
-"""A camera's scene configuration, typed and compiled for per-frame use.
+"""A camera's scene (lines, zones, lanes, calibration), typed and compiled for per-frame use.
 
-``scene_from_proto`` turns an ``its.camera.v1.Camera`` into a ``Scene`` and reports every
-invalid field at once as ``InvalidArgumentError`` (field paths like
-``camera.calibration.points`` or ``camera.lanes[1].polygon``), so the camera service can use
-it to validate a create/update request and analytics to build its engine from the same code.
+``CameraScene.build`` validates a ``SceneSpec`` with the rules of ``_rules.py`` and reports
+every invalid field at once as ``InvalidArgumentError`` (paths like
+``camera.calibration.points`` or ``camera.lanes[1].polygon``); ``scene_from_proto`` does the
+same for an ``its.camera.v1.Camera``. The camera service validates requests with it and
+analytics builds its engine from it, so the two cannot disagree on what a valid scene is.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from its.camera.v1 import camera_pb2
-from its_camera_ai.analytics._geometry import (
+from its_camera_ai.common import FieldViolation, InvalidArgumentError
+from its_camera_ai.scene._geometry import (
     GeometryError,
     Homography,
     PolygonSet,
     fit_homography,
     polygon_area,
-    polygon_is_simple,
 )
-from its_camera_ai.analytics._records import Direction
-from its_camera_ai.common import FieldViolation, InvalidArgumentError, is_resource_id
+from its_camera_ai.scene._rules import (
+    MAX_LANES,
+    MAX_LINES,
+    MAX_ZONES,
+    Frame,
+    Report,
+    check_calibration,
+    check_ids,
+    check_polygon,
+    check_segment,
+)
 
 __all__ = [
     "CalibrationSpec",
+    "CameraScene",
+    "Direction",
     "LaneSpec",
     "LineSpec",
-    "Scene",
     "SceneSpec",
     "ZoneSpec",
-    "scene_from_proto",
 ]
 
 F64 = NDArray[np.float64]
 Pt = tuple[float, float]
 
-_MAX_LINES, _MAX_ZONES, _MAX_LANES = 64, 64, 32
+
+class Direction(IntEnum):
+    """``its.common.v1.CrossingDirection``; 0 on records that have no direction."""
+
+    NONE = 0
+    LEFT_TO_RIGHT = 1
+    RIGHT_TO_LEFT = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +123,7 @@ class SceneSpec:
 
 
 @dataclass(slots=True)
-class Scene:
+class CameraScene:
     """A validated scene with the arrays the per-frame code needs.
 
     Lane coordinates: ``s`` runs along the lane's travel direction from its upstream end, in
@@ -144,32 +160,27 @@ class Scene:
         return self.homography is not None
 
     @classmethod
-    def build(cls, spec: SceneSpec, field_prefix: str = "camera") -> Scene:
-        """Validate and compile; raises ``InvalidArgumentError`` listing every bad field."""
-        violations: list[FieldViolation] = []
+    def build(
+        cls,
+        spec: SceneSpec,
+        field_prefix: str = "camera",
+        *,
+        frame: Frame | None = None,
+        found: Sequence[tuple[str, str]] = (),
+    ) -> CameraScene:
+        """Validate and compile; raises ``InvalidArgumentError`` listing every bad field.
+
+        ``frame``: where image geometry must lie (default: anywhere finite). ``found``:
+        problems already found in the input (relative path, description), reported first;
+        their paths are not checked again.
+        """
+        violations = [FieldViolation(f"{field_prefix}.{path}", text) for path, text in found]
+        skip = {path for path, _ in found}
 
         def bad(path: str, description: str) -> None:
             violations.append(FieldViolation(f"{field_prefix}.{path}", description))
 
-        _check_ids("lines", [x.id for x in spec.lines], _MAX_LINES, bad)
-        _check_ids("zones", [z.id for z in spec.zones], _MAX_ZONES, bad)
-        _check_ids("lanes", [a.id for a in spec.lanes], _MAX_LANES, bad)
-        for i, line in enumerate(spec.lines):
-            _check_segment(f"lines[{i}].segment", line.start, line.end, bad)
-        for i, zone in enumerate(spec.zones):
-            _check_polygon(f"zones[{i}].polygon", zone.polygon, bad)
-        for i, lane in enumerate(spec.lanes):
-            _check_polygon(f"lanes[{i}].polygon", lane.polygon, bad)
-            _check_segment(f"lanes[{i}].travel_direction", lane.travel_start, lane.travel_end, bad)
-        homography = None
-        if spec.calibration is not None:
-            try:
-                homography = fit_homography(
-                    np.array(spec.calibration.image_points, dtype=np.float64),
-                    np.array(spec.calibration.world_points, dtype=np.float64),
-                )
-            except GeometryError as exc:
-                bad(f"calibration.{exc.field}", exc.description)
+        homography = _check(spec, frame or Frame(), skip, bad)
         if not violations and homography is not None:
             for i, lane in enumerate(spec.lanes):
                 ground = homography.to_ground(
@@ -190,7 +201,7 @@ class Scene:
         return cls._compile(spec, homography)
 
     @classmethod
-    def _compile(cls, spec: SceneSpec, homography: Homography | None) -> Scene:
+    def _compile(cls, spec: SceneSpec, homography: Homography | None) -> CameraScene:
         lines = np.array([[*x.start, *x.end] for x in spec.lines], dtype=np.float64)
         k = len(spec.lanes)
         origin, axis = np.zeros((k, 2)), np.zeros((k, 2))
@@ -235,86 +246,26 @@ class Scene:
         )
 
 
-def _check_ids(kind: str, ids: list[str], limit: int, bad: Any) -> None:
-    if len(ids) > limit:
-        bad(kind, f"at most {limit} allowed, got {len(ids)}")
-    seen: set[str] = set()
-    for i, ident in enumerate(ids):
-        if not is_resource_id(ident):
-            bad(
-                f"{kind}[{i}].id",
-                "must be 1-63 lower-case letters, digits or hyphens, "
-                "starting with a letter and not ending with a hyphen",
-            )
-        elif ident in seen:
-            bad(f"{kind}[{i}].id", f"duplicate id {ident!r}")
-        seen.add(ident)
-
-
-def _finite(*vals: float) -> bool:
-    return all(math.isfinite(v) for v in vals)
-
-
-def _check_segment(path: str, a: Pt, b: Pt, bad: Any) -> None:
-    if not _finite(*a, *b):
-        bad(path, "coordinates must be finite")
-    elif a == b:
-        bad(path, "start and end must differ")
-
-
-def _check_polygon(path: str, poly: tuple[Pt, ...], bad: Any) -> None:
-    if len(poly) < 3:
-        bad(path, f"needs at least 3 vertices, got {len(poly)}")
-        return
-    if not all(_finite(*p) for p in poly):
-        bad(path, "coordinates must be finite")
-        return
-    arr = np.array(poly, dtype=np.float64)
-    if polygon_area(arr) <= 0.0:
-        bad(path, "has zero area")
-    elif not polygon_is_simple(arr):
-        bad(path, "edges cross each other; the polygon must be simple")
-
-
-def _pt(p: Any) -> Pt:
-    return (float(p.x), float(p.y))
-
-
-def scene_from_proto(camera: camera_pb2.Camera, field_prefix: str = "camera") -> Scene:
-    """Build the scene of a Camera message; raises ``InvalidArgumentError`` naming fields."""
-    bad_directions = [
-        FieldViolation(f"{field_prefix}.lines[{i}].direction", f"unknown value {x.direction}")
-        for i, x in enumerate(camera.lines)
-        if int(x.direction) not in {int(d) for d in Direction}
-    ]
-    if bad_directions:
-        raise InvalidArgumentError("invalid scene: unknown crossing direction", bad_directions)
-    calibration = None
-    if camera.HasField("calibration"):
-        calibration = CalibrationSpec(
-            tuple(_pt(p.image_point) for p in camera.calibration.points),
-            tuple(_pt(p.world_point) for p in camera.calibration.points),
-        )
-    spec = SceneSpec(
-        lines=tuple(
-            LineSpec(x.id, _pt(x.segment.start), _pt(x.segment.end), Direction(x.direction))
-            for x in camera.lines
-        ),
-        zones=tuple(
-            ZoneSpec(z.id, tuple(_pt(v) for v in z.polygon.vertices)) for z in camera.zones
-        ),
-        lanes=tuple(
-            LaneSpec(
-                a.id,
-                tuple(_pt(v) for v in a.polygon.vertices),
-                _pt(a.travel_direction.start),
-                _pt(a.travel_direction.end),
-            )
-            for a in camera.lanes
-        ),
-        calibration=calibration,
+def _check(spec: SceneSpec, frame: Frame, skip: set[str], bad: Report) -> Homography | None:
+    """Report every rule the spec breaks; the fitted calibration when it has a usable one."""
+    check_ids("lines", [x.id for x in spec.lines], MAX_LINES, bad)
+    check_ids("zones", [z.id for z in spec.zones], MAX_ZONES, bad)
+    check_ids("lanes", [a.id for a in spec.lanes], MAX_LANES, bad)
+    for i, line in enumerate(spec.lines):
+        if f"lines[{i}].segment" not in skip:
+            check_segment(f"lines[{i}].segment", line.start, line.end, frame, bad)
+    for i, zone in enumerate(spec.zones):
+        check_polygon(f"zones[{i}].polygon", zone.polygon, frame, bad)
+    for i, lane in enumerate(spec.lanes):
+        check_polygon(f"lanes[{i}].polygon", lane.polygon, frame, bad)
+        if f"lanes[{i}].travel_direction" not in skip:
+            path = f"lanes[{i}].travel_direction"
+            check_segment(path, lane.travel_start, lane.travel_end, frame, bad)
+    if spec.calibration is None:
+        return None
+    return check_calibration(
+        spec.calibration.image_points, spec.calibration.world_points, frame, bad
     )
-    return Scene.build(spec, field_prefix)
 
 
 _UNIT_SQUARE = np.array([(0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0)])

@@ -9,17 +9,20 @@ from hypothesis import strategies as st
 
 from its.camera.v1 import camera_pb2
 from its.common.v1 import geometry_pb2
-from its_camera_ai.analytics._geometry import (
+from its_camera_ai.common import InvalidArgumentError
+from its_camera_ai.scene import (
+    CameraScene,
+    Direction,
     GeometryError,
+    LaneSpec,
     PolygonSet,
+    SceneSpec,
     fit_homography,
     points_in_polygon,
+    scene_from_proto,
     segment_crossing,
     signed_distances,
 )
-from its_camera_ai.analytics._records import Direction
-from its_camera_ai.analytics._scene import LaneSpec, Scene, SceneSpec, scene_from_proto
-from its_camera_ai.common import InvalidArgumentError
 from tests.analytics import synth
 
 IMG = np.array(synth.IMAGE_PTS)
@@ -193,19 +196,19 @@ def test_self_intersecting_polygon_and_unknown_direction() -> None:
 
 
 def test_uncalibrated_scene_uses_image_lane_coordinates() -> None:
-    scene = Scene.build(synth.road_scene(calibrated=False))
+    scene = CameraScene.build(synth.road_scene(calibrated=False))
     assert not scene.calibrated
     assert np.isnan(scene.lane_length_m).all()
     assert np.allclose(np.hypot(*scene.lane_axis.T), 1.0)
 
 
 def test_road_plane_is_the_calibration_or_a_rectangular_lane() -> None:
-    calibrated = Scene.build(synth.road_scene())
+    calibrated = CameraScene.build(synth.road_scene())
     assert calibrated.road_plane is calibrated.homography is not None
 
     lane = ((100.0, 700.0), (400.0, 700.0), (560.0, 300.0), (500.0, 300.0))
     spec = SceneSpec(lanes=(LaneSpec("a", lane, (250.0, 700.0), (530.0, 300.0)),))
-    plane = Scene.build(spec).road_plane
+    plane = CameraScene.build(spec).road_plane
     assert plane is not None
     # The lane is taken for a rectangle on the road: its corners are the unit square.
     square = [(0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0)]
@@ -213,4 +216,4 @@ def test_road_plane_is_the_calibration_or_a_rectangular_lane() -> None:
 
     pentagon = (*lane, (90.0, 500.0))
     spec = SceneSpec(lanes=(LaneSpec("a", pentagon, (250.0, 700.0), (530.0, 300.0)),))
-    assert Scene.build(spec).road_plane is None
+    assert CameraScene.build(spec).road_plane is None

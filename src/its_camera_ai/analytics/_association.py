@@ -1,0 +1,67 @@
+"""One tracker update's association state, and IoU matching within class groups.
+
+ByteTracker's stages (confident, weak and tentative association) each match some track rows
+to some detections; ``FrameAssociation`` carries what they find from one stage to the next.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from its_camera_ai.analytics._assign import assign, iou_matrix
+from its_camera_ai.analytics._occlusion import expand
+
+__all__ = ["ASSOCIATION_GROUP", "FrameAssociation", "match_by_iou"]
+
+F64 = NDArray[np.float64]
+I64 = NDArray[np.int64]
+IntArr = NDArray[np.intp]
+
+# Association groups by class number: motor vehicles may be confused with each other by the
+# detector, but not with two-wheelers or people.
+ASSOCIATION_GROUP = np.array([0, 1, 1, 1, 1, 2, 3], dtype=np.int8)
+
+
+@dataclass(slots=True)
+class FrameAssociation:
+    """One update's detections, and what its stages find out, per track row or detection."""
+
+    boxes: F64  # (N, 4) detections
+    scores: F64
+    classes: I64
+    t: float
+    pred: F64  # (T, 4) predicted track boxes
+    grounded: NDArray[np.bool_]  # (T,) predicted on the road plane
+    track_group: NDArray[np.int8]  # (T,) association group of the voted class
+    det_group: NDArray[np.int8]  # (N,)
+    high: NDArray[np.bool_]  # (N,) confident detections
+    row_det: IntArr  # (T,) matched detection, -1 while unmatched
+    row_partial: NDArray[np.bool_]  # (T,)
+    row_foot: NDArray[np.bool_]  # (T,)
+    det_used: NDArray[np.bool_]  # (N,)
+
+
+def match_by_iou(
+    frame: FrameAssociation,
+    rows: IntArr,
+    dets: IntArr,
+    min_iou: float,
+    track_boxes: F64,
+    det_grow: float = 0.0,
+) -> None:
+    """Assign detections ``dets`` to track ``rows`` (boxes ``track_boxes``) by IoU, within
+    class groups, and record the matches in ``frame``."""
+    if len(rows) == 0 or len(dets) == 0:
+        return
+    det_boxes = frame.boxes[dets]
+    if det_grow:
+        det_boxes = expand(det_boxes, np.full(len(dets), det_grow))
+    iou = iou_matrix(track_boxes, det_boxes)
+    cost = 1.0 - iou
+    cost[frame.track_group[rows][:, None] != frame.det_group[dets][None, :]] = np.inf
+    r, c = assign(cost, 1.0 - min_iou)
+    frame.row_det[rows[r]] = dets[c]
+    frame.det_used[dets[c]] = True
