@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Callable
 
 import grpc
 from prometheus_client import CollectorRegistry
@@ -39,7 +38,6 @@ from its_camera_ai.common import (
     REDIS_FAILURES,
     AnalyticsServiceSettings,
     CircuitBreaker,
-    ConfigError,
     MigrationSet,
     Runtime,
     ServiceUnit,
@@ -56,7 +54,9 @@ _DAY_SECONDS = 86400.0
 def analytics_unit(settings: AnalyticsServiceSettings | None = None) -> ServiceUnit:
     async def register(server: grpc.aio.Server, runtime: Runtime) -> None:
         config = settings or runtime.settings.analytics
-        decoder_target = _decoder_target(config, runtime)
+        decoder_target = runtime.peer_target(
+            config.decoder_target, "decoder", setting="analytics.decoder_target"
+        )
         assert runtime.database is not None  # needs_database=True
         metrics = AnalyticsMetrics(runtime.metrics)
         breaker = functools.partial(_breaker, config, runtime.metrics)
@@ -143,20 +143,6 @@ def _breaker(
         reset_timeout_seconds=config.breaker_reset_seconds,
         failures=failures,
         registry=registry,
-    )
-
-
-def _decoder_target(config: AnalyticsServiceSettings, runtime: Runtime) -> Callable[[], str]:
-    """Where the decoder's CameraService is: as configured, or this process's own server
-    (asked for once serving: its port is known only then)."""
-    configured = config.decoder_target
-    if configured is not None:
-        return lambda: configured
-    if "decoder" in runtime.units:
-        return runtime.loopback_target
-    raise ConfigError(
-        "analytics.decoder_target is required when the decoder does not run in this process"
-        " (set ITS_ANALYTICS__DECODER_TARGET)"
     )
 
 

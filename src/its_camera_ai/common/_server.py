@@ -14,7 +14,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
-from its_camera_ai.common._config import Settings
+from its_camera_ai.common._config import ConfigError, Settings
 from its_camera_ai.common._http import HttpSidePort
 from its_camera_ai.common._interceptors import ErrorMappingInterceptor, RpcMetricsInterceptor
 from its_camera_ai.common._logging import configure_logging
@@ -67,6 +67,32 @@ class Runtime:
         if host in ("[::]", "0.0.0.0", "", "localhost"):
             host = "127.0.0.1"
         return f"{host}:{self.grpc_port}"
+
+    @overload
+    def peer_target(
+        self, configured: str | None, peer: str, *, setting: str
+    ) -> Callable[[], str]: ...
+    @overload
+    def peer_target(
+        self, configured: str | None, peer: str, *, setting: None = None
+    ) -> Callable[[], str] | None: ...
+    def peer_target(
+        self, configured: str | None, peer: str, *, setting: str | None = None
+    ) -> Callable[[], str] | None:
+        """Where a peer unit's gRPC server is: as ``configured``, or this process's own
+        server when the peer runs in it (a callable: the port is known only once serving).
+        With neither, None, or a ``ConfigError`` naming ``setting`` when the peer is needed.
+        """
+        if configured is not None:
+            return lambda: configured
+        if peer in self.units:
+            return self.loopback_target
+        if setting is None:
+            return None
+        variable = "ITS_" + setting.upper().replace(".", "__")
+        raise ConfigError(
+            f"{setting} is required when {peer} does not run in this process (set {variable})"
+        )
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ import grpc
 import torch
 
 from its.inference.v1 import inference_service_pb2, inference_service_pb2_grpc, model_pb2
-from its_camera_ai.common import ConfigError, InferenceSettings, Runtime, ServiceUnit
+from its_camera_ai.common import InferenceSettings, Runtime, ServiceUnit
 from its_camera_ai.inference._batching import DynamicBatcher
 from its_camera_ai.inference._discovery import watch_decoder
 from its_camera_ai.inference._feeds import Feeds, FrameSink
@@ -66,14 +66,6 @@ def load_model(settings: InferenceSettings) -> DetectionModel:
             num_classes=settings.yolo_num_classes,
         )
     return load_detector(settings.model_manifest or DEFAULT_MANIFEST)
-
-
-def _target(configured: str | None, peer: str, runtime: Runtime) -> str | None:
-    if configured is not None:
-        return configured
-    if peer in runtime.units:
-        return runtime.loopback_target()
-    return None
 
 
 class _Pipeline:
@@ -117,10 +109,10 @@ class _Pipeline:
 
     async def started(self) -> None:
         config = self._config
-        analytics = _target(config.analytics_target, "analytics", self._runtime)
+        analytics = self._runtime.peer_target(config.analytics_target, "analytics")
         assert analytics is not None  # checked at registration
         producer = DetectionProducer(
-            analytics,
+            analytics(),
             producer_id=new_producer_id(f"inference-{socket.gethostname()}-{os.getpid()}"),
             model=self._resource.name,
             model_version=self._resource.version,
@@ -135,10 +127,10 @@ class _Pipeline:
         await producer.start()
         for camera, ring in config.cameras.items():
             self._feeds.set(camera, ring)
-        decoder = _target(config.decoder_target, "decoder", self._runtime)
+        decoder = self._runtime.peer_target(config.decoder_target, "decoder")
         if decoder is not None:
             watch = watch_decoder(
-                decoder,
+                decoder(),
                 self._feeds.set,
                 initial_backoff=config.reconnect_initial_seconds,
                 max_backoff=config.reconnect_max_seconds,
@@ -174,11 +166,9 @@ async def _load(config: InferenceSettings) -> tuple[DetectionModel, Engine, mode
 def inference_unit(settings: InferenceSettings | None = None) -> ServiceUnit:
     async def register(server: grpc.aio.Server, runtime: Runtime) -> None:
         config = settings or runtime.settings.inference
-        if config.analytics_target is None and "analytics" not in runtime.units:
-            raise ConfigError(
-                "inference.analytics_target is required when analytics does not run in "
-                "this process (set ITS_INFERENCE__ANALYTICS_TARGET)"
-            )
+        runtime.peer_target(
+            config.analytics_target, "analytics", setting="inference.analytics_target"
+        )
         pipeline = _Pipeline(config, runtime, *await _load(config))
         runtime.on_started.append(pipeline.started)
         # Before the server drains: in `serve all` the producer streams to this very server.
