@@ -6,10 +6,13 @@ import json
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from pydantic import ValidationError
 
+from its.analytics.v1 import detection_batch_pb2
 from its_camera_ai.analytics import (
     BinRecord,
     CameraAnalytics,
@@ -273,3 +276,48 @@ def test_restore_continues_exactly_and_replay_does_not_double_count() -> None:
     assert events == ref_events
     assert records == ref_records
     assert len(checkpoint) < 64_000
+
+
+def test_capture_times_beyond_the_clock_limits_are_rejected_and_move_nothing() -> None:
+    eng = _engine()
+    det = synth.to_array([[100, 100, 150, 140, 0.9, 1]])
+    now = synth.T0_NS
+    assert eng.process(_frame(1, det, t_s=0.0), now).rejected is None
+    eng.drain_bins()
+    clock = (eng.last_seq, eng.last_ns, eng.bins.final_before_ns)
+    skew_ns = int(eng.cfg.max_capture_skew_seconds * 1e9)
+    horizon_ns = max(eng.cfg.bin_seconds) * 10**9
+    for seq, capture_ns, reason in (
+        (2, now + skew_ns + 1, FrameReject.CAPTURE_TIME_IN_FUTURE),
+        (3, now + 30 * 365 * 86400 * 10**9, FrameReject.CAPTURE_TIME_IN_FUTURE),
+        (4, now - horizon_ns - 1, FrameReject.CAPTURE_TIME_TOO_OLD),
+    ):
+        out = eng.process(_frame(seq, det, capture_time_ns=capture_ns), now)
+        assert out.rejected is reason
+        eng.drain_bins()
+        assert (eng.last_seq, eng.last_ns, eng.bins.final_before_ns) == clock
+    # At the limits themselves, and without an arrival clock (recorded traffic): accepted.
+    assert eng.process(_frame(5, det, capture_time_ns=now + skew_ns), now).rejected is None
+    assert eng.process(_frame(6, det, capture_time_ns=FAR)).rejected is None
+    assert eng.snapshot().frames_rejected == {
+        FrameReject.CAPTURE_TIME_IN_FUTURE: 2,
+        FrameReject.CAPTURE_TIME_TOO_OLD: 1,
+    }
+
+
+def test_the_skew_setting_has_bounds() -> None:
+    assert AnalyticsEngineSettings().max_capture_skew_seconds == 5.0
+    for bad in (-1.0, 3601.0):
+        with pytest.raises(ValidationError, match="max_capture_skew_seconds"):
+            AnalyticsEngineSettings(max_capture_skew_seconds=bad)
+
+
+def test_every_rejection_has_a_wire_cause_of_its_name() -> None:
+    causes = detection_batch_pb2.FrameRejectionCause
+    for reject in FrameReject:
+        assert causes.Value(f"FRAME_REJECTION_CAUSE_{reject.name}")
+    # ...and the metric's label is the cause's name in lower case (plus unknown_camera).
+    names = {
+        n.removeprefix("FRAME_REJECTION_CAUSE_").lower() for n in causes.DESCRIPTOR.values_by_name
+    }
+    assert names - {"unspecified", "unknown_camera"} == {r.value for r in FrameReject}

@@ -36,8 +36,15 @@ from tests.analytics import synth
 
 CAMERA_ID = synth.CAMERA
 _NS = 1_000_000_000
-# Recent (so retention keeps it), aligned on 15 min like synth.T0_NS.
-START_NS = (time.time_ns() // (900 * _NS) - 4) * 900 * _NS
+# Analytics refuses capture times older than its largest bin (15 min) or ahead of its clock:
+# test traffic ends this long before the moment it is made.
+_RECENT_MARGIN_S = 30
+
+
+def recent_start_ns(duration_s: float) -> int:
+    """A capture time for traffic of ``duration_s`` made now: it ends ``_RECENT_MARGIN_S``
+    before now, well inside what analytics accepts (and retention keeps)."""
+    return time.time_ns() - round((duration_s + _RECENT_MARGIN_S) * _NS)
 
 
 def camera_proto(spec: SceneSpec, size: tuple[int, int] = (synth.W, synth.H)) -> camera_pb2.Camera:
@@ -109,7 +116,7 @@ def traffic(duration_s: float = 24.0, fps: float = 10.0) -> list[FrameInput]:
     agents = [synth.Agent(synth.straight(0.0, -1.75, 54.0, t_start=1.5 * i)) for i in range(6)] + [
         synth.Agent(synth.straight(0.0, -5.25, 72.0, t_start=2.0 + 3.0 * i)) for i in range(4)
     ]
-    return synth.frames(agents, duration_s, fps=fps, start_ns=START_NS)
+    return synth.frames(agents, duration_s, fps=fps, start_ns=recent_start_ns(duration_s))
 
 
 def _class(number: float) -> detection_pb2.ObjectClass.ValueType:

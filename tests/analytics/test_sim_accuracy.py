@@ -34,8 +34,8 @@ from its_camera_ai.common import AnalyticsServiceSettings, ServiceHost
 from its_camera_ai.scene import CameraScene
 from its_camera_ai.testing import host_settings
 from tests.analytics.test_service_support import (
-    START_NS,
     camera_proto,
+    recent_start_ns,
     serve_cameras,
     stored,
     stored_records,
@@ -65,7 +65,7 @@ async def run_service(
 ) -> simbridge.SimRun:
     """The scene's frames through the engine and through a real analytics service; the run
     as the service's tables have it."""
-    run = simbridge.run_sim(cfg, duration_s, start_ns=START_NS, **kw)
+    run = simbridge.run_sim(cfg, duration_s, start_ns=recent_start_ns(duration_s), **kw)
     camera = simbridge.CAMERA
     async with serve_cameras({camera: camera_proto(run.spec, run.size)}) as decoder:
         settings = AnalyticsServiceSettings(spool_dir=spool, decoder_target=decoder)

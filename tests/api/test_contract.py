@@ -37,7 +37,7 @@ EXPECTED_RPCS: dict[str, set[str]] = {
         "WatchCameraStatus",
     },
     "its.inference.v1.InferenceService": {"Detect", "GetModel"},
-    "its.analytics.v1.AnalyticsService": {"StreamDetectionBatches"},
+    "its.analytics.v1.AnalyticsService": {"StreamDetectionBatches", "ResetCameraState"},
     "its.query.v1.QueryService": {
         "GetTrafficCounts",
         "GetTrafficSummary",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -13,8 +14,10 @@ import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import grpc
 import pytest
+import redis.exceptions
 from google.protobuf import descriptor_pool
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -27,7 +30,9 @@ from its_camera_ai.cli import SERVICES, service_units
 from its_camera_ai.common import (
     ERROR_DOMAIN,
     AnalyticsServiceSettings,
+    CircuitOpenError,
     ConfigError,
+    DeadlineExceededError,
     FailedPreconditionError,
     InferenceSettings,
     InvalidArgumentError,
@@ -35,6 +40,8 @@ from its_camera_ai.common import (
     Runtime,
     ServiceHost,
     ServiceUnit,
+    UnavailableError,
+    dependency_error,
 )
 from its_camera_ai.testing import host_settings
 from tests.conftest import free_port
@@ -165,6 +172,22 @@ async def _register_faults(server: grpc.aio.Server, runtime: Runtime) -> None:
     async def crash(request: bytes, context: object) -> bytes:
         raise RuntimeError("secret internal state")
 
+    async def slow_dependency(request: bytes, context: object) -> bytes:
+        async with asyncio.timeout(0.01):
+            await asyncio.sleep(1)
+        return b""
+
+    async def breaker_open(request: bytes, context: object) -> bytes:
+        raise CircuitOpenError("postgres is unavailable (circuit open)")
+
+    async def redis_down(request: bytes, context: object) -> bytes:
+        raise redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:9")
+
+    async def own_file_missing(request: bytes, context: object) -> bytes:
+        # An OSError from our own code is a bug, not an outage.
+        await asyncio.to_thread(Path("/nonexistent/its-camera-ai/config").read_text)
+        return b""
+
     async def stream_then_fail(request: bytes, context: object) -> AsyncIterator[bytes]:
         yield b"first"
         raise NotFoundError("gone mid-stream")
@@ -176,6 +199,10 @@ async def _register_faults(server: grpc.aio.Server, runtime: Runtime) -> None:
             "Missing": grpc.unary_unary_rpc_method_handler(missing),
             "Stale": grpc.unary_unary_rpc_method_handler(stale),
             "Crash": grpc.unary_unary_rpc_method_handler(crash),
+            "SlowDependency": grpc.unary_unary_rpc_method_handler(slow_dependency),
+            "BreakerOpen": grpc.unary_unary_rpc_method_handler(breaker_open),
+            "RedisDown": grpc.unary_unary_rpc_method_handler(redis_down),
+            "OwnFileMissing": grpc.unary_unary_rpc_method_handler(own_file_missing),
             "Stream": grpc.unary_stream_rpc_method_handler(stream_then_fail),
         },
     )
@@ -215,6 +242,10 @@ def error_info(error: grpc.aio.AioRpcError) -> tuple[error_details_pb2.ErrorInfo
         ("Missing", grpc.StatusCode.NOT_FOUND, "RESOURCE_NOT_FOUND"),
         ("Stale", grpc.StatusCode.FAILED_PRECONDITION, "STALE_FRAME_REFERENCE"),
         ("Crash", grpc.StatusCode.INTERNAL, "INTERNAL"),
+        ("SlowDependency", grpc.StatusCode.DEADLINE_EXCEEDED, "DEPENDENCY_UNAVAILABLE"),
+        ("BreakerOpen", grpc.StatusCode.UNAVAILABLE, "DEPENDENCY_UNAVAILABLE"),
+        ("RedisDown", grpc.StatusCode.UNAVAILABLE, "DEPENDENCY_UNAVAILABLE"),
+        ("OwnFileMissing", grpc.StatusCode.INTERNAL, "INTERNAL"),
     ],
 )
 async def test_errors_arrive_with_code_and_reason(
@@ -227,6 +258,39 @@ async def test_errors_arrive_with_code_and_reason(
     info, _ = error_info(caught.value)
     assert info.reason == reason
     assert "secret internal state" not in (caught.value.details() or "")
+
+
+@pytest.mark.parametrize("method", ["BreakerOpen", "RedisDown"])
+async def test_unavailable_carries_retry_info_and_logs_no_traceback(
+    fault_host: ServiceHost, method: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{fault_host.grpc_port}") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await channel.unary_unary(f"/{FAULTS}/{method}")(b"", timeout=5)
+    _, others = error_info(caught.value)
+    retry = error_details_pb2.RetryInfo()
+    assert [detail.Unpack(retry) for detail in others] == [True]  # type: ignore[attr-defined]
+    assert retry.retry_delay.ToTimedelta().total_seconds() > 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_dependency_error_rules() -> None:
+    assert dependency_error(ValueError("a bug")) is None
+    refused = dependency_error(asyncpg.exceptions.ConnectionDoesNotExistError("gone"))
+    assert isinstance(refused, UnavailableError)
+    assert refused.metadata == {"dependency": "postgresql"}
+    assert isinstance(dependency_error(TimeoutError()), DeadlineExceededError)
+
+
+async def test_health_watch_streams_status_changes(fault_host: ServiceHost) -> None:
+    # Regression: Watch (a coroutine writing through its context) failed with a TypeError
+    # inside OpenTelemetry's interceptor, which iterates every streaming behaviour.
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{fault_host.grpc_port}") as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=FAULTS), timeout=5
+        )
+        assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+        watch.cancel()
 
 
 async def test_invalid_argument_names_the_field(fault_host: ServiceHost) -> None:

@@ -14,6 +14,7 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 
+from its.analytics.v1 import analytics_service_pb2, analytics_service_pb2_grpc
 from its_camera_ai.analytics.server import analytics_unit
 from its_camera_ai.common import AnalyticsServiceSettings, ServiceHost, Settings
 from tests.analytics import synth
@@ -28,6 +29,7 @@ from tests.analytics.test_service_support import (
     to_batches,
     traffic,
 )
+from tests.conftest import rpc_error_details
 from tests.reliability.conftest import PrivatePostgres, PrivateRedis
 
 pytestmark = pytest.mark.reliability
@@ -145,5 +147,59 @@ async def test_redis_outage_degrades_fanout_only(
         assert await stored(postgres_dsn) == reference(frames, synth.road_scene())
     finally:
         await client.aclose()
+        await channel.close()
+        await host.stop()
+
+
+async def test_a_reset_waits_for_the_spool_to_drain(
+    private_postgres: PrivatePostgres, decoder: str, tmp_path: Path
+) -> None:
+    """A spooled record holds the camera's old state; replayed after a reset, it would bring
+    the state back. So a reset is refused (UNAVAILABLE) until the spool has drained, even
+    with PostgreSQL back (replay here runs only when a write wakes it)."""
+    unit = analytics_unit(
+        AnalyticsServiceSettings(
+            spool_dir=tmp_path / "spool",
+            breaker_reset_seconds=0.3,
+            replay_interval_seconds=3600,
+            decoder_target=decoder,
+        )
+    )
+    host = ServiceHost(_settings(private_postgres.dsn), [unit])
+    await host.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{host.grpc_port}")
+    stub = analytics_service_pb2_grpc.AnalyticsServiceStub(channel)
+    reset = analytics_service_pb2.ResetCameraStateRequest(camera=f"cameras/{CAMERA_ID}")
+    try:
+        batches = to_batches(traffic(), "inference-0/reset-spool")
+        await stream(channel, batches[:5])
+        private_postgres.stop()
+        await stream(channel, batches[5:10])
+        private_postgres.start()
+        assert _metric(host, "analytics_spool_entries") == 5
+        # The first calls may still meet the pool's connections to the stopped server.
+        for _ in range(10):
+            await asyncio.sleep(0.4)  # past the breaker's open period
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.ResetCameraState(reset)
+            assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
+            assert rpc_error_details(caught.value)[0] == "DEPENDENCY_UNAVAILABLE"
+            if "spool" in (caught.value.details() or ""):
+                break
+        else:
+            raise AssertionError("the reset never named the spool it waits for")
+        assert _metric(host, "analytics_spool_entries") == 5
+
+        sent = 10
+        while _metric(host, "analytics_spool_entries"):  # each write wakes the replay
+            await asyncio.sleep(0.4)  # past the breaker's open period
+            await stream(channel, batches[sent : sent + 1])
+            sent += 1
+        response = await stub.ResetCameraState(reset)
+        last_sent = batches[sent - 1].frames[-1].capture_time.ToNanoseconds()
+        assert response.discarded_last_capture_time.ToNanoseconds() == last_sent
+        acks = await stream(channel, batches[sent:])
+        assert all(not a.rejections for a in acks)
+    finally:
         await channel.close()
         await host.stop()

@@ -12,6 +12,7 @@ replay-safe.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import fields
 from typing import Any
 
@@ -171,6 +172,22 @@ class BinStore:
         smallest = self.bin_seconds[0] * _NS
         self.final_before_ns = max(self.final_before_ns, watermark_ns - watermark_ns % smallest)
         return out
+
+    def adopt(self, records: Iterable[BinRecord]) -> None:
+        """Continue stored bins (a camera starting afresh over bins its previous state left
+        open): the next samples add to their values instead of replacing them. Adopted bins
+        are not written again until a sample touches them or the stream passes their end."""
+        for rec in records:
+            k = rec.key
+            if k.bin_seconds not in self.bin_seconds:
+                continue  # a length no longer configured: nothing here would extend it
+            acc = _Acc()
+            acc.v = [float(getattr(rec, name)) for name in _SCALARS]
+            if any(rec.speed_hist):
+                acc.hist = np.array(rec.speed_hist, dtype=np.int64)
+            key = (k.scope.value, k.scope_id, int(k.object_class), int(k.direction),
+                   k.bin_seconds, k.bin_start_ns)  # fmt: skip
+            self._acc[key] = acc
 
     # -- persistence -----------------------------------------------------------------------
 

@@ -23,8 +23,9 @@ from enum import Enum
 from typing import TypeVar
 
 from its_camera_ai.analytics._metrics import AnalyticsMetrics
+from its_camera_ai.analytics._records import BinRecord
 from its_camera_ai.analytics._spool import Spool
-from its_camera_ai.analytics._store import BatchWrite, Store
+from its_camera_ai.analytics._store import BatchWrite, Row, Store
 from its_camera_ai.common import POSTGRES_DOWN, POSTGRES_FAILURES, CircuitBreaker, UnavailableError
 
 __all__ = ["DurableWriter", "Written"]
@@ -82,6 +83,14 @@ class DurableWriter:
             return self._states[camera_id]
         return await self._read(lambda: self._store.camera_state(camera_id))
 
+    async def open_bins(
+        self, camera_id: str, end_after_ns: int, start_until_ns: int
+    ) -> list[BinRecord]:
+        # Only asked for a camera without engine state, so none of its bins is spooled.
+        return await self._read(
+            lambda: self._store.open_bins(camera_id, end_after_ns, start_until_ns)
+        )
+
     async def _read(self, operation: Callable[[], Awaitable[T]]) -> T:
         try:
             return await self._breaker.call(operation)
@@ -110,6 +119,16 @@ class DurableWriter:
         self._wake.set()
         self._metrics.write_latency.labels("spool").observe(time.perf_counter() - started)
         return Written.SPOOLED
+
+    async def reset_camera(self, camera_id: str, closed_events: list[Row]) -> None:
+        """Drop the camera's persisted engine state and write the events it closed; straight
+        to PostgreSQL, never spooled: a spooled record holding the camera's old state would
+        be replayed after the reset and bring it back."""
+        if self._spool.pending:
+            raise UnavailableError(
+                "analytics is replaying its spool into PostgreSQL: retry the reset once drained"
+            )
+        await self._read(lambda: self._store.reset_camera(camera_id, closed_events))
 
     # -- replay ------------------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 Per accepted frame: sanitise detections, track, estimate ground speeds, measure (lines,
 lanes, zones), detect incidents and drift. Deterministic: the same frames from the same
-state give the same records, event ids and track ids.
+state (and, where the arrival clock is given, the same clock) give the same records, event
+ids and track ids.
 
 Restarts. The whole state (tracks, open bins, open events, drift histograms, stream
 position) is a JSON document, ``state()`` / ``CameraAnalytics.restore``, a few tens of KB
@@ -104,7 +105,7 @@ class CameraAnalytics:
 
     # -- frames ------------------------------------------------------------------------------
 
-    def _check(self, frame: FrameInput) -> tuple[FrameReject, str] | None:
+    def _check(self, frame: FrameInput, now_ns: int | None) -> tuple[FrameReject, str] | None:
         if frame.camera != self.camera:
             return FrameReject.WRONG_CAMERA, f"frame of {frame.camera!r} sent to {self.camera!r}"
         seq, cap = frame.frame_sequence, frame.capture_time_ns
@@ -112,6 +113,10 @@ class CameraAnalytics:
             return FrameReject.BAD_FRAME, f"frame_sequence {seq!r} is not a positive integer"
         if not _is_int(cap) or not 0 <= cap < _MAX_TIME_NS:
             return FrameReject.BAD_FRAME, f"capture_time_ns {cap!r} is not a valid time"
+        if now_ns is not None:
+            problem = self._check_clock(int(cap), now_ns)
+            if problem is not None:
+                return problem
         # A lower sequence captured later is a re-created ring (decoder restart, new
         # resolution) starting again at 1; a resend of an accepted frame is never later.
         if seq <= self.last_seq and (self.last_ns is None or cap <= self.last_ns):
@@ -124,6 +129,23 @@ class CameraAnalytics:
         if self.last_ns is not None and cap < self.last_ns:
             return FrameReject.TIME_BACKWARDS, (
                 f"capture time {cap} is before the previous frame's {self.last_ns}"
+            )
+        return None
+
+    def _check_clock(self, cap: int, now_ns: int) -> tuple[FrameReject, str] | None:
+        """Before anything else: a frame accepted from beyond these limits would move the
+        camera's clock (and its bins' finality) where no current frame can follow."""
+        ahead_s = (cap - now_ns) / _NS
+        if ahead_s > self.cfg.max_capture_skew_seconds:
+            return FrameReject.CAPTURE_TIME_IN_FUTURE, (
+                f"capture_time is {ahead_s:.3f} s ahead of analytics' clock"
+                f" (at most {self.cfg.max_capture_skew_seconds:g} s allowed)"
+            )
+        horizon_s = max(self.cfg.bin_seconds)
+        if -ahead_s > horizon_s:
+            return FrameReject.CAPTURE_TIME_TOO_OLD, (
+                f"capture_time is {-ahead_s:.3f} s old, older than the largest bin"
+                f" ({horizon_s} s): its bins are final"
             )
         return None
 
@@ -144,9 +166,12 @@ class CameraAnalytics:
     def process(self, frame: FrameInput, now_ns: int | None = None) -> FrameOutcome:
         """Apply one frame. Never raises on bad input: it is rejected or repaired, counted.
 
-        ``now_ns`` (wall clock when the frame reached analytics) only feeds latency stats.
+        ``now_ns`` is the wall clock when the frame reached analytics: frames captured more
+        than ``max_capture_skew_seconds`` after it, or longer than the largest bin before
+        it, are rejected (before they touch any state), and it feeds the latency stats.
+        None (recorded traffic replayed in tests and tools) skips both.
         """
-        problem = self._check(frame)
+        problem = self._check(frame, now_ns)
         if problem is not None:
             return self._reject(frame, *problem)
         det = as_detection_array(frame.detections)

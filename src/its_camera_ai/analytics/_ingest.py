@@ -27,9 +27,15 @@ from its_camera_ai.analytics._durable import DurableWriter, Written
 from its_camera_ai.analytics._engine import CameraAnalytics
 from its_camera_ai.analytics._fanout import Fanout
 from its_camera_ai.analytics._metrics import AnalyticsMetrics
-from its_camera_ai.analytics._records import CameraStats, EventRecord, FrameInput, FrameOutcome
+from its_camera_ai.analytics._records import (
+    CameraStats,
+    EventRecord,
+    FrameInput,
+    FrameOutcome,
+    FrameReject,
+)
 from its_camera_ai.analytics._store import BatchWrite, bin_row, crossing_row, event_row
-from its_camera_ai.common import AnalyticsEngineSettings, UnavailableError
+from its_camera_ai.common import AnalyticsEngineSettings, NotFoundError, UnavailableError
 
 __all__ = ["Ingestor"]
 
@@ -59,9 +65,17 @@ def _frame_input(
     return FrameInput(camera_id, frame.frame_sequence, capture_ns, width, height, det, model)
 
 
-def _reason(number: int) -> error_reason_pb2.ErrorReason.ValueType:
-    # The engine's reasons are the wire enum's numbers (see _records.FrameReject).
-    return error_reason_pb2.ErrorReason.ValueType(number)
+def _rejection(outcome: FrameOutcome, rejected: FrameReject) -> _Rejection:
+    return _Rejection(
+        frame_sequence=outcome.frame_sequence,
+        # The engine's reasons are the wire enum's numbers (see _records.FrameReject), its
+        # causes the wire's cause names.
+        reason=error_reason_pb2.ErrorReason.ValueType(rejected.error_reason),
+        message=outcome.message,
+        cause=detection_batch_pb2.FrameRejectionCause.Value(
+            f"FRAME_REJECTION_CAUSE_{rejected.name}"
+        ),
+    )
 
 
 def _unknown_camera(batch: detection_batch_pb2.DetectionBatch) -> list[_Rejection]:
@@ -70,6 +84,7 @@ def _unknown_camera(batch: detection_batch_pb2.DetectionBatch) -> list[_Rejectio
             frame_sequence=frame.frame_sequence,
             reason=error_reason_pb2.ERROR_REASON_RESOURCE_NOT_FOUND,
             message=f"unknown camera {batch.camera!r}",
+            cause=detection_batch_pb2.FRAME_REJECTION_CAUSE_UNKNOWN_CAMERA,
         )
         for frame in batch.frames
     ]
@@ -201,11 +216,7 @@ class Ingestor:
             del self._engines[camera_id]
             return _Ack(acknowledged_sequence=batch.sequence, duplicate=True), [], None
         camera.state = state
-        rejections = [
-            _Rejection(frame_sequence=o.frame_sequence, reason=_reason(o.rejected.error_reason),
-                       message=o.message)
-            for o in outcomes if o.rejected is not None
-        ]  # fmt: skip
+        rejections = [_rejection(o, o.rejected) for o in outcomes if o.rejected is not None]
         stats = engine.snapshot()
         self._count(batch, outcomes, events, stats)
         ack = _Ack(
@@ -221,11 +232,45 @@ class Ingestor:
         if camera is None:
             state = await self._writer.camera_state(camera_id)
             if state is None:
-                engine = CameraAnalytics(camera_id, scene.scene, self._engine_settings)
+                engine = await self._fresh_engine(camera_id, scene)
             else:
                 engine = CameraAnalytics.from_state_bytes(state)
             camera = self._engines[camera_id] = _Camera(engine, state)
         return camera
+
+    async def _fresh_engine(self, camera_id: str, scene: KnownCamera) -> CameraAnalytics:
+        """A camera starting afresh (first use, or after a reset) continues the stored bins
+        a frame arriving now could reach: a new value would otherwise replace the stored one.
+        Bins further ahead can only come from frames refused today (or accepted before time
+        sanity): current data replaces them when the camera gets there."""
+        settings = self._engine_settings
+        engine = CameraAnalytics(camera_id, scene.scene, settings)
+        now_ns = time.time_ns()
+        oldest_ns = now_ns - max(settings.bin_seconds) * _NS
+        newest_ns = now_ns + int(settings.max_capture_skew_seconds * _NS)
+        engine.bins.adopt(await self._writer.open_bins(camera_id, oldest_ns, newest_ns))
+        return engine
+
+    async def reset(self, camera_id: str) -> tuple[int | None, int]:
+        """Discard the camera's engine state, in memory and persisted, between two of its
+        batches; the events it held open are closed. Returns the discarded state's clock
+        (None without a state) and how many events were closed."""
+        if await self._cameras.get(camera_id) is None:
+            raise NotFoundError(
+                f"camera 'cameras/{camera_id}' not found",
+                metadata={"resource": f"cameras/{camera_id}"},
+            )
+        async with self._camera_locks[camera_id]:
+            # From the durable state, which the camera's engine equals between batches: the
+            # engine itself stays untouched should the reset fail.
+            camera = self._engines.get(camera_id)
+            state = camera.state if camera else await self._writer.camera_state(camera_id)
+            old = None if state is None else CameraAnalytics.from_state_bytes(state)
+            closed = [] if old is None else old.book.close_all(old.last_ns or 0)
+            await self._writer.reset_camera(camera_id, [event_row(e) for e in closed])
+            self._engines.pop(camera_id, None)
+        self._metrics.camera_resets.inc()
+        return (None if old is None else old.last_ns), len(closed)
 
     def _count(
         self,

@@ -77,6 +77,11 @@ class AnalyticsMetrics:
             ["result"],
             registry=registry,
         )
+        self.camera_resets = Counter(
+            "analytics_camera_resets_total",
+            "Camera engine states discarded by AnalyticsService.ResetCameraState.",
+            registry=registry,
+        )
         self.retention_deleted = Counter(
             "analytics_retention_deleted_rows_total",
             "Rows deleted by retention.",

@@ -131,6 +131,9 @@ class FrameReject(StrEnum):
     BAD_DETECTION = (
         "bad_detection"  # only with AnalyticsEngineSettings.reject_frame_on_bad_detection
     )
+    # Against analytics' clock: beyond the allowed skew ahead, or older than the largest bin.
+    CAPTURE_TIME_IN_FUTURE = "capture_time_in_future"
+    CAPTURE_TIME_TOO_OLD = "capture_time_too_old"
 
     @property
     def error_reason(self) -> int:
@@ -145,6 +148,9 @@ _ERROR_REASON = {
     FrameReject.TIME_BACKWARDS: 1,  # INVALID_FIELD
     FrameReject.BAD_FRAME: 1,
     FrameReject.BAD_DETECTION: 1,
+    FrameReject.CAPTURE_TIME_IN_FUTURE: 1,
+    # Its bins are final by analytics' clock, whatever the camera's own says.
+    FrameReject.CAPTURE_TIME_TOO_OLD: 13,
 }
 
 

@@ -1,4 +1,4 @@
-"""``its.analytics.v1.AnalyticsService``: the ``StreamDetectionBatches`` protocol.
+"""``its.analytics.v1.AnalyticsService``: the ``StreamDetectionBatches`` protocol, and resets.
 
 The stream's own rules are checked here (required fields, one producer per stream, strictly
 increasing sequences); each batch is then applied by the ``Ingestor`` and answered in order,
@@ -11,6 +11,9 @@ Producer streams live as long as their producer, so a stopping server would wait
 drain time for them: ``close_streams`` (on the server's way down) ends each stream between
 batches with UNAVAILABLE instead, and the producer reconnects and resends what was not
 acknowledged.
+
+``ResetCameraState`` (operators) discards a camera's engine state through the ``Ingestor``,
+under the camera's lock, so it falls between two of the camera's batches.
 """
 
 from __future__ import annotations
@@ -107,6 +110,20 @@ class AnalyticsServicer(analytics_service_pb2_grpc.AnalyticsServiceServicer):
             await requests.aclose()  # now, not when collected: it holds a waiting task
             if producer is not None:
                 self._ingestor.close_stream(producer)
+
+    async def ResetCameraState(
+        self, request: analytics_service_pb2.ResetCameraStateRequest, context: _Context
+    ) -> analytics_service_pb2.ResetCameraStateResponse:
+        if not request.camera:
+            raise InvalidArgumentError.for_field("camera", "is required")
+        camera_id = parse_camera_name(request.camera, "camera")
+        last_ns, closed_events = await self._ingestor.reset(camera_id)
+        response = analytics_service_pb2.ResetCameraStateResponse(
+            camera=f"cameras/{camera_id}", closed_events=closed_events
+        )
+        if last_ns is not None:
+            response.discarded_last_capture_time.FromNanoseconds(last_ns)
+        return response
 
     async def _until_closing(
         self, request_iterator: AsyncIterator[analytics_service_pb2.StreamDetectionBatchesRequest]

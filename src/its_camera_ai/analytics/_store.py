@@ -19,9 +19,17 @@ from typing import Any
 
 import asyncpg
 
-from its_camera_ai.analytics._records import BinRecord, EventRecord, LineCrossing
+from its_camera_ai.analytics._records import (
+    BinKey,
+    BinRecord,
+    Direction,
+    EventRecord,
+    LineCrossing,
+    ObjectClass,
+    Scope,
+)
 
-__all__ = ["BatchWrite", "Store", "bin_row", "crossing_row", "event_row"]
+__all__ = ["BatchWrite", "Row", "Store", "bin_row", "crossing_row", "event_row"]
 
 Row = tuple[Any, ...]
 
@@ -61,6 +69,15 @@ _SET_MARK = (
     "INSERT INTO analytics_producers (producer_id, last_sequence) VALUES ($1, $2)"
     " ON CONFLICT (producer_id) DO UPDATE SET last_sequence = EXCLUDED.last_sequence,"
     " update_time = now()"
+)
+_DROP_STATE = "DELETE FROM analytics_camera_state WHERE camera_id = $1"
+# A camera's bins ending after $2 and starting by $3 (ns), as BinRecord fields: what a
+# fresh engine continues.
+_OPEN_BINS = (
+    f"SELECT {', '.join(_BIN_KEY)}, (extract(epoch FROM bin_start) * 1000000)::bigint * 1000"  # noqa: S608
+    f" AS bin_start_ns, bin_seconds, {', '.join(_BIN_VALUES)} FROM analytics_bins"
+    f" WHERE camera_id = $1 AND bin_start + bin_seconds * interval '1 second' > {_TS.format('$2')}"
+    f" AND bin_start <= {_TS.format('$3')}"
 )
 _SET_STATE = (
     "INSERT INTO analytics_camera_state (camera_id, state) VALUES ($1, $2)"
@@ -178,6 +195,30 @@ class Store:
             "SELECT state FROM analytics_camera_state WHERE camera_id = $1", camera_id
         )
         return bytes(state) if state is not None else None
+
+    async def open_bins(
+        self, camera_id: str, end_after_ns: int, start_until_ns: int
+    ) -> list[BinRecord]:
+        """The camera's stored bins that end after ``end_after_ns`` and start by
+        ``start_until_ns``."""
+        rows = await self._pool.fetch(_OPEN_BINS, camera_id, end_after_ns, start_until_ns)
+        return [
+            BinRecord(
+                key=BinKey(camera_id, Scope(r["scope"]), r["scope_id"],
+                           ObjectClass(r["object_class"]), Direction(r["direction"]),
+                           int(r["bin_start_ns"]), int(r["bin_seconds"])),
+                **{name: r[name] for name in _BIN_VALUES if name != "speed_hist"},
+                speed_hist=tuple(r["speed_hist"]),
+            )
+            for r in rows
+        ]  # fmt: skip
+
+    async def reset_camera(self, camera_id: str, closed_events: list[Row]) -> None:
+        """One transaction: the events the camera's state held open, closed; the state gone."""
+        async with self._pool.acquire() as connection, connection.transaction():
+            if closed_events:
+                await connection.executemany(UPSERT_EVENT, closed_events)
+            await connection.execute(_DROP_STATE, camera_id)
 
     async def delete_older_than(self, age_seconds: float) -> int:
         """Retention: delete rows older than ``age_seconds``; returns how many went."""

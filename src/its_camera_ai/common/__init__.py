@@ -31,6 +31,7 @@ from its_camera_ai.common._errors import (
     ERROR_DOMAIN,
     AbortedError,
     AlreadyExistsError,
+    DeadlineExceededError,
     FailedPreconditionError,
     FieldViolation,
     InternalError,
@@ -43,6 +44,7 @@ from its_camera_ai.common._errors import (
     UnavailableError,
     UnimplementedError,
 )
+from its_camera_ai.common._interceptors import dependency_error
 from its_camera_ai.common._logging import configure_logging
 from its_camera_ai.common._migrations import (
     Migration,
@@ -81,6 +83,7 @@ __all__ = [
     "ConfigError",
     "Database",
     "DatabaseSettings",
+    "DeadlineExceededError",
     "DecoderSettings",
     "FailedPreconditionError",
     "FieldViolation",
@@ -112,6 +115,7 @@ __all__ = [
     "camera_id_from_name",
     "configure_logging",
     "create_redis",
+    "dependency_error",
     "is_resource_id",
     "is_token",
     "load_settings",

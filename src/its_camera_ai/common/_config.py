@@ -228,6 +228,12 @@ class AnalyticsEngineSettings(_Section):
     tracker: TrackerSettings = TrackerSettings()
     # Bin lengths produced; each must divide the next so bins nest.
     bin_seconds: tuple[int, ...] = Field((60, 900), min_length=1)
+    # Time sanity, against analytics' wall clock when the frame arrives: a capture time more
+    # than this ahead of it is refused (CAPTURE_TIME_IN_FUTURE), and so is one older than
+    # the largest bin (CAPTURE_TIME_TOO_OLD); neither moves the camera's clock. Cameras and
+    # servers keep NTP time, so a few seconds cover their disagreement; a frame from further
+    # ahead would otherwise make every current frame "late" for good.
+    max_capture_skew_seconds: float = Field(5.0, ge=0.0, le=3600.0)
 
     # -- input hygiene --
     max_detections: int = Field(1000, ge=1)

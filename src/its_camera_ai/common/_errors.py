@@ -3,7 +3,8 @@
 Domain code raises these; the error interceptor (``_interceptors.py``) turns them into a
 canonical gRPC status with ``google.rpc.Status`` details: an ``ErrorInfo`` whose reason is
 one of the fixed ``its.common.v1.ErrorReason`` names, plus ``BadRequest`` field violations
-for invalid arguments (AIP-193). Nothing else in the code base builds a status by hand.
+for invalid arguments (AIP-193) and ``RetryInfo`` (how long to wait) on ``UNAVAILABLE``.
+Nothing else in the code base builds a status by hand.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from its.common.v1 import error_reason_pb2 as errors_pb2
@@ -21,6 +22,7 @@ __all__ = [
     "ERROR_DOMAIN",
     "AbortedError",
     "AlreadyExistsError",
+    "DeadlineExceededError",
     "FailedPreconditionError",
     "FieldViolation",
     "InternalError",
@@ -37,6 +39,9 @@ __all__ = [
 
 # The ErrorInfo domain: stable, documented in protos/its/common/v1/error_reason.proto.
 ERROR_DOMAIN = "its-camera-ai.dev"
+# The retry delay an UNAVAILABLE answer suggests when its raiser knows no better one: long
+# enough not to hammer a dependency that is restarting, short enough to notice it is back.
+DEFAULT_RETRY_DELAY_SECONDS = 1.0
 
 
 def reason_name(reason: int) -> str:
@@ -150,9 +155,42 @@ class AbortedError(ItsError):
 
 
 class UnavailableError(ItsError):
-    """A dependency (database, cache, peer service) cannot be reached; safe to retry."""
+    """A dependency (database, cache, peer service) cannot be reached; safe to retry.
+
+    Travels with a ``google.rpc.RetryInfo`` whose delay is ``retry_delay_seconds``.
+    """
 
     code = grpc.StatusCode.UNAVAILABLE
+    default_reason = errors_pb2.ERROR_REASON_DEPENDENCY_UNAVAILABLE
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: int | None = None,
+        metadata: Mapping[str, str] | None = None,
+        retry_delay_seconds: float = DEFAULT_RETRY_DELAY_SECONDS,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.retry_delay_seconds = retry_delay_seconds
+
+    def _details(self) -> list[any_pb2.Any]:
+        details = super()._details()
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(round(self.retry_delay_seconds * 1e9))
+        packed = any_pb2.Any()
+        packed.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        details.append(packed)
+        return details
+
+
+class DeadlineExceededError(ItsError):
+    """A dependency did not answer in time (a timeout, not a refusal); the call may or may
+    not have taken effect there."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    # error_reason.proto has no reason of its own for a timeout: a slow dependency is
+    # reported as the dependency, under DEADLINE_EXCEEDED.
     default_reason = errors_pb2.ERROR_REASON_DEPENDENCY_UNAVAILABLE
 
 

@@ -1,8 +1,11 @@
 """Server interceptors every service shares: error mapping and RPC metrics.
 
 The error interceptor is the one place where exceptions become gRPC statuses: an
-``ItsError`` travels as its canonical code with ``google.rpc.Status`` details; anything
-else is a bug, logged with its traceback and reported as ``INTERNAL`` without internals.
+``ItsError`` travels as its canonical code with ``google.rpc.Status`` details; a dependency
+failure that reached it (``dependency_error``: PostgreSQL or Redis down, a peer service
+unavailable, a timeout) is ``UNAVAILABLE`` with ``RetryInfo``, or ``DEADLINE_EXCEEDED``,
+logged as a warning without a traceback; anything else is a bug, logged with its traceback
+and reported as ``INTERNAL`` without internals.
 """
 
 from __future__ import annotations
@@ -14,12 +17,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias
 
 import grpc
+import redis.exceptions
 from grpc_status import rpc_status
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from its_camera_ai.common._errors import InternalError, ItsError, UnimplementedError
+from its_camera_ai.common._errors import (
+    DeadlineExceededError,
+    InternalError,
+    ItsError,
+    UnavailableError,
+    UnimplementedError,
+)
+from its_camera_ai.common._storage import POSTGRES_FAILURES, REDIS_FAILURES
 
-__all__ = ["ErrorMappingInterceptor", "RpcMetricsInterceptor"]
+__all__ = ["ErrorMappingInterceptor", "RpcMetricsInterceptor", "dependency_error"]
 
 _log = logging.getLogger(__name__)
 
@@ -28,6 +39,28 @@ _Wrap = Callable[[_Behaviour, str], _Behaviour]
 # Strings: grpc's classes are generic only in their type stubs, not at run time.
 _Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 _Continuation: TypeAlias = "Callable[[grpc.HandlerCallDetails], Awaitable[_Handler | None]]"
+
+
+def _as_async_generator(behaviour: _Behaviour) -> _Behaviour:
+    """A streaming-response behaviour in the async-generator shape.
+
+    grpc.aio also accepts a coroutine writing through ``context.write`` (grpc's own health
+    ``Watch`` is one), but OpenTelemetry's server interceptor iterates every streaming
+    behaviour with ``async for``: given a coroutine it failed the call with a TypeError.
+    Wrapped, the coroutine still writes through the context and the generator yields
+    nothing, so each interceptor sees one shape.
+    """
+    if inspect.isasyncgenfunction(behaviour):
+        return behaviour
+
+    async def writes_through_context(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        await behaviour(request, context)
+        return
+        yield  # unreachable: makes this an async generator
+
+    return writes_through_context
 
 
 def _rewrap(handler: _Handler, method: str, wrap: _Wrap) -> _Handler:
@@ -39,12 +72,77 @@ def _rewrap(handler: _Handler, method: str, wrap: _Wrap) -> _Handler:
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary, method), **common)
     if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream, method), **common)
+        behaviour = wrap(_as_async_generator(handler.unary_stream), method)
+        return grpc.unary_stream_rpc_method_handler(behaviour, **common)
     if handler.stream_unary is not None:
         return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary, method), **common)
     if handler.stream_stream is not None:
-        return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream, method), **common)
+        behaviour = wrap(_as_async_generator(handler.stream_stream), method)
+        return grpc.stream_stream_rpc_method_handler(behaviour, **common)
     raise TypeError(f"{method}: handler has no behaviour")
+
+
+# The failure types that belong to one client library. OSError and TimeoutError are in
+# the shared tuples too, but raised anywhere: those are judged by where they were raised.
+_OWN_FAILURES: dict[str, tuple[type[BaseException], ...]] = {
+    "postgresql": tuple(t for t in POSTGRES_FAILURES if t not in (OSError, TimeoutError)),
+    "redis": tuple(t for t in REDIS_FAILURES if t not in (OSError, TimeoutError)),
+}
+# Top-level packages of the client libraries, and the dependency each one talks to.
+_CLIENT_PACKAGES = {"asyncpg": "postgresql", "redis": "redis", "grpc": "a peer service"}
+
+
+def _raised_through(exc: BaseException) -> str | None:
+    """The dependency whose client library ``exc`` was raised in (a refused connection from
+    asyncpg's connect), judged from its traceback; None for our own code's OSErrors (a file
+    not found is a bug or a bad request, not an outage)."""
+    found = None
+    frame = exc.__traceback__
+    while frame is not None:
+        package = str(frame.tb_frame.f_globals.get("__name__", "")).partition(".")[0]
+        found = _CLIENT_PACKAGES.get(package, found)
+        frame = frame.tb_next
+    return found
+
+
+def _dependency_of(exc: BaseException) -> str | None:
+    for dependency, failures in _OWN_FAILURES.items():
+        if isinstance(exc, failures):
+            return dependency
+    if isinstance(exc, OSError | TimeoutError):
+        return _raised_through(exc)
+    return None
+
+
+def dependency_error(exc: BaseException) -> ItsError | None:
+    """The status a dependency failure answers with, or None when ``exc`` is not one.
+
+    PostgreSQL down (``POSTGRES_FAILURES``), Redis down (``REDIS_FAILURES``), a peer
+    service answering ``UNAVAILABLE``: ``UnavailableError`` (``RetryInfo``, reason
+    ``DEPENDENCY_UNAVAILABLE``, metadata ``dependency``). A timeout (asyncio's, a client
+    library's, a peer's ``DEADLINE_EXCEEDED``): ``DeadlineExceededError``. ``ItsError``s
+    (an open ``CircuitOpenError`` among them) already are their own status.
+    """
+    if isinstance(exc, grpc.aio.AioRpcError):
+        # Only the codes that say "the peer is down or slow"; any other code a peer
+        # returns to us is a bug in how we called it.
+        timed_out = exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        if not timed_out and exc.code() != grpc.StatusCode.UNAVAILABLE:
+            return None
+        dependency: str | None = _CLIENT_PACKAGES["grpc"]
+    else:
+        timed_out = isinstance(exc, TimeoutError | redis.exceptions.TimeoutError)
+        dependency = _dependency_of(exc)
+    if timed_out:
+        metadata = {"dependency": dependency} if dependency else {}
+        return DeadlineExceededError(
+            f"{dependency or 'a dependency'} did not answer in time", metadata=metadata
+        )
+    if dependency is None:
+        return None
+    return UnavailableError(
+        f"{dependency} is unavailable; retry later", metadata={"dependency": dependency}
+    )
 
 
 def _as_its_error(exc: Exception, method: str) -> ItsError:
@@ -53,6 +151,15 @@ def _as_its_error(exc: Exception, method: str) -> ItsError:
     if isinstance(exc, NotImplementedError):
         # What generated servicer bases raise for RPCs a service does not implement yet.
         return UnimplementedError(f"{method} is not implemented by this server")
+    mapped = dependency_error(exc)
+    if mapped is not None:
+        # An outage, not a bug: no traceback (the dependency's own health tells the story).
+        _log.warning(
+            "dependency failure in %s",
+            method,
+            extra={"code": mapped.code.name, "error": f"{type(exc).__name__}: {exc}"},
+        )
+        return mapped
     _log.error("unhandled error in %s", method, exc_info=exc)
     return InternalError("internal error")
 

@@ -125,10 +125,38 @@ class ServiceHost:
         self._http: HttpSidePort | None = None
         self._tracer_provider: Any = None
         self._serving = False
+        # Health updates come from start() and from the database supervisor; one at a time,
+        # so that a stale update cannot land after a newer one.
+        self._health_lock = asyncio.Lock()
 
     @property
     def service_names(self) -> list[str]:
         return [name for unit in self.units for name in unit.grpc_services]
+
+    async def _apply_health(self) -> None:
+        """Every service SERVING, except those of units needing the database while it is
+        down (and the server as a whole, "", then too: /health says the same)."""
+        database = self.runtime.database
+        database_up = database is None or database.is_up
+        async with self._health_lock:
+            if not self._serving:
+                return  # not yet started (start() applies it), or stopping: NOT_SERVING
+            statuses = {"": database_up}
+            for unit in self.units:
+                for name in unit.grpc_services:
+                    statuses[name] = database_up or not unit.needs_database
+            for name, serving in statuses.items():
+                status = health_pb2.HealthCheckResponse.SERVING
+                if not serving:
+                    status = health_pb2.HealthCheckResponse.NOT_SERVING
+                await self._health.set(name, status)
+
+    async def _database_state_changed(self, up: bool) -> None:
+        if up:
+            _log.info("database back: serving again")
+        else:
+            _log.warning("database down: services that need it are NOT_SERVING")
+        await self._apply_health()
 
     def _server_options(self) -> list[tuple[str, Any]]:
         grpc_settings = self.settings.grpc
@@ -148,8 +176,11 @@ class ServiceHost:
     async def _open_dependencies(self) -> None:
         if any(unit.needs_database for unit in self.units):
             database = await Database.open(
-                self.settings.database, application_name=f"its-camera-ai-{self.name}"
+                self.settings.database,
+                application_name=f"its-camera-ai-{self.name}",
+                registry=self.runtime.metrics,
             )
+            database.add_state_listener(self._database_state_changed)
             self.runtime.database = database
             sets = [CORE_MIGRATIONS, *(s for unit in self.units for s in unit.migrations)]
             applied = await apply_migrations(database.pool, sets)
@@ -200,9 +231,8 @@ class ServiceHost:
                 self.settings.http.host, self.settings.http.port
             )
 
-        for name in ("", *self.service_names):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._serving = True
+        await self._apply_health()
         _log.info(
             "serving",
             extra={

@@ -22,20 +22,31 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from its.analytics.v1 import detection_batch_pb2 as its_dot_analytics_dot_v1_dot_detection__batch__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(its/analytics/v1/analytics_service.proto\x12\x10its.analytics.v1\x1a&its/analytics/v1/detection_batch.proto\"P\n\x1dStreamDetectionBatchesRequest\x12/\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32 .its.analytics.v1.DetectionBatch\"\xba\x01\n\x1eStreamDetectionBatchesResponse\x12\x1d\n\x15\x61\x63knowledged_sequence\x18\x01 \x01(\x03\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x17\n\x0f\x61\x63\x63\x65pted_frames\x18\x03 \x01(\x05\x12\x17\n\x0frejected_frames\x18\x04 \x01(\x05\x12\x34\n\nrejections\x18\x05 \x03(\x0b\x32 .its.analytics.v1.FrameRejection2\x93\x01\n\x10\x41nalyticsService\x12\x7f\n\x16StreamDetectionBatches\x12/.its.analytics.v1.StreamDetectionBatchesRequest\x1a\x30.its.analytics.v1.StreamDetectionBatchesResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(its/analytics/v1/analytics_service.proto\x12\x10its.analytics.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a&its/analytics/v1/detection_batch.proto\"L\n\x17ResetCameraStateRequest\x12\x31\n\x06\x63\x61mera\x18\x01 \x01(\tB!\xe2\x41\x01\x02\xfa\x41\x1a\n\x18its-camera-ai.dev/Camera\"\xa1\x01\n\x18ResetCameraStateResponse\x12-\n\x06\x63\x61mera\x18\x01 \x01(\tB\x1d\xfa\x41\x1a\n\x18its-camera-ai.dev/Camera\x12?\n\x1b\x64iscarded_last_capture_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rclosed_events\x18\x03 \x01(\x05\"P\n\x1dStreamDetectionBatchesRequest\x12/\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32 .its.analytics.v1.DetectionBatch\"\xba\x01\n\x1eStreamDetectionBatchesResponse\x12\x1d\n\x15\x61\x63knowledged_sequence\x18\x01 \x01(\x03\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x17\n\x0f\x61\x63\x63\x65pted_frames\x18\x03 \x01(\x05\x12\x17\n\x0frejected_frames\x18\x04 \x01(\x05\x12\x34\n\nrejections\x18\x05 \x03(\x0b\x32 .its.analytics.v1.FrameRejection2\xfe\x01\n\x10\x41nalyticsService\x12\x7f\n\x16StreamDetectionBatches\x12/.its.analytics.v1.StreamDetectionBatchesRequest\x1a\x30.its.analytics.v1.StreamDetectionBatchesResponse(\x01\x30\x01\x12i\n\x10ResetCameraState\x12).its.analytics.v1.ResetCameraStateRequest\x1a*.its.analytics.v1.ResetCameraStateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'its.analytics.v1.analytics_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STREAMDETECTIONBATCHESREQUEST']._serialized_start=102
-  _globals['_STREAMDETECTIONBATCHESREQUEST']._serialized_end=182
-  _globals['_STREAMDETECTIONBATCHESRESPONSE']._serialized_start=185
-  _globals['_STREAMDETECTIONBATCHESRESPONSE']._serialized_end=371
-  _globals['_ANALYTICSSERVICE']._serialized_start=374
-  _globals['_ANALYTICSSERVICE']._serialized_end=521
+  _globals['_RESETCAMERASTATEREQUEST'].fields_by_name['camera']._loaded_options = None
+  _globals['_RESETCAMERASTATEREQUEST'].fields_by_name['camera']._serialized_options = b'\342A\001\002\372A\032\n\030its-camera-ai.dev/Camera'
+  _globals['_RESETCAMERASTATERESPONSE'].fields_by_name['camera']._loaded_options = None
+  _globals['_RESETCAMERASTATERESPONSE'].fields_by_name['camera']._serialized_options = b'\372A\032\n\030its-camera-ai.dev/Camera'
+  _globals['_RESETCAMERASTATEREQUEST']._serialized_start=195
+  _globals['_RESETCAMERASTATEREQUEST']._serialized_end=271
+  _globals['_RESETCAMERASTATERESPONSE']._serialized_start=274
+  _globals['_RESETCAMERASTATERESPONSE']._serialized_end=435
+  _globals['_STREAMDETECTIONBATCHESREQUEST']._serialized_start=437
+  _globals['_STREAMDETECTIONBATCHESREQUEST']._serialized_end=517
+  _globals['_STREAMDETECTIONBATCHESRESPONSE']._serialized_start=520
+  _globals['_STREAMDETECTIONBATCHESRESPONSE']._serialized_end=706
+  _globals['_ANALYTICSSERVICE']._serialized_start=709
+  _globals['_ANALYTICSSERVICE']._serialized_end=963
 # @@protoc_insertion_point(module_scope)

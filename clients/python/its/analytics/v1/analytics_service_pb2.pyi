@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from its.analytics.v1 import detection_batch_pb2 as _detection_batch_pb2
 import builtins as _builtins
@@ -18,6 +19,63 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+@_typing.final
+class ResetCameraStateRequest(_message.Message):
+    """Request of AnalyticsService.ResetCameraState."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMERA_FIELD_NUMBER: _builtins.int
+    camera: _builtins.str
+    """The camera whose analytics state to discard, "cameras/{camera}"."""
+    def __init__(
+        self,
+        *,
+        camera: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["camera", b"camera"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResetCameraStateRequest: _TypeAlias = ResetCameraStateRequest  # noqa: Y015
+
+@_typing.final
+class ResetCameraStateResponse(_message.Message):
+    """Response of AnalyticsService.ResetCameraState."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMERA_FIELD_NUMBER: _builtins.int
+    DISCARDED_LAST_CAPTURE_TIME_FIELD_NUMBER: _builtins.int
+    CLOSED_EVENTS_FIELD_NUMBER: _builtins.int
+    camera: _builtins.str
+    """The camera reset, "cameras/{camera}"."""
+    closed_events: _builtins.int
+    """Events the discarded state held open, now closed."""
+    @_builtins.property
+    def discarded_last_capture_time(self) -> _timestamp_pb2.Timestamp:
+        """The camera's clock in the discarded state: the capture time of the newest frame it had
+        accepted (far ahead of now for a state poisoned by a bad capture time). Unset when the
+        camera had no state.
+        """
+
+    def __init__(
+        self,
+        *,
+        camera: _builtins.str = ...,
+        discarded_last_capture_time: _timestamp_pb2.Timestamp | None = ...,
+        closed_events: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["discarded_last_capture_time", b"discarded_last_capture_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["camera", b"camera", "closed_events", b"closed_events", "discarded_last_capture_time", b"discarded_last_capture_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResetCameraStateResponse: _TypeAlias = ResetCameraStateResponse  # noqa: Y015
 
 @_typing.final
 class StreamDetectionBatchesRequest(_message.Message):

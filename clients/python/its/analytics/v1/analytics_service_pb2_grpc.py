@@ -27,8 +27,9 @@ if _version_not_supported:
 
 class AnalyticsServiceStub:
     """Ingests detections from inference servers and turns them into tracks, counts, speeds
-    and events. Internal API: callable only by service identities (mTLS) of inference
-    servers, not exposed to external clients.
+    and events. Internal API: StreamDetectionBatches is callable only by service identities
+    (mTLS) of inference servers, ResetCameraState only by operators and admins; not exposed
+    to other external clients.
     """
 
     def __init__(self, channel):
@@ -42,12 +43,18 @@ class AnalyticsServiceStub:
                 request_serializer=its_dot_analytics_dot_v1_dot_analytics__service__pb2.StreamDetectionBatchesRequest.SerializeToString,
                 response_deserializer=its_dot_analytics_dot_v1_dot_analytics__service__pb2.StreamDetectionBatchesResponse.FromString,
                 _registered_method=True)
+        self.ResetCameraState = channel.unary_unary(
+                '/its.analytics.v1.AnalyticsService/ResetCameraState',
+                request_serializer=its_dot_analytics_dot_v1_dot_analytics__service__pb2.ResetCameraStateRequest.SerializeToString,
+                response_deserializer=its_dot_analytics_dot_v1_dot_analytics__service__pb2.ResetCameraStateResponse.FromString,
+                _registered_method=True)
 
 
 class AnalyticsServiceServicer:
     """Ingests detections from inference servers and turns them into tracks, counts, speeds
-    and events. Internal API: callable only by service identities (mTLS) of inference
-    servers, not exposed to external clients.
+    and events. Internal API: StreamDetectionBatches is callable only by service identities
+    (mTLS) of inference servers, ResetCameraState only by operators and admins; not exposed
+    to other external clients.
     """
 
     def StreamDetectionBatches(self, request_iterator, context):
@@ -72,8 +79,10 @@ class AnalyticsServiceServicer:
         batch not yet acknowledged. Batches already durable are recognised by
         (producer_id, sequence) and acknowledged again with `duplicate` set, without being
         applied twice.
-        * Per-frame problems (unknown camera, late or duplicate frames, malformed boxes)
-        reject the frame, not the stream: see `rejections`. Rejections are final.
+        * Per-frame problems (unknown camera, late or duplicate frames, malformed boxes, a
+        capture time ahead of analytics' clock by more than the allowed skew or older than
+        the largest bin) reject the frame, not the stream: see `rejections`. Rejections are
+        final, and a rejected frame never moves the camera's clock.
         * The stream fails, and must be reopened, on: UNAUTHENTICATED / PERMISSION_DENIED;
         INVALID_ARGUMENT (ERROR_REASON_INVALID_FIELD) for a batch without producer_id,
         sequence or camera, or a producer_id change within the stream; FAILED_PRECONDITION
@@ -88,6 +97,27 @@ class AnalyticsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResetCameraState(self, request, context):
+        """Discards a camera's analytics engine state (tracks, open bins and events, drift
+        baselines and the camera's clock: the capture time of its newest accepted frame), in
+        memory and persisted, so that a camera whose state went wrong is recovered without a
+        restart. Callable by the operator and admin roles only (PERMISSION_DENIED otherwise,
+        once the service authenticates callers).
+
+        Serialised with the camera's batches: a batch being applied finishes first; the next
+        one starts the camera afresh. Nothing stored is lost: the events the state held open
+        are closed (ending at their last evidence), and the fresh state adds to the stored
+        bins it can still reach rather than overwriting them. Tracks restart.
+
+        Errors: INVALID_ARGUMENT (ERROR_REASON_INVALID_FIELD) naming `camera` for a malformed
+        name; NOT_FOUND (ERROR_REASON_RESOURCE_NOT_FOUND) for a camera the decoder does not
+        have; UNAVAILABLE (ERROR_REASON_DEPENDENCY_UNAVAILABLE) while PostgreSQL is
+        unreachable or batches wait in analytics' spool for it (retry later).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AnalyticsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +125,11 @@ def add_AnalyticsServiceServicer_to_server(servicer, server):
                     servicer.StreamDetectionBatches,
                     request_deserializer=its_dot_analytics_dot_v1_dot_analytics__service__pb2.StreamDetectionBatchesRequest.FromString,
                     response_serializer=its_dot_analytics_dot_v1_dot_analytics__service__pb2.StreamDetectionBatchesResponse.SerializeToString,
+            ),
+            'ResetCameraState': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetCameraState,
+                    request_deserializer=its_dot_analytics_dot_v1_dot_analytics__service__pb2.ResetCameraStateRequest.FromString,
+                    response_serializer=its_dot_analytics_dot_v1_dot_analytics__service__pb2.ResetCameraStateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -106,8 +141,9 @@ def add_AnalyticsServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class AnalyticsService:
     """Ingests detections from inference servers and turns them into tracks, counts, speeds
-    and events. Internal API: callable only by service identities (mTLS) of inference
-    servers, not exposed to external clients.
+    and events. Internal API: StreamDetectionBatches is callable only by service identities
+    (mTLS) of inference servers, ResetCameraState only by operators and admins; not exposed
+    to other external clients.
     """
 
     @staticmethod
@@ -127,6 +163,33 @@ class AnalyticsService:
             '/its.analytics.v1.AnalyticsService/StreamDetectionBatches',
             its_dot_analytics_dot_v1_dot_analytics__service__pb2.StreamDetectionBatchesRequest.SerializeToString,
             its_dot_analytics_dot_v1_dot_analytics__service__pb2.StreamDetectionBatchesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetCameraState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/its.analytics.v1.AnalyticsService/ResetCameraState',
+            its_dot_analytics_dot_v1_dot_analytics__service__pb2.ResetCameraStateRequest.SerializeToString,
+            its_dot_analytics_dot_v1_dot_analytics__service__pb2.ResetCameraStateResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -28,8 +28,9 @@ GRPC_VERSION: str
 
 class AnalyticsServiceStub:
     """Ingests detections from inference servers and turns them into tracks, counts, speeds
-    and events. Internal API: callable only by service identities (mTLS) of inference
-    servers, not exposed to external clients.
+    and events. Internal API: StreamDetectionBatches is callable only by service identities
+    (mTLS) of inference servers, ResetCameraState only by operators and admins; not exposed
+    to other external clients.
     """
 
     @_typing.overload
@@ -58,8 +59,10 @@ class AnalyticsServiceStub:
       batch not yet acknowledged. Batches already durable are recognised by
       (producer_id, sequence) and acknowledged again with `duplicate` set, without being
       applied twice.
-    * Per-frame problems (unknown camera, late or duplicate frames, malformed boxes)
-      reject the frame, not the stream: see `rejections`. Rejections are final.
+    * Per-frame problems (unknown camera, late or duplicate frames, malformed boxes, a
+      capture time ahead of analytics' clock by more than the allowed skew or older than
+      the largest bin) reject the frame, not the stream: see `rejections`. Rejections are
+      final, and a rejected frame never moves the camera's clock.
     * The stream fails, and must be reopened, on: UNAUTHENTICATED / PERMISSION_DENIED;
       INVALID_ARGUMENT (ERROR_REASON_INVALID_FIELD) for a batch without producer_id,
       sequence or camera, or a producer_id change within the stream; FAILED_PRECONDITION
@@ -70,12 +73,30 @@ class AnalyticsServiceStub:
     * The producer ends the stream by half-closing; analytics acknowledges what it has
       received, then closes with OK.
     """
+    ResetCameraState: _grpc.UnaryUnaryMultiCallable[_analytics_service_pb2.ResetCameraStateRequest, _analytics_service_pb2.ResetCameraStateResponse]
+    """Discards a camera's analytics engine state (tracks, open bins and events, drift
+    baselines and the camera's clock: the capture time of its newest accepted frame), in
+    memory and persisted, so that a camera whose state went wrong is recovered without a
+    restart. Callable by the operator and admin roles only (PERMISSION_DENIED otherwise,
+    once the service authenticates callers).
+
+    Serialised with the camera's batches: a batch being applied finishes first; the next
+    one starts the camera afresh. Nothing stored is lost: the events the state held open
+    are closed (ending at their last evidence), and the fresh state adds to the stored
+    bins it can still reach rather than overwriting them. Tracks restart.
+
+    Errors: INVALID_ARGUMENT (ERROR_REASON_INVALID_FIELD) naming `camera` for a malformed
+    name; NOT_FOUND (ERROR_REASON_RESOURCE_NOT_FOUND) for a camera the decoder does not
+    have; UNAVAILABLE (ERROR_REASON_DEPENDENCY_UNAVAILABLE) while PostgreSQL is
+    unreachable or batches wait in analytics' spool for it (retry later).
+    """
 
 @_typing.type_check_only
 class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
     """Ingests detections from inference servers and turns them into tracks, counts, speeds
-    and events. Internal API: callable only by service identities (mTLS) of inference
-    servers, not exposed to external clients.
+    and events. Internal API: StreamDetectionBatches is callable only by service identities
+    (mTLS) of inference servers, ResetCameraState only by operators and admins; not exposed
+    to other external clients.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -101,8 +122,10 @@ class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
       batch not yet acknowledged. Batches already durable are recognised by
       (producer_id, sequence) and acknowledged again with `duplicate` set, without being
       applied twice.
-    * Per-frame problems (unknown camera, late or duplicate frames, malformed boxes)
-      reject the frame, not the stream: see `rejections`. Rejections are final.
+    * Per-frame problems (unknown camera, late or duplicate frames, malformed boxes, a
+      capture time ahead of analytics' clock by more than the allowed skew or older than
+      the largest bin) reject the frame, not the stream: see `rejections`. Rejections are
+      final, and a rejected frame never moves the camera's clock.
     * The stream fails, and must be reopened, on: UNAUTHENTICATED / PERMISSION_DENIED;
       INVALID_ARGUMENT (ERROR_REASON_INVALID_FIELD) for a batch without producer_id,
       sequence or camera, or a producer_id change within the stream; FAILED_PRECONDITION
@@ -113,11 +136,29 @@ class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
     * The producer ends the stream by half-closing; analytics acknowledges what it has
       received, then closes with OK.
     """
+    ResetCameraState: _aio.UnaryUnaryMultiCallable[_analytics_service_pb2.ResetCameraStateRequest, _analytics_service_pb2.ResetCameraStateResponse]  # type: ignore[assignment]
+    """Discards a camera's analytics engine state (tracks, open bins and events, drift
+    baselines and the camera's clock: the capture time of its newest accepted frame), in
+    memory and persisted, so that a camera whose state went wrong is recovered without a
+    restart. Callable by the operator and admin roles only (PERMISSION_DENIED otherwise,
+    once the service authenticates callers).
+
+    Serialised with the camera's batches: a batch being applied finishes first; the next
+    one starts the camera afresh. Nothing stored is lost: the events the state held open
+    are closed (ending at their last evidence), and the fresh state adds to the stored
+    bins it can still reach rather than overwriting them. Tracks restart.
+
+    Errors: INVALID_ARGUMENT (ERROR_REASON_INVALID_FIELD) naming `camera` for a malformed
+    name; NOT_FOUND (ERROR_REASON_RESOURCE_NOT_FOUND) for a camera the decoder does not
+    have; UNAVAILABLE (ERROR_REASON_DEPENDENCY_UNAVAILABLE) while PostgreSQL is
+    unreachable or batches wait in analytics' spool for it (retry later).
+    """
 
 class AnalyticsServiceServicer:
     """Ingests detections from inference servers and turns them into tracks, counts, speeds
-    and events. Internal API: callable only by service identities (mTLS) of inference
-    servers, not exposed to external clients.
+    and events. Internal API: StreamDetectionBatches is callable only by service identities
+    (mTLS) of inference servers, ResetCameraState only by operators and admins; not exposed
+    to other external clients.
     """
 
     def StreamDetectionBatches(
@@ -146,8 +187,10 @@ class AnalyticsServiceServicer:
           batch not yet acknowledged. Batches already durable are recognised by
           (producer_id, sequence) and acknowledged again with `duplicate` set, without being
           applied twice.
-        * Per-frame problems (unknown camera, late or duplicate frames, malformed boxes)
-          reject the frame, not the stream: see `rejections`. Rejections are final.
+        * Per-frame problems (unknown camera, late or duplicate frames, malformed boxes, a
+          capture time ahead of analytics' clock by more than the allowed skew or older than
+          the largest bin) reject the frame, not the stream: see `rejections`. Rejections are
+          final, and a rejected frame never moves the camera's clock.
         * The stream fails, and must be reopened, on: UNAUTHENTICATED / PERMISSION_DENIED;
           INVALID_ARGUMENT (ERROR_REASON_INVALID_FIELD) for a batch without producer_id,
           sequence or camera, or a producer_id change within the stream; FAILED_PRECONDITION
@@ -157,6 +200,28 @@ class AnalyticsServiceServicer:
           Batches unacknowledged at that point were not applied and must be resent.
         * The producer ends the stream by half-closing; analytics acknowledges what it has
           received, then closes with OK.
+        """
+
+    def ResetCameraState(
+        self,
+        request: _analytics_service_pb2.ResetCameraStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_analytics_service_pb2.ResetCameraStateResponse, _abc.Awaitable[_analytics_service_pb2.ResetCameraStateResponse]]:
+        """Discards a camera's analytics engine state (tracks, open bins and events, drift
+        baselines and the camera's clock: the capture time of its newest accepted frame), in
+        memory and persisted, so that a camera whose state went wrong is recovered without a
+        restart. Callable by the operator and admin roles only (PERMISSION_DENIED otherwise,
+        once the service authenticates callers).
+
+        Serialised with the camera's batches: a batch being applied finishes first; the next
+        one starts the camera afresh. Nothing stored is lost: the events the state held open
+        are closed (ending at their last evidence), and the fresh state adds to the stored
+        bins it can still reach rather than overwriting them. Tracks restart.
+
+        Errors: INVALID_ARGUMENT (ERROR_REASON_INVALID_FIELD) naming `camera` for a malformed
+        name; NOT_FOUND (ERROR_REASON_RESOURCE_NOT_FOUND) for a camera the decoder does not
+        have; UNAVAILABLE (ERROR_REASON_DEPENDENCY_UNAVAILABLE) while PostgreSQL is
+        unreachable or batches wait in analytics' spool for it (retry later).
         """
 
 def add_AnalyticsServiceServicer_to_server(servicer: AnalyticsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from its.common.v1 import detection_pb2 as _detection_pb2
 from its.common.v1 import error_reason_pb2 as _error_reason_pb2
 from its.common.v1 import geometry_pb2 as _geometry_pb2
@@ -21,6 +22,85 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _FrameRejectionCause:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FrameRejectionCauseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FrameRejectionCause.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FRAME_REJECTION_CAUSE_UNSPECIFIED: _FrameRejectionCause.ValueType  # 0
+    """Not set (a server that predates the field)."""
+    FRAME_REJECTION_CAUSE_UNKNOWN_CAMERA: _FrameRejectionCause.ValueType  # 1
+    """ERROR_REASON_RESOURCE_NOT_FOUND: the batch's camera is not one of the decoder's."""
+    FRAME_REJECTION_CAUSE_WRONG_CAMERA: _FrameRejectionCause.ValueType  # 2
+    """ERROR_REASON_RESOURCE_NOT_FOUND: the frame belongs to another camera than the batch."""
+    FRAME_REJECTION_CAUSE_DUPLICATE_FRAME: _FrameRejectionCause.ValueType  # 3
+    """ERROR_REASON_DUPLICATE_FRAME: this frame_sequence of the camera was accepted already."""
+    FRAME_REJECTION_CAUSE_LATE_DATA: _FrameRejectionCause.ValueType  # 4
+    """ERROR_REASON_LATE_DATA: the capture time falls in a bin the camera's stream has
+    already passed (final).
+    """
+    FRAME_REJECTION_CAUSE_TIME_BACKWARDS: _FrameRejectionCause.ValueType  # 5
+    """ERROR_REASON_INVALID_FIELD: the capture time is before the previous accepted frame's."""
+    FRAME_REJECTION_CAUSE_BAD_FRAME: _FrameRejectionCause.ValueType  # 6
+    """ERROR_REASON_INVALID_FIELD: frame_sequence, capture_time, frame_size or the detection
+    list cannot be used.
+    """
+    FRAME_REJECTION_CAUSE_BAD_DETECTION: _FrameRejectionCause.ValueType  # 7
+    """ERROR_REASON_INVALID_FIELD: malformed detections, where analytics is configured to
+    refuse the frame rather than drop them.
+    """
+    FRAME_REJECTION_CAUSE_CAPTURE_TIME_IN_FUTURE: _FrameRejectionCause.ValueType  # 8
+    """ERROR_REASON_INVALID_FIELD: the capture time is further ahead of analytics' clock
+    than the allowed skew (`analytics.engine.max_capture_skew_seconds`, default 5 s).
+    Never moves the camera's clock.
+    """
+    FRAME_REJECTION_CAUSE_CAPTURE_TIME_TOO_OLD: _FrameRejectionCause.ValueType  # 9
+    """ERROR_REASON_LATE_DATA: the capture time is older, by analytics' clock, than its
+    largest bin (`analytics.engine.bin_seconds`, 15 min by default): its bins are final.
+    Never moves the camera's clock.
+    """
+
+class FrameRejectionCause(_FrameRejectionCause, metaclass=_FrameRejectionCauseEnumTypeWrapper):
+    """Which of analytics' rules refused a frame (FrameRejection.cause), with the ErrorReason
+    each comes with. Analytics' `analytics_frames_total{reason}` metric counts them by the
+    same names in lower case, without the prefix.
+    """
+
+FRAME_REJECTION_CAUSE_UNSPECIFIED: FrameRejectionCause.ValueType  # 0
+"""Not set (a server that predates the field)."""
+FRAME_REJECTION_CAUSE_UNKNOWN_CAMERA: FrameRejectionCause.ValueType  # 1
+"""ERROR_REASON_RESOURCE_NOT_FOUND: the batch's camera is not one of the decoder's."""
+FRAME_REJECTION_CAUSE_WRONG_CAMERA: FrameRejectionCause.ValueType  # 2
+"""ERROR_REASON_RESOURCE_NOT_FOUND: the frame belongs to another camera than the batch."""
+FRAME_REJECTION_CAUSE_DUPLICATE_FRAME: FrameRejectionCause.ValueType  # 3
+"""ERROR_REASON_DUPLICATE_FRAME: this frame_sequence of the camera was accepted already."""
+FRAME_REJECTION_CAUSE_LATE_DATA: FrameRejectionCause.ValueType  # 4
+"""ERROR_REASON_LATE_DATA: the capture time falls in a bin the camera's stream has
+already passed (final).
+"""
+FRAME_REJECTION_CAUSE_TIME_BACKWARDS: FrameRejectionCause.ValueType  # 5
+"""ERROR_REASON_INVALID_FIELD: the capture time is before the previous accepted frame's."""
+FRAME_REJECTION_CAUSE_BAD_FRAME: FrameRejectionCause.ValueType  # 6
+"""ERROR_REASON_INVALID_FIELD: frame_sequence, capture_time, frame_size or the detection
+list cannot be used.
+"""
+FRAME_REJECTION_CAUSE_BAD_DETECTION: FrameRejectionCause.ValueType  # 7
+"""ERROR_REASON_INVALID_FIELD: malformed detections, where analytics is configured to
+refuse the frame rather than drop them.
+"""
+FRAME_REJECTION_CAUSE_CAPTURE_TIME_IN_FUTURE: FrameRejectionCause.ValueType  # 8
+"""ERROR_REASON_INVALID_FIELD: the capture time is further ahead of analytics' clock
+than the allowed skew (`analytics.engine.max_capture_skew_seconds`, default 5 s).
+Never moves the camera's clock.
+"""
+FRAME_REJECTION_CAUSE_CAPTURE_TIME_TOO_OLD: FrameRejectionCause.ValueType  # 9
+"""ERROR_REASON_LATE_DATA: the capture time is older, by analytics' clock, than its
+largest bin (`analytics.engine.bin_seconds`, 15 min by default): its bins are final.
+Never moves the camera's clock.
+"""
+Global___FrameRejectionCause: _TypeAlias = FrameRejectionCause  # noqa: Y015
 
 @_typing.final
 class DetectionBatch(_message.Message):
@@ -143,26 +223,34 @@ class FrameRejection(_message.Message):
     FRAME_SEQUENCE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    CAUSE_FIELD_NUMBER: _builtins.int
     frame_sequence: _builtins.int
     """The frame refused."""
     reason: _error_reason_pb2.ErrorReason.ValueType
     """Why, one of: ERROR_REASON_RESOURCE_NOT_FOUND (unknown camera),
-    ERROR_REASON_INVALID_FIELD (malformed frame, e.g. a box outside the frame),
-    ERROR_REASON_LATE_DATA, ERROR_REASON_DUPLICATE_FRAME, ERROR_REASON_PERMISSION_DENIED
-    (camera outside the producer's scope).
+    ERROR_REASON_INVALID_FIELD (malformed frame, e.g. a box outside the frame, or a
+    capture time ahead of analytics' clock), ERROR_REASON_LATE_DATA (its bins are final),
+    ERROR_REASON_DUPLICATE_FRAME, ERROR_REASON_PERMISSION_DENIED (camera outside the
+    producer's scope). `cause` says which rule refused it.
     """
     message: _builtins.str
     """Human-readable detail, for logs."""
+    cause: Global___FrameRejectionCause.ValueType
+    """The rule that refused the frame, finer than `reason` (several causes share one
+    reason). FRAME_REJECTION_CAUSE_UNSPECIFIED from servers older than this field; a
+    client that does not know a value goes by `reason`.
+    """
     def __init__(
         self,
         *,
         frame_sequence: _builtins.int = ...,
         reason: _error_reason_pb2.ErrorReason.ValueType = ...,
         message: _builtins.str = ...,
+        cause: Global___FrameRejectionCause.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["frame_sequence", b"frame_sequence", "message", b"message", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "frame_sequence", b"frame_sequence", "message", b"message", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
