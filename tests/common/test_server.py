@@ -242,7 +242,7 @@ def error_info(error: grpc.aio.AioRpcError) -> tuple[error_details_pb2.ErrorInfo
         ("Missing", grpc.StatusCode.NOT_FOUND, "RESOURCE_NOT_FOUND"),
         ("Stale", grpc.StatusCode.FAILED_PRECONDITION, "STALE_FRAME_REFERENCE"),
         ("Crash", grpc.StatusCode.INTERNAL, "INTERNAL"),
-        ("SlowDependency", grpc.StatusCode.DEADLINE_EXCEEDED, "DEPENDENCY_UNAVAILABLE"),
+        ("SlowDependency", grpc.StatusCode.DEADLINE_EXCEEDED, "DEPENDENCY_TIMEOUT"),
         ("BreakerOpen", grpc.StatusCode.UNAVAILABLE, "DEPENDENCY_UNAVAILABLE"),
         ("RedisDown", grpc.StatusCode.UNAVAILABLE, "DEPENDENCY_UNAVAILABLE"),
         ("OwnFileMissing", grpc.StatusCode.INTERNAL, "INTERNAL"),

@@ -59,6 +59,9 @@ async def test_opens_after_threshold_and_fails_fast_without_calling() -> None:
         await breaker.call(counted)
     assert calls == 0
     assert isinstance(caught.value, UnavailableError)  # UNAVAILABLE on the wire
+    # Told to come back when a trial call will be let through, and which dependency is down.
+    assert caught.value.retry_delay_seconds == pytest.approx(5.0)
+    assert caught.value.metadata == {"dependency": "db"}
     assert registry.get_sample_value("circuit_breaker_state", {"dependency": "db"}) == 2
     assert (
         registry.get_sample_value("circuit_breaker_rejected_calls_total", {"dependency": "db"}) == 1

@@ -25,6 +25,9 @@ __all__ = ["BreakerState", "CircuitBreaker", "CircuitOpenError"]
 
 _log = logging.getLogger(__name__)
 
+# While half-open with its trial in flight the breaker still refuses: a short wait, not zero.
+_MIN_RETRY_DELAY_SECONDS = 0.1
+
 T = TypeVar("T")
 
 
@@ -137,7 +140,13 @@ class CircuitBreaker:
         if state is BreakerState.OPEN or (state is BreakerState.HALF_OPEN and self._trial.locked()):
             if self._metrics is not None:
                 self._metrics.rejected.labels(self.dependency).inc()
-            raise CircuitOpenError(f"{self.dependency} is unavailable (circuit open)")
+            # Retry when the breaker lets a trial call through, not blindly after a second.
+            until_trial = self._reset_timeout - (self._clock() - self._opened_at)
+            raise CircuitOpenError(
+                f"{self.dependency} is unavailable (circuit open)",
+                metadata={"dependency": self.dependency},
+                retry_delay_seconds=max(until_trial, _MIN_RETRY_DELAY_SECONDS),
+            )
         if state is BreakerState.HALF_OPEN:
             async with self._trial:
                 self._move(BreakerState.HALF_OPEN)

@@ -189,9 +189,7 @@ class DeadlineExceededError(ItsError):
     not have taken effect there."""
 
     code = grpc.StatusCode.DEADLINE_EXCEEDED
-    # error_reason.proto has no reason of its own for a timeout: a slow dependency is
-    # reported as the dependency, under DEADLINE_EXCEEDED.
-    default_reason = errors_pb2.ERROR_REASON_DEPENDENCY_UNAVAILABLE
+    default_reason = errors_pb2.ERROR_REASON_DEPENDENCY_TIMEOUT
 
 
 class ResourceExhaustedError(ItsError):

@@ -120,6 +120,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     message boundary); what it acknowledged is kept. Reconnect, to another instance if
     there is one, and retry what was not acknowledged.
     """
+    ERROR_REASON_DEPENDENCY_TIMEOUT: _ErrorReason.ValueType  # 27
+    """DEADLINE_EXCEEDED: a backing dependency did not answer in time (a timeout, not a
+    refusal); metadata["dependency"] names it when known. The call may or may not have taken
+    effect there: retry only what is idempotent, with backoff.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The fixed set of machine-readable error reasons of all ITS Camera AI services (AIP-193).
@@ -242,5 +247,10 @@ ERROR_REASON_SHUTTING_DOWN: ErrorReason.ValueType  # 26
 """UNAVAILABLE: the server is shutting down and ended the call (a long-lived stream at a
 message boundary); what it acknowledged is kept. Reconnect, to another instance if
 there is one, and retry what was not acknowledged.
+"""
+ERROR_REASON_DEPENDENCY_TIMEOUT: ErrorReason.ValueType  # 27
+"""DEADLINE_EXCEEDED: a backing dependency did not answer in time (a timeout, not a
+refusal); metadata["dependency"] names it when known. The call may or may not have taken
+effect there: retry only what is idempotent, with backoff.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
