@@ -133,9 +133,21 @@ class Fanout:
                 self._metrics.fanout.labels("published").inc()
 
     async def _send(self, message: _Message) -> None:
+        channels = (f"{self._prefix}:events:{message.camera_id}", f"{self._prefix}:events")
         pipe: Any = self._redis.pipeline(transaction=False)
-        for event in message.events:
-            pipe.publish(f"{self._prefix}:events:{message.camera_id}", event)
-            pipe.publish(f"{self._prefix}:events", event)
+        if isinstance(self._redis, RedisCluster):
+            # redis-py refuses PUBLISH in a cluster pipeline, raising RedisClusterException,
+            # which is no RedisError: it escaped _run and ended this task at the first event,
+            # so a cluster never got another live message. A classic PUBLISH reaches every
+            # node's subscribers over the cluster bus, so any node may take it: each is its
+            # own command, in order, with the cluster client's retry (refreshing its slot
+            # map when a master dies or a slot moves) like any other.
+            for event in message.events:
+                for channel in channels:
+                    await self._redis.publish(channel, event)
+        else:
+            for event in message.events:
+                for channel in channels:
+                    pipe.publish(channel, event)
         pipe.set(f"{self._prefix}:stats:{message.camera_id}", message.stats, ex=self._ttl)
         await pipe.execute()

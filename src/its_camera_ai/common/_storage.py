@@ -26,7 +26,7 @@ import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, SlotNotCoveredError
 
 from its_camera_ai.common._backoff import Backoff
 from its_camera_ai.common._config import DatabaseSettings, RedisSettings
@@ -70,7 +70,14 @@ POSTGRES_FAILURES: tuple[type[BaseException], ...] = (
 # What a caller of ``Database`` sees while PostgreSQL is down: the pool's own refusal
 # (UnavailableError, raised while it cannot connect) or one of the failures above.
 POSTGRES_DOWN: tuple[type[BaseException], ...] = (UnavailableError, *POSTGRES_FAILURES)
-REDIS_FAILURES: tuple[type[BaseException], ...] = (OSError, TimeoutError, RedisError)
+# A cluster with a shard lost raises SlotNotCoveredError, which redis-py does not derive from
+# RedisError (other RedisClusterExceptions are misuse, not outages, so they stay bugs).
+REDIS_FAILURES: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    RedisError,
+    SlotNotCoveredError,
+)
 
 # Called with True when the database comes back, False when it goes down.
 StateListener = Callable[[bool], Awaitable[None]]

@@ -1,7 +1,8 @@
 """Harnesses shared by the test suite and the benchmarks: in-process service hosts on
 loopback (``host_settings``, ``inference_host``, ``metric_value``), a recording
 AnalyticsService peer (``recording_analytics``), simulator frames written into a real ring
-like a decoder writes them (``RingFeeder``, ``sim_frames``) and ``until`` for polling.
+like a decoder writes them (``RingFeeder``, ``sim_frames``), ``until`` for polling and a
+fault-injecting TCP proxy for chaos tests (``FaultProxy``).
 
 Part of the package so that benchmarks run without pytest and import nothing from
 ``tests/``; never imported by a service.
@@ -18,9 +19,12 @@ from its_camera_ai.testing._inference import (
     sim_frames,
     until,
 )
+from its_camera_ai.testing._proxy import FaultProxy, ProxyCounters
 
 __all__ = [
     "SIM_SIZE",
+    "FaultProxy",
+    "ProxyCounters",
     "RecordingAnalytics",
     "RingFeeder",
     "host_settings",
