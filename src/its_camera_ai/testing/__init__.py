@@ -2,7 +2,8 @@
 loopback (``host_settings``, ``inference_host``, ``metric_value``), a recording
 AnalyticsService peer (``recording_analytics``), simulator frames written into a real ring
 like a decoder writes them (``RingFeeder``, ``sim_frames``), ``until`` for polling and a
-fault-injecting TCP proxy for chaos tests (``FaultProxy``).
+fault-injecting TCP proxy for chaos tests (``FaultProxy``) and a round-robin TCP balancer
+putting several service instances behind one address (``Balancer``).
 
 Part of the package so that benchmarks run without pytest and import nothing from
 ``tests/``; never imported by a service.
@@ -10,6 +11,7 @@ Part of the package so that benchmarks run without pytest and import nothing fro
 
 from __future__ import annotations
 
+from its_camera_ai.testing._balancer import Balancer, BalancerCounters
 from its_camera_ai.testing._hosts import host_settings, inference_host, metric_value
 from its_camera_ai.testing._inference import (
     SIM_SIZE,
@@ -23,6 +25,8 @@ from its_camera_ai.testing._proxy import FaultProxy, ProxyCounters
 
 __all__ = [
     "SIM_SIZE",
+    "Balancer",
+    "BalancerCounters",
     "FaultProxy",
     "ProxyCounters",
     "RecordingAnalytics",

@@ -1,0 +1,161 @@
+"""A round-robin TCP balancer on loopback: several service instances behind one address.
+
+``Balancer`` listens on ``127.0.0.1`` (a port the OS picks) and hands each new connection
+to the next upstream in turn (``127.0.0.1:<port>``), skipping an upstream that refuses the
+connection (a stopped instance) for the next one; when every upstream refuses, the client's
+connection is reset, as a load balancer with no healthy backend answers. A connection stays
+with its upstream until either side ends it: the other side is then closed too (reset when
+the first side was reset, as a killed process resets its peer). ``drop_connections()``
+resets every open connection, the way a balancer restart or a network blip does.
+
+What a layer-4 proxy such as Envoy's ``tcp_proxy`` with round-robin and connect failure
+retries does, small enough to read: a test harness, like the rest of
+``its_camera_ai.testing``; never used by a service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from its_camera_ai.testing._proxy import _reset
+
+__all__ = ["Balancer", "BalancerCounters"]
+
+_CHUNK_BYTES = 64 * 1024
+_LOOPBACK = "127.0.0.1"
+
+
+@dataclass
+class BalancerCounters:
+    """What the balancer has seen since it started."""
+
+    accepted: int = 0
+    # Connections handed to each upstream port.
+    connections: Counter[int] = field(default_factory=Counter)
+    # Connection attempts an upstream refused (each skipped for the next one).
+    skipped: Counter[int] = field(default_factory=Counter)
+    # Client connections reset because every upstream refused.
+    unserved: int = 0
+    reset: int = 0
+
+
+class Balancer:
+    """Round-robin from ``127.0.0.1:<port>`` over ``127.0.0.1:<upstream port>``s (see the
+    module docstring). Use as ``async with``."""
+
+    def __init__(self, upstream_ports: Sequence[int]) -> None:
+        if not upstream_ports:
+            raise ValueError("a balancer needs at least one upstream")
+        self.upstream_ports = list(upstream_ports)
+        self.counters = BalancerCounters()
+        self._next = 0
+        self._server: asyncio.Server | None = None
+        # Open connections: client writer -> (upstream port, upstream writer).
+        self._open: dict[asyncio.StreamWriter, tuple[int, asyncio.StreamWriter]] = {}
+        self._tasks: set[asyncio.Task[bool]] = set()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "the balancer is not started"
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    @property
+    def target(self) -> str:
+        """``127.0.0.1:<port>``, as a gRPC target."""
+        return f"{_LOOPBACK}:{self.port}"
+
+    def open_upstreams(self) -> list[int]:
+        """The upstream port of every open connection (one entry per connection)."""
+        return [upstream for upstream, _ in self._open.values()]
+
+    async def start(self) -> Balancer:
+        self._server = await asyncio.start_server(self._accept, _LOOPBACK, 0)
+        return self
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        self.drop_connections()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def __aenter__(self) -> Balancer:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def drop_connections(self) -> None:
+        """Reset (RST) every open connection, both sides, now."""
+        for client, (_, upstream) in list(self._open.items()):
+            _reset(client)
+            _reset(upstream)
+        self.counters.reset += len(self._open)
+        self._open.clear()
+
+    async def _connect(self) -> tuple[int, asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """The next upstream in turn that accepts a connection; None when none does."""
+        for _ in range(len(self.upstream_ports)):
+            upstream = self.upstream_ports[self._next]
+            self._next = (self._next + 1) % len(self.upstream_ports)
+            try:
+                reader, writer = await asyncio.open_connection(_LOOPBACK, upstream)
+            except OSError:
+                self.counters.skipped[upstream] += 1
+                continue
+            return upstream, reader, writer
+        return None
+
+    async def _accept(self, client_reader: asyncio.StreamReader,
+                      client_writer: asyncio.StreamWriter) -> None:  # fmt: skip
+        self.counters.accepted += 1
+        connected = await self._connect()
+        if connected is None:
+            self.counters.unserved += 1
+            _reset(client_writer)
+            return
+        upstream, upstream_reader, upstream_writer = connected
+        self.counters.connections[upstream] += 1
+        self._open[client_writer] = (upstream, upstream_writer)
+        pumps = [
+            self._spawn(self._pump(client_reader, upstream_writer)),
+            self._spawn(self._pump(upstream_reader, client_writer)),
+        ]
+        done, _ = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        was_reset = any(not task.cancelled() and task.result() is False for task in done)
+        for pump in pumps:
+            pump.cancel()
+        if self._open.pop(client_writer, None) is None:
+            return  # dropped: both sides reset already
+        for writer in (client_writer, upstream_writer):
+            if was_reset:
+                _reset(writer)
+            else:
+                writer.close()
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, bool]) -> asyncio.Task[bool]:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    @staticmethod
+    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """Copy one direction; True at a clean end of stream, False when either side failed."""
+        try:
+            while chunk := await reader.read(_CHUNK_BYTES):
+                writer.write(chunk)
+                await writer.drain()
+            with contextlib.suppress(OSError):
+                writer.write_eof()
+        except (ConnectionError, OSError):
+            return False
+        return True
