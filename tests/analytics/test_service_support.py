@@ -111,12 +111,17 @@ async def serve_cameras(cameras: dict[str, camera_pb2.Camera]) -> AsyncIterator[
         await server.stop(0)
 
 
-def traffic(duration_s: float = 24.0, fps: float = 10.0) -> list[FrameInput]:
-    """Cars in both directions, a few seconds apart, crossing the "all" line at x = 40 m."""
+def traffic(
+    duration_s: float = 24.0, fps: float = 10.0, start_ns: int | None = None
+) -> list[FrameInput]:
+    """Cars in both directions, a few seconds apart, crossing the "all" line at x = 40 m;
+    captured from ``start_ns`` (default: recent, made now)."""
     agents = [synth.Agent(synth.straight(0.0, -1.75, 54.0, t_start=1.5 * i)) for i in range(6)] + [
         synth.Agent(synth.straight(0.0, -5.25, 72.0, t_start=2.0 + 3.0 * i)) for i in range(4)
     ]
-    return synth.frames(agents, duration_s, fps=fps, start_ns=recent_start_ns(duration_s))
+    if start_ns is None:
+        start_ns = recent_start_ns(duration_s)
+    return synth.frames(agents, duration_s, fps=fps, start_ns=start_ns)
 
 
 def _class(number: float) -> detection_pb2.ObjectClass.ValueType:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import os
 import secrets
 import time
 import uuid
@@ -137,6 +139,15 @@ async def start_decoder(
     return host, channel
 
 
+def ring_leftovers(prefix: str) -> list[str]:
+    """Objects in /dev/shm of rings named with ``prefix``: rings, semaphores, temporaries."""
+    return sorted(
+        entry
+        for entry in os.listdir(shm.SHM_DIR)
+        if entry.startswith((f"its-ring-{prefix}", f"sem.its-ring-{prefix}"))
+    )
+
+
 @pytest.fixture
 async def decoder(postgres_dsn: str, decoder_settings: DecoderSettings) -> AsyncIterator[Decoder]:
     host, channel = await start_decoder(decoder_settings, postgres_dsn)
@@ -147,6 +158,13 @@ async def decoder(postgres_dsn: str, decoder_settings: DecoderSettings) -> Async
     finally:
         await channel.close()
         await host.stop()
+    # A stopped decoder has unlinked every ring it wrote, and the tests' readers left no
+    # semaphore behind (as one re-attaching while its ring closed used to).
+    left = ring_leftovers(decoder_settings.ring_prefix)
+    for entry in left:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(shm.SHM_DIR, entry))
+    assert not left, f"left in {shm.SHM_DIR}: {left}"
 
 
 def streaming(status: status_pb2.CameraStatus) -> bool:

@@ -11,6 +11,7 @@ import av
 import grpc
 import numpy as np
 import pytest
+from grpc_status import rpc_status
 
 from its.common.v1 import frame_pb2
 from its.inference.v1 import inference_service_pb2 as pb
@@ -184,3 +185,50 @@ async def test_get_model_describes_the_loaded_model(served: Served) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await served.stub.GetModel(pb.GetModelRequest(name="models/nope"))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+LONG = "x" * 100_000
+# What an error may quote of a request string: the bounded prefix, never the whole value.
+QUOTED_LIMIT = 100
+
+
+def _quotes_little(error: grpc.aio.AioRpcError) -> None:
+    details = error.details() or ""
+    assert "x" * (QUOTED_LIMIT + 1) not in details, f"{len(details)} characters of details"
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    assert len(status.SerializeToString()) < 2_000
+
+
+async def test_a_huge_model_name_is_not_found_and_not_echoed_back(served: Served) -> None:
+    seq = served.feeder.write(0)
+    detect = pb.DetectRequest(
+        frame=_reference(served.feeder, seq), camera="cameras/cam-a", model=f"models/{LONG}"
+    )
+    for call in (
+        served.stub.GetModel(pb.GetModelRequest(name=f"models/{LONG}")),
+        served.stub.Detect(detect),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND, caught.value.details()
+        assert "models/xxxx" in (caught.value.details() or "")
+        _quotes_little(caught.value)
+
+
+async def test_a_huge_ring_name_in_a_reference_is_not_echoed_back(served: Served) -> None:
+    feeder = served.feeder
+    seq = feeder.write(0)
+    foreign = _reference(feeder, seq, ring_name=LONG)
+    # Leading slashes are allowed on a ring's name, so this one matches the camera's ring;
+    # once the ring has lapped, the stale reference's name would be echoed, slashes and all.
+    slashed = _reference(feeder, seq, ring_name="/" * 100_000 + feeder.name)
+    for request, lap in ((foreign, False), (slashed, True)):
+        if lap:
+            for i in range(SLOTS):
+                feeder.write(i + 1)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await served.stub.Detect(pb.DetectRequest(frame=request, camera="cameras/cam-a"))
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "/" * (QUOTED_LIMIT + 1) not in (caught.value.details() or "")
+        _quotes_little(caught.value)

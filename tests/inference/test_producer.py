@@ -166,7 +166,8 @@ async def until(
 
 def expected(frames: Sequence[Frame], duration_s: float, skip: int = 0) -> Totals:
     """What an undisturbed engine computes from the frames after the first ``skip``."""
-    inputs = traffic(duration_s)[skip:]
+    # The same traffic at the same capture times: made again "now", its bins would differ.
+    inputs = traffic(duration_s, start_ns=frames[0].capture_time.ToNanoseconds())[skip:]
     assert len(inputs) == len(frames) - skip
     return reference(inputs, synth.road_scene())
 

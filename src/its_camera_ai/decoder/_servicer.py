@@ -10,6 +10,7 @@ the plain text reaches only the camera's worker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,14 +21,13 @@ from its.camera.v1 import (
     camera_pb2,
     camera_service_pb2,
     camera_service_pb2_grpc,
-    camera_status_pb2,
 )
 from its_camera_ai.common import DecoderSettings, InvalidArgumentError, parse_camera_name
 from its_camera_ai.decoder._crypto import KeyRing, Sealed, SealedUnreadable
 from its_camera_ai.decoder._listing import compile_list_query
 from its_camera_ai.decoder._sources import probe_file, scene_config
-from its_camera_ai.decoder._status import CameraState, StatusBoard, StatusTracker
-from its_camera_ai.decoder._store import CameraStore, StoredCamera, camera_name, camera_not_found
+from its_camera_ai.decoder._status import StatusBoard, watch_messages
+from its_camera_ai.decoder._store import CameraStore, StoredCamera, camera_not_found
 from its_camera_ai.decoder._supervisor import Supervisor
 from its_camera_ai.decoder._uri import SourceKind, SourceUri, UriError, parse_source_uri
 from its_camera_ai.decoder._validation import (
@@ -58,14 +58,6 @@ def _prepared(camera: camera_pb2.Camera, checked: CheckedCamera) -> camera_pb2.C
     if checked.rms_reprojection_error is not None:
         prepared.calibration.rms_reprojection_error_pixels = checked.rms_reprojection_error
     return prepared
-
-
-def _deleted_status(camera_id: str) -> camera_status_pb2.CameraStatus:
-    status = camera_status_pb2.CameraStatus(
-        name=f"{camera_name(camera_id)}/status", state=CameraState.CAMERA_STATE_STOPPED
-    )
-    status.update_time.GetCurrentTime()
-    return status
 
 
 class CameraServicer(camera_service_pb2_grpc.CameraServiceServicer):
@@ -221,44 +213,33 @@ class CameraServicer(camera_service_pb2_grpc.CameraServiceServicer):
         camera_id = parse_camera_name(request.camera, "camera") if request.camera else None
         refresh = None
         if request.HasField("refresh_interval"):
-            refresh = request.refresh_interval.ToTimedelta().total_seconds() or None
+            # From seconds and nanos: a timedelta keeps microseconds only, so 1 ns read
+            # as 0 (unset) and slipped past the minimum.
+            interval = request.refresh_interval
+            refresh = (interval.seconds + interval.nanos / 1e9) or None
             if refresh is not None and refresh < _MIN_REFRESH_SECONDS:
                 raise InvalidArgumentError.for_field(
                     "refresh_interval", "must be at least 1 second (or unset)"
                 )
         if camera_id is not None and self._board.get(camera_id) is None:
             raise camera_not_found(camera_id)
-        # Watch before the snapshot: a change in between is sent twice, never lost.
-        watch = self._board.watch(camera_id)
-        try:
-            for tracker in self._watched(camera_id):
-                yield camera_service_pb2.WatchCameraStatusResponse(status=tracker.snapshot())
-            async for changed, refreshing in watch.changes(refresh):
-                for changed_id, deleted in changed.items():
-                    if deleted:
-                        yield camera_service_pb2.WatchCameraStatusResponse(
-                            status=_deleted_status(changed_id), camera_deleted=True
-                        )
-                        if camera_id is not None:
-                            return
-                    elif (changed_tracker := self._board.get(changed_id)) is not None:
-                        yield camera_service_pb2.WatchCameraStatusResponse(
-                            status=changed_tracker.snapshot()
-                        )
-                if refreshing:
-                    for tracker in self._watched(camera_id):
-                        if tracker.camera_id not in changed:
-                            yield camera_service_pb2.WatchCameraStatusResponse(
-                                status=tracker.snapshot()
-                            )
-        finally:
-            self._board.unwatch(watch)
-
-    def _watched(self, camera_id: str | None) -> list[StatusTracker]:
-        if camera_id is None:
-            return self._board.trackers()
-        tracker = self._board.get(camera_id)
-        return [tracker] if tracker is not None else []
+        # Messages are written here rather than yielded. grpc writes a yielded message
+        # outside this generator's frames, and a client cancelling during that write left
+        # the generators (the tracing interceptor's among them) suspended, to be closed
+        # later in another context, where detaching the span's context fails. Written
+        # here, a cancellation unwinds every generator in the RPC's own task.
+        async with contextlib.aclosing(watch_messages(self._board, camera_id, refresh)) as stream:
+            async for message in stream:
+                try:
+                    await context.write(message)
+                except grpc.aio.BaseError:
+                    # The call is over (client gone, server stopping); grpc reports that
+                    # itself once this returns.
+                    return
+        return
+        # Unreachable, on purpose: the yield makes this an async generator, the form of
+        # streaming handler the interceptors (tracing, metrics, errors) wrap.
+        yield
 
 
 def _replace_field(source: camera_pb2.Camera, target: camera_pb2.Camera, path: str) -> None:

@@ -5,10 +5,16 @@ corrupt packet costs one frame, not the stream); the synthetic source renders th
 simulator live. Failures become ``SourceError``s whose message is safe to show (the URI is
 masked) and which say whether retrying can help: an unreachable or silent camera is worth
 reconnecting to, a missing file or a rejected password is not.
+
+A camera's worker opens and reads its source inside ``stoppable(stop)``: setting ``stop``
+then interrupts a blocking open or read within FFmpeg's polling period (0.1 s), so a
+camera stuck connecting to a silent server stops at once instead of after its timeout.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,6 +22,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 import av
+import av.container.core
 import av.error
 from pydantic import ValidationError
 
@@ -31,6 +38,7 @@ __all__ = [
     "open_source",
     "probe_file",
     "scene_config",
+    "stoppable",
 ]
 
 # What the decoder is built and tested for: camera codecs (and MJPEG over HTTP).
@@ -58,6 +66,54 @@ _PERMANENT_FOR_HTTP = (av.error.InvalidDataError,)
 
 # Called with a media time (seconds); returns when that moment has come.
 Pacer = Callable[[float], None]
+
+# The stop event of the worker running in this thread (see ``stoppable``).
+_this_thread = threading.local()
+# How far each clock reading after a stop jumps: beyond any timeout (at most 300 s).
+_JUMP_SECONDS = 86_400.0
+
+
+class _StoppableClock:
+    """Stands in for the ``time`` module inside PyAV's container code.
+
+    PyAV's interrupt callback, which FFmpeg polls every 0.1 s while it waits on the
+    network, ends the wait once ``time.monotonic()`` passes the deadline it computed from
+    the same clock when the open or read began; PyAV has no other way to interrupt one.
+    In a thread whose worker was asked to stop, every reading here is a day later than the
+    last, so whichever deadline FFmpeg holds, set before or after the stop, has passed at
+    its next poll. Other threads, and threads without a worker, see the real clock.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    def monotonic(self) -> float:
+        now = time.monotonic()
+        stop: threading.Event | None = getattr(_this_thread, "stop", None)
+        if stop is None or not stop.is_set():
+            return now
+        jumps: int = _this_thread.jumps + 1
+        _this_thread.jumps = jumps
+        return now + jumps * _JUMP_SECONDS
+
+
+def _install_stoppable_clock() -> None:
+    # Only over the module PyAV's own code uses (a PyAV that reads its clock elsewhere
+    # keeps its timeouts and is merely not interruptible).
+    if getattr(av.container.core, "time", None) is time:
+        av.container.core.time = _StoppableClock()  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def stoppable(stop: threading.Event) -> Iterator[None]:
+    """Within this, in this thread, setting ``stop`` interrupts FFmpeg's blocking opens
+    and reads (they fail as timed out; the caller checks ``stop`` to tell the two apart)."""
+    _install_stoppable_clock()
+    _this_thread.stop, _this_thread.jumps = stop, 0
+    try:
+        yield
+    finally:
+        _this_thread.stop = None
 
 
 class SourceError(Exception):

@@ -5,7 +5,8 @@ event loop (GetCameraStatus, WatchCameraStatus, metrics). Counters are plain int
 by the one worker thread that owns the camera at a time; state changes take a lock and
 notify the ``StatusBoard``, which wakes watchers on the event loop. A watcher keeps a set of
 cameras that changed rather than a queue of events, so a slow client gets the newest status
-of each camera instead of an ever-growing backlog.
+of each camera instead of an ever-growing backlog. ``watch_messages`` turns a watch into
+what one WatchCameraStatus stream sends.
 """
 
 from __future__ import annotations
@@ -15,16 +16,17 @@ import collections
 import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 from google.protobuf import timestamp_pb2
 
-from its.camera.v1 import camera_status_pb2
+from its.camera.v1 import camera_service_pb2, camera_status_pb2
 from its.common.v1 import geometry_pb2
 
-__all__ = ["CameraState", "StatusBoard", "StatusTracker", "Watch"]
+__all__ = ["CameraState", "StatusBoard", "StatusTracker", "Watch", "watch_messages"]
 
 CameraState = camera_status_pb2.CameraState
+_Response = camera_service_pb2.WatchCameraStatusResponse
 FPS_WINDOW_SECONDS = 10.0
 # Enough timestamps for 120 frames/s over the whole window.
 _FPS_HISTORY = int(120 * FPS_WINDOW_SECONDS)
@@ -212,3 +214,45 @@ class StatusBoard:
     def _changed(self, camera_id: str, deleted: bool = False) -> None:
         for watch in self._watches:
             watch.mark(camera_id, deleted)
+
+
+def _deleted_status(camera_id: str) -> camera_status_pb2.CameraStatus:
+    status = camera_status_pb2.CameraStatus(
+        name=f"cameras/{camera_id}/status", state=CameraState.CAMERA_STATE_STOPPED
+    )
+    status.update_time.GetCurrentTime()
+    return status
+
+
+def _watched(board: StatusBoard, camera_id: str | None) -> list[StatusTracker]:
+    if camera_id is None:
+        return board.trackers()
+    tracker = board.get(camera_id)
+    return [tracker] if tracker is not None else []
+
+
+async def watch_messages(
+    board: StatusBoard, camera_id: str | None, refresh_seconds: float | None
+) -> AsyncGenerator[_Response, None]:
+    """One WatchCameraStatus stream: the status of every watched camera (one camera, or
+    all with None), then each change, deletion and periodic refresh. A watch of one camera
+    ends once it is deleted."""
+    # Watch before the snapshot: a change in between is sent twice, never lost.
+    watch = board.watch(camera_id)
+    try:
+        for tracker in _watched(board, camera_id):
+            yield _Response(status=tracker.snapshot())
+        async for changed, refreshing in watch.changes(refresh_seconds):
+            for changed_id, deleted in changed.items():
+                if deleted:
+                    yield _Response(status=_deleted_status(changed_id), camera_deleted=True)
+                    if camera_id is not None:
+                        return
+                elif (changed_tracker := board.get(changed_id)) is not None:
+                    yield _Response(status=changed_tracker.snapshot())
+            if refreshing:
+                for tracker in _watched(board, camera_id):
+                    if tracker.camera_id not in changed:
+                        yield _Response(status=tracker.snapshot())
+    finally:
+        board.unwatch(watch)

@@ -24,7 +24,13 @@ from dataclasses import dataclass
 from its_camera_ai.common import Backoff, DecoderSettings
 from its_camera_ai.decoder._metrics import CameraMetrics
 from its_camera_ai.decoder._sink import RingSink
-from its_camera_ai.decoder._sources import Picture, SourceError, SourceOpener, open_source
+from its_camera_ai.decoder._sources import (
+    Picture,
+    SourceError,
+    SourceOpener,
+    open_source,
+    stoppable,
+)
 from its_camera_ai.decoder._status import CameraState, StatusTracker
 from its_camera_ai.decoder._timing import FrameClock, Verdict
 from its_camera_ai.decoder._uri import SourceKind, SourceUri, scrub
@@ -105,7 +111,8 @@ class CameraWorker:
         self._thread.start()
 
     def stop(self) -> None:
-        """Ask the loop to end; it notices between packets, or at its next timeout."""
+        """Ask the loop to end: between packets, or by interrupting FFmpeg's blocking open
+        or read within its polling period (0.1 s)."""
         self._stop.set()
 
     def join(self) -> None:
@@ -121,7 +128,8 @@ class CameraWorker:
     def _run(self) -> None:
         camera = self.spec.camera_id
         try:
-            self._connect_until_done()
+            with stoppable(self._stop):
+                self._connect_until_done()
         except _Stop:
             pass
         except Exception:
@@ -146,6 +154,8 @@ class CameraWorker:
                 self._stream()
                 return
             except SourceError as exc:
+                # Interrupted by a stop request: no failure to report.
+                self._check_stop()
                 extra = {"camera": self.spec.camera_id, "error": exc.message}
                 if exc.permanent:
                     _log.warning("camera failed", extra=extra)

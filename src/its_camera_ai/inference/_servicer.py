@@ -78,17 +78,33 @@ def model_resource(
     )
 
 
+# How much of a request's string an error quotes. A status's message and details travel in
+# trailing metadata, which clients refuse past 16 KiB: a huge name echoed whole turned the
+# answer into RESOURCE_EXHAUSTED instead of the error it was.
+_QUOTE_LIMIT = 64
+
+
+def _quoted(value: str) -> str:
+    """``value`` for an error message: repr'd, cut to a bounded prefix when it is long."""
+    if len(value) <= _QUOTE_LIMIT:
+        return repr(value)
+    return f"{value[:_QUOTE_LIMIT]!r}... ({len(value)} characters)"
+
+
 def _duration(ns: int) -> duration_pb2.Duration:
     return duration_pb2.Duration(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000)
 
 
 def _stale(reference: frame_pb2.FrameReference) -> FailedPreconditionError:
+    # Only a reference to this server's ring gets here, but spelled with any number of
+    # leading slashes: without them it is the ring's own (bounded) name.
+    ring_name = reference.ring_name.lstrip("/")
     return FailedPreconditionError(
         f"frame {reference.frame_sequence} is no longer in slot {reference.slot_index} of ring "
-        f"{reference.ring_name!r}: the decoder overwrote it (read references promptly)",
+        f"{_quoted(ring_name)}: the decoder overwrote it (read references promptly)",
         reason=error_reason_pb2.ERROR_REASON_STALE_FRAME_REFERENCE,
         metadata={
-            "ring_name": reference.ring_name,
+            "ring_name": ring_name,
             "frame_sequence": str(reference.frame_sequence),
         },
     )
@@ -122,7 +138,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
             raise InvalidArgumentError.for_field("name", 'is required ("models/{model}")')
         if request.name not in self._names:
             raise NotFoundError(
-                f"model {request.name!r} is not loaded here (this server runs "
+                f"model {_quoted(request.name)} is not loaded here (this server runs "
                 f"{self._resource.name!r}, also known as 'models/default')"
             )
         return inference_service_pb2.GetModelResponse(model=self._resource)
@@ -176,7 +192,8 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
             )
         if ref.ring_name.lstrip("/") != ring.lstrip("/"):
             raise FailedPreconditionError(
-                f"ring {ref.ring_name!r} is not the ring of {request.camera!r} on this server",
+                f"ring {_quoted(ref.ring_name)} is not the ring of {request.camera!r} on this"
+                " server",
                 reason=error_reason_pb2.ERROR_REASON_FRAME_REFERENCE_FOREIGN,
             )
         reader = self._reader(ring)
@@ -224,7 +241,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
     ) -> inference_service_pb2.DetectResponse:
         received = time.monotonic_ns()
         if request.model and request.model not in self._names:
-            raise NotFoundError(f"model: {request.model!r} is not loaded on this server")
+            raise NotFoundError(f"model: {_quoted(request.model)} is not loaded on this server")
         threshold = self._threshold(request)
         which = request.WhichOneof("input")
         if which is None:

@@ -19,6 +19,12 @@ sequence after every wake (see RingReader._wait).
 
 The writer re-reads the table only when the header's reader generation changes, so the
 per-frame cost is one aligned 8-byte load plus one sem_getvalue per reader.
+
+Semaphores never outlive their ring: a reader creates its semaphore only under the ring's
+lock and only while the ring's name still refers to the object it opened, and whoever
+unlinks a ring (its writer's close, a reclaim that replaces it, the cleanup tool) unlinks
+its semaphores under the same lock. A reader that re-attached while the writer closed
+used to create its semaphore after the writer had removed them all, leaving it behind.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import time
 
 import posix_ipc
 
-from its_camera_ai.shm._errors import ReadersFull, ShmError
+from its_camera_ai.shm._errors import ReadersFull, RingNotFound, ShmError
 from its_camera_ai.shm._system import (
     MODE,
     ShmObject,
@@ -76,6 +82,10 @@ class ReaderWaiter:
         self._obj = obj
         self._hdr = hdr
         with obj.locked():
+            if not obj.still_named():
+                # Unlinked (closed, replaced or cleaned) since it was opened: a semaphore
+                # made now would have no ring left to be removed with.
+                raise RingNotFound(f"ring {ring!r} was unlinked or replaced: attach again")
             index = None
             for i, (pid, start, pidns) in enumerate(reader_entries(hdr, max_readers)):
                 if not entry_is_live(pid, start, pidns):
@@ -159,10 +169,15 @@ class WriterNotifier:
                 continue
         self._active = list(self._sems.values())
 
-    def notify(self) -> None:
+    def refresh(self) -> None:
+        """Open the semaphores of readers registered since the last look (by name: call
+        it before they are unlinked)."""
         gen = self._hdr[IDX_READER_GEN]
         if gen != self._seen_gen:
             self._rescan(gen)
+
+    def notify(self) -> None:
+        self.refresh()
         for sem in self._active:
             try:
                 if sem.value == 0:

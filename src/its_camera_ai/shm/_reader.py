@@ -372,26 +372,30 @@ def attach(
     deadline = time.monotonic() + timeout
     while True:
         try:
-            obj, header = open_ring(name)
+            reader, mapping = _attach_once(
+                name,
+                notify=notify,
+                stale_after=stale_after,
+                check_interval=check_interval,
+                skip_existing=skip_existing,
+                spin=spin,
+            )
             break
         except RingNotFound:
+            # Not there yet, or unlinked or replaced between opening and registering.
             if time.monotonic() >= deadline:
                 raise
             time.sleep(0.02)
-    mapping = RingMapping(obj, header, writable=False)
-    try:
-        reader = RingReader(
-            name,
-            mapping,
-            notify=notify,
-            stale_after=stale_after,
-            check_interval=check_interval,
-            skip_existing=skip_existing,
-            spin=spin,
-        )
-    except BaseException:
-        mapping.close()
-        raise
     if pin_memory:
         mapping.pinned = pin(mapping.slots, read_only=True)
     return reader
+
+
+def _attach_once(name: str, **options: Any) -> tuple[RingReader, RingMapping]:
+    obj, header = open_ring(name)
+    mapping = RingMapping(obj, header, writable=False)
+    try:
+        return RingReader(name, mapping, **options), mapping
+    except BaseException:
+        mapping.close()
+        raise

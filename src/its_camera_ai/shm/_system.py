@@ -151,6 +151,20 @@ def unlink_semaphore(sem_name: str) -> bool:
     return True
 
 
+def unlink_ring(name: str, max_readers: int) -> list[str]:
+    """Unlink ring ``name`` and its reader semaphores; returns the /dev/shm entries that
+    went. Call it holding the ring's lock: readers register (and create their semaphore)
+    only under that lock and only while the ring is named, so none can appear after."""
+    removed = []
+    if unlink_object(object_name(name)):
+        removed.append(PREFIX + name)
+    for index in range(max_readers):
+        sem_name = semaphore_name(name, index)
+        if unlink_semaphore(sem_name):
+            removed.append("sem." + sem_name.lstrip("/"))
+    return removed
+
+
 # --- process identity -------------------------------------------------------------------
 
 

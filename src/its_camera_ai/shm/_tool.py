@@ -4,7 +4,9 @@
 A ring is stale when its writer is dead (pid gone, reused or zombie) or closed it
 without unlinking; `clean` unlinks those, their reader semaphores, semaphores whose ring
 is gone, and temporaries left by a writer that died while creating a ring. Corrupt
-objects under the ring prefix are only removed with --include-corrupt.
+objects under the ring prefix are only removed with --include-corrupt. `list` shows
+reader semaphores whose ring is gone as a row of state "orphaned" (READERS: how many),
+under the name of the ring they belonged to.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from its_camera_ai.shm._system import (
     object_name,
     process_alive,
     unlink_object,
+    unlink_ring,
     unlink_semaphore,
 )
 
@@ -35,6 +38,8 @@ _RING_RE = re.compile(re.escape(PREFIX) + r"([a-z0-9][a-z0-9_-]*)")
 _TEMP_RE = re.compile(re.escape(PREFIX) + r"([a-z0-9][a-z0-9_-]*)\.new-(\d+)-[0-9a-f]+")
 _SEM_RE = re.compile(r"sem\." + re.escape(PREFIX) + r"([a-z0-9][a-z0-9_-]*)\.r(\d+)")
 _STALE = (Liveness.DEAD, Liveness.CLOSED, Liveness.NONE)
+# Reader semaphores left without their ring (the row's name is the ring's).
+_ORPHANED = "orphaned"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +48,7 @@ class RingInfo:
 
     name: str
     size: int
-    state: str  # alive | stalled | dead | closed | none | corrupt
+    state: str  # alive | stalled | dead | closed | none | corrupt | orphaned
     slot_count: int | None = None
     max_frame_bytes: int | None = None
     readers: int | None = None
@@ -54,7 +59,7 @@ class RingInfo:
 
     @property
     def stale(self) -> bool:
-        return self.state in {s.value for s in _STALE}
+        return self.state in {s.value for s in _STALE} or self.state == _ORPHANED
 
 
 def _entries() -> list[str]:
@@ -95,37 +100,48 @@ def list_rings(stale_after: float = 5.0, match: str = "*") -> list[RingInfo]:
     """Every ring in /dev/shm (whose name matches the glob `match`) with its geometry and
     writer state."""
     out = []
-    for entry in _entries():
+    entries = _entries()
+    orphans: dict[str, int] = {}
+    for entry in entries:
+        if (m := _SEM_RE.fullmatch(entry)) is not None:
+            if PREFIX + m.group(1) not in entries and fnmatch.fnmatchcase(m.group(1), match):
+                orphans[m.group(1)] = orphans.get(m.group(1), 0) + 1
+            continue
         m = _RING_RE.fullmatch(entry)
         if m is None or not fnmatch.fnmatchcase(m.group(1), match):
             continue
         if (info := _inspect(m.group(1), stale_after)) is not None:
             out.append(info)
+    out.extend(RingInfo(name, 0, _ORPHANED, readers=count) for name, count in orphans.items())
     return out
 
 
-def _remove_ring(name: str, *, include_corrupt: bool, stale_after: float, min_age: float) -> bool:
-    """Unlink ring `name` if, re-checked under its lock, it is still stale."""
+def _remove_ring(
+    name: str, *, include_corrupt: bool, stale_after: float, min_age: float
+) -> list[str]:
+    """Unlink ring `name` and its reader semaphores if, re-checked under its lock, it is
+    still stale; returns the entries removed."""
     try:
         obj = ShmObject.open(object_name(name), read_only=True)
     except ShmError:
-        return False
+        return []
     try:
         with obj.locked():
             if not obj.still_named():
-                return False
+                return []
             try:
                 h = read_header(obj)
             except RingCorrupt:
                 if not include_corrupt:
-                    return False
-                return unlink_object(obj.shm_name)
+                    return []
+                # No header to say how many reader slots: the orphan sweep finds them.
+                return [PREFIX + name] if unlink_object(obj.shm_name) else []
             st = judge_writer(h, stale_after)
             if st.liveness not in _STALE:
-                return False
+                return []
             if st.heartbeat_age_s is not None and st.heartbeat_age_s < min_age:
-                return False
-            return unlink_object(obj.shm_name)
+                return []
+            return unlink_ring(name, h.max_readers)
     finally:
         obj.close()
 
@@ -145,13 +161,23 @@ def clean_rings(
     gone: set[str] = set()
     for info in rings.values():
         wanted = info.stale or (include_corrupt and info.state == "corrupt")
-        if not wanted or (info.age_s is not None and info.age_s < min_age):
+        if info.state == _ORPHANED or not wanted:
+            continue  # orphaned semaphores: the sweep below
+        if info.age_s is not None and info.age_s < min_age:
             continue
-        if dry_run or _remove_ring(
-            info.name, include_corrupt=include_corrupt, stale_after=stale_after, min_age=min_age
-        ):
+        if dry_run:
             removed.append(PREFIX + info.name)
-            gone.add(info.name)
+            gone.add(info.name)  # its semaphores would go with it
+        else:
+            # Its semaphores go with it, under its lock.
+            removed.extend(
+                _remove_ring(
+                    info.name,
+                    include_corrupt=include_corrupt,
+                    stale_after=stale_after,
+                    min_age=min_age,
+                )
+            )
     for entry in _entries():
         m = _SEM_RE.fullmatch(entry) or _TEMP_RE.fullmatch(entry)
         if m is None or not fnmatch.fnmatchcase(m.group(1), match):

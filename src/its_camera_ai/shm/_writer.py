@@ -32,6 +32,7 @@ from its_camera_ai.shm._system import (
     semaphore_name,
     temp_object_name,
     unlink_object,
+    unlink_ring,
     unlink_semaphore,
     validate_name,
 )
@@ -284,17 +285,31 @@ class RingWriter:
             return
         if self._reserved is not None:
             self._reserved.abort()
-        self._hdr[IDX_WRITER_STATE] = WriterState.CLOSED
         self.closed = True
+        try:
+            with self._map.obj.locked(timeout=1.0):
+                self._mark_closed(unlink=unlink)
+        except ShmError:
+            # Held this long, the lock belongs to a stuck process: closing must not wait
+            # for it (a semaphore it still creates is an orphan for the tool to remove).
+            _log.warning("closing ring %s without its lock", self.ring)
+            self._mark_closed(unlink=unlink)
         self._notifier.notify()  # wake waiting readers so they see CLOSED at once
         self._notifier.close()
-        if unlink and self._map.obj.still_named():
-            unlink_object(object_name(self.ring))
-            for i in range(self._map.max_readers):
-                unlink_semaphore(semaphore_name(self.ring, i))
         del self._hdr, self._words, self._flat
         self._map.close()
         _metrics.retire(self)
+
+    def _mark_closed(self, *, unlink: bool) -> None:
+        """Under the ring's lock: CLOSED, and unlinked with its reader semaphores."""
+        self._hdr[IDX_WRITER_STATE] = WriterState.CLOSED
+        # The wake-up after the unlink goes through handles opened now, while the
+        # semaphores still have names (no reader registers while the lock is held).
+        self._notifier.refresh()
+        # A name that no longer refers to this ring is not ours to unlink: it was removed
+        # by hand, or a new ring took it (the semaphores may be that ring's by now).
+        if unlink and self._map.obj.still_named():
+            unlink_ring(self.ring, self._map.max_readers)
 
     def __enter__(self) -> RingWriter:
         return self
@@ -415,9 +430,10 @@ def _reclaim(
             mapping = RingMapping(obj, header, writable=True)
             geometry = (header.slot_count, header.max_frame_bytes, header.max_readers)
             if geometry != (want.slot_count, want.max_frame_bytes, want.max_readers):
-                # Readers of the old geometry cannot follow: tell them, then replace it.
+                # Readers of the old geometry cannot follow: tell them, then replace it
+                # (its semaphores go too: the new ring may have fewer reader slots).
                 mapping.hdr[IDX_WRITER_STATE] = WriterState.CLOSED
-                unlink_object(object_name(name))
+                unlink_ring(name, header.max_readers)
             else:
                 _repair_slots(mapping)
                 _claim(mapping.hdr, epoch=header.writer_epoch + 1)
