@@ -18,16 +18,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from its_camera_ai.testing._proxy import _reset
+from its_camera_ai.testing._loopback import LOOPBACK, LoopbackServer, reset
 
 __all__ = ["Balancer", "BalancerCounters"]
 
 _CHUNK_BYTES = 64 * 1024
-_LOOPBACK = "127.0.0.1"
 
 
 @dataclass
@@ -44,60 +42,29 @@ class BalancerCounters:
     reset: int = 0
 
 
-class Balancer:
+class Balancer(LoopbackServer):
     """Round-robin from ``127.0.0.1:<port>`` over ``127.0.0.1:<upstream port>``s (see the
     module docstring). Use as ``async with``."""
 
     def __init__(self, upstream_ports: Sequence[int]) -> None:
         if not upstream_ports:
             raise ValueError("a balancer needs at least one upstream")
+        super().__init__()
         self.upstream_ports = list(upstream_ports)
         self.counters = BalancerCounters()
         self._next = 0
-        self._server: asyncio.Server | None = None
         # Open connections: client writer -> (upstream port, upstream writer).
         self._open: dict[asyncio.StreamWriter, tuple[int, asyncio.StreamWriter]] = {}
-        self._tasks: set[asyncio.Task[bool]] = set()
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None, "the balancer is not started"
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
-
-    @property
-    def target(self) -> str:
-        """``127.0.0.1:<port>``, as a gRPC target."""
-        return f"{_LOOPBACK}:{self.port}"
 
     def open_upstreams(self) -> list[int]:
         """The upstream port of every open connection (one entry per connection)."""
         return [upstream for upstream, _ in self._open.values()]
 
-    async def start(self) -> Balancer:
-        self._server = await asyncio.start_server(self._accept, _LOOPBACK, 0)
-        return self
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        self.drop_connections()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def __aenter__(self) -> Balancer:
-        return await self.start()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
     def drop_connections(self) -> None:
         """Reset (RST) every open connection, both sides, now."""
         for client, (_, upstream) in list(self._open.items()):
-            _reset(client)
-            _reset(upstream)
+            reset(client)
+            reset(upstream)
         self.counters.reset += len(self._open)
         self._open.clear()
 
@@ -107,7 +74,7 @@ class Balancer:
             upstream = self.upstream_ports[self._next]
             self._next = (self._next + 1) % len(self.upstream_ports)
             try:
-                reader, writer = await asyncio.open_connection(_LOOPBACK, upstream)
+                reader, writer = await asyncio.open_connection(LOOPBACK, upstream)
             except OSError:
                 self.counters.skipped[upstream] += 1
                 continue
@@ -120,7 +87,7 @@ class Balancer:
         connected = await self._connect()
         if connected is None:
             self.counters.unserved += 1
-            _reset(client_writer)
+            reset(client_writer)
             return
         upstream, upstream_reader, upstream_writer = connected
         self.counters.connections[upstream] += 1
@@ -137,15 +104,9 @@ class Balancer:
             return  # dropped: both sides reset already
         for writer in (client_writer, upstream_writer):
             if was_reset:
-                _reset(writer)
+                reset(writer)
             else:
                 writer.close()
-
-    def _spawn(self, coroutine: Coroutine[Any, Any, bool]) -> asyncio.Task[bool]:
-        task = asyncio.ensure_future(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
 
     @staticmethod
     async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:

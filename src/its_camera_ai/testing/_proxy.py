@@ -18,13 +18,10 @@ A test harness, like the rest of ``its_camera_ai.testing``: never used by a serv
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-import struct
 import time
-from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any, TypeVar
+
+from its_camera_ai.testing._loopback import LOOPBACK, LoopbackServer, reset
 
 __all__ = ["FaultProxy", "ProxyCounters"]
 
@@ -32,8 +29,6 @@ _CHUNK_BYTES = 64 * 1024
 # Chunks read but not yet delivered, per direction: beyond it reading stops, so a stalled
 # direction pushes back on its sender through TCP's own flow control.
 _QUEUED_CHUNKS = 64
-_LOOPBACK = "127.0.0.1"
-_T = TypeVar("_T")
 
 
 @dataclass
@@ -46,59 +41,24 @@ class ProxyCounters:
     bytes_forwarded: int = 0
 
 
-def _reset(writer: asyncio.StreamWriter) -> None:
-    """Close with an RST rather than a FIN: SO_LINGER on, zero timeout, then abort."""
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.transport.abort()
-
-
-class FaultProxy:
+class FaultProxy(LoopbackServer):
     """A TCP proxy from ``127.0.0.1:<port>`` to ``127.0.0.1:<upstream_port>`` whose faults a
     test switches on and off (see the module docstring). Use as ``async with``."""
 
     def __init__(self, upstream_port: int) -> None:
+        super().__init__()
         self.upstream_port = upstream_port
         self.latency_s = 0.0
         self.counters = ProxyCounters()
         self._refusing = False
         self._flowing = asyncio.Event()
         self._flowing.set()
-        self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None, "the proxy is not started"
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
 
     @property
     def open_connections(self) -> int:
         """Connections with both sides open (each counts once)."""
         return len(self._writers) // 2
-
-    async def start(self) -> FaultProxy:
-        self._server = await asyncio.start_server(self._accept, _LOOPBACK, 0)
-        return self
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        self.drop_connections()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def __aenter__(self) -> FaultProxy:
-        return await self.start()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
     # -- faults ------------------------------------------------------------------------------
 
@@ -110,7 +70,7 @@ class FaultProxy:
 
     def drop_connections(self) -> None:
         for writer in list(self._writers):
-            _reset(writer)
+            reset(writer)
         self.counters.reset += len(self._writers) // 2
         self._writers.clear()
 
@@ -126,15 +86,15 @@ class FaultProxy:
                       client_writer: asyncio.StreamWriter) -> None:  # fmt: skip
         if self._refusing:
             self.counters.refused += 1
-            _reset(client_writer)
+            reset(client_writer)
             return
         self.counters.accepted += 1
         try:
             upstream_reader, upstream_writer = await asyncio.open_connection(
-                _LOOPBACK, self.upstream_port
+                LOOPBACK, self.upstream_port
             )
         except OSError:
-            _reset(client_writer)  # as the upstream answered us
+            reset(client_writer)  # as the upstream answered us
             return
         self._writers |= {client_writer, upstream_writer}
         pumps = [
@@ -149,12 +109,6 @@ class FaultProxy:
             if writer in self._writers:
                 self._writers.discard(writer)
                 writer.close()
-
-    def _spawn(self, coroutine: Coroutine[Any, Any, _T]) -> asyncio.Task[_T]:
-        task = asyncio.ensure_future(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One direction: a task reads chunks into a queue with their due time, another
