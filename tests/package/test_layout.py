@@ -39,7 +39,7 @@ def _public_modules() -> list[str]:
 
 def _all_sort_key(name: str) -> tuple[int, str]:
     # ruff's RUF022 ("isort-style"): SCREAMING_CASE, then CamelCase, then the rest.
-    if name.isupper() or (name.upper() == name and "_" in name):
+    if name.isupper():
         return (0, name)
     if name[:1].isupper():
         return (1, name)
