@@ -1,4 +1,5 @@
-"""The ``its-camera-ai`` command: run a service, check configuration, manage shm rings, simulate.
+"""The ``its-camera-ai`` command: run a service, check configuration, manage shm rings, simulate,
+and read the traffic (``counts``, ``summary``, ``events``: tables from the QueryService API).
 
 ``python -m its_camera_ai`` is the same command.
 """
@@ -31,6 +32,9 @@ SERVICES = {
 TOOLS = {
     "shm": "list or clean shared-memory frame rings",
     "sim": "traffic simulator: write a video with its truth, a detector dataset, a snapshot",
+    "counts": "traffic volume of one camera as a time series (table)",
+    "summary": "volume, speeds, occupancy, density, level of service per camera and lane",
+    "events": "incidents (stopped vehicles, wrong-way drivers, ...), newest first",
 }
 
 
@@ -46,6 +50,10 @@ def _run_tool(name: str, argv: list[str]) -> int:
         from its_camera_ai.shm import main as shm_main  # noqa: PLC0415
 
         return shm_main(argv)
+    if name in ("counts", "summary", "events"):
+        from its_camera_ai.client import reports_main  # noqa: PLC0415
+
+        return reports_main(name, argv)
     from its_camera_ai.sim import main as sim_main  # noqa: PLC0415
 
     return sim_main(argv)

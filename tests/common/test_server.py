@@ -37,6 +37,7 @@ from its_camera_ai.common import (
     InferenceSettings,
     InvalidArgumentError,
     NotFoundError,
+    QueryServiceSettings,
     Runtime,
     ServiceHost,
     ServiceUnit,
@@ -54,7 +55,7 @@ async def running_host(
     request: pytest.FixtureRequest, postgres_dsn: str
 ) -> AsyncIterator[ServiceHost]:
     settings = host_settings(postgres_dsn)
-    # Alone, inference must be told where analytics is, and analytics where the decoder is;
+    # Alone, inference must be told where analytics is, analytics and query where the decoder is;
     # nothing listens there here.
     if request.param == "inference":
         settings = settings.model_copy(
@@ -63,6 +64,10 @@ async def running_host(
     if request.param == "analytics":
         settings = settings.model_copy(
             update={"analytics": AnalyticsServiceSettings(decoder_target="127.0.0.1:9")}
+        )
+    if request.param == "query":
+        settings = settings.model_copy(
+            update={"query": QueryServiceSettings(decoder_target="127.0.0.1:9")}
         )
     host = ServiceHost(settings, service_units(request.param))
     await host.start()

@@ -13,8 +13,10 @@ from its_camera_ai.analytics._bins import BinStore
 from its_camera_ai.analytics._drift import DriftMonitor, kl_divergence
 from its_camera_ai.analytics._engine import CameraAnalytics
 from its_camera_ai.analytics._events import EventBook
+from its_camera_ai.analytics._fanout import commit_json, stats_json
 from its_camera_ai.analytics._measures import SceneMeasures
 from its_camera_ai.analytics._records import (
+    MOTOR_CLASSES,
     SPEED_BINS,
     BinKey,
     BinRecord,
@@ -45,6 +47,7 @@ from its_camera_ai.analytics._tracks import TrackTable
 
 __all__ = [
     "INSERT_CROSSING",
+    "MOTOR_CLASSES",
     "SPEED_BINS",
     "UPSERT_BIN",
     "UPSERT_EVENT",
@@ -71,10 +74,12 @@ __all__ = [
     "TrackTable",
     "assign",
     "bin_row",
+    "commit_json",
     "event_row",
     "histogram_percentile",
     "hungarian",
     "iou_matrix",
     "kl_divergence",
     "level_of_service",
+    "stats_json",
 ]

@@ -5,7 +5,10 @@ the message on a bounded queue and returns; one task sends them through the Redi
 A full queue or a Redis outage drops live messages (counted): the events are in PostgreSQL
 anyway, and the next batch refreshes the stats. Channels: ``<prefix>:events:<camera>`` and
 ``<prefix>:events`` (all cameras); stats under the key ``<prefix>:stats:<camera>`` with a TTL
-so a camera that stops sending does not look alive.
+so a camera that stops sending does not look alive; and ``<prefix>:commits``, one message per
+batch announcing what it changed (``commit_json``): the query service drops cached answers
+that cover it and wakes its event streams. A lost announcement costs freshness only: cached
+answers expire by their TTL, streams poll.
 """
 
 from __future__ import annotations
@@ -24,16 +27,12 @@ from redis.asyncio.cluster import RedisCluster
 from its_camera_ai.analytics._metrics import AnalyticsMetrics
 from its_camera_ai.analytics._records import CameraStats, EventRecord
 from its_camera_ai.common import (
-    REDIS_FAILURES,
+    REDIS_DOWN,
     AnalyticsServiceSettings,
     CircuitBreaker,
-    UnavailableError,
 )
 
-__all__ = ["Fanout", "event_json", "stats_json"]
-
-# A dependency being down, whether the breaker knew it already or the call found out.
-_REDIS_DOWN: tuple[type[BaseException], ...] = (UnavailableError, *REDIS_FAILURES)
+__all__ = ["Fanout", "commit_json", "event_json", "stats_json"]
 
 
 def _finite(x: float | None) -> float | None:
@@ -82,11 +81,19 @@ def stats_json(stats: CameraStats) -> str:
     })  # fmt: skip
 
 
+def commit_json(camera_id: str, span_ns: tuple[int, int] | None, events: bool) -> str:
+    """A commit announcement: the camera's traffic changed at capture times [from_ns, to_ns)
+    (both 0 when no traffic changed), and its events changed if ``events``."""
+    from_ns, to_ns = span_ns or (0, 0)
+    return json.dumps({"camera": camera_id, "from_ns": from_ns, "to_ns": to_ns, "events": events})
+
+
 @dataclass(frozen=True, slots=True)
 class _Message:
     camera_id: str
     events: list[str]
     stats: str
+    commit: str
 
 
 class Fanout:
@@ -115,8 +122,19 @@ class Fanout:
                 await self._task
             self._task = None
 
-    def offer(self, camera_id: str, events: list[EventRecord], stats: CameraStats) -> None:
-        message = _Message(camera_id, [event_json(e) for e in events], stats_json(stats))
+    def offer(
+        self,
+        camera_id: str,
+        events: list[EventRecord],
+        stats: CameraStats,
+        span_ns: tuple[int, int] | None,
+    ) -> None:
+        message = _Message(
+            camera_id,
+            [event_json(e) for e in events],
+            stats_json(stats),
+            commit_json(camera_id, span_ns, bool(events)),
+        )
         try:
             self._queue.put_nowait(message)
         except asyncio.QueueFull:
@@ -127,13 +145,14 @@ class Fanout:
             message = await self._queue.get()
             try:
                 await self._breaker.call(functools.partial(self._send, message))
-            except _REDIS_DOWN:
+            except REDIS_DOWN:
                 self._metrics.fanout.labels("dropped_redis_unavailable").inc()
             else:
                 self._metrics.fanout.labels("published").inc()
 
     async def _send(self, message: _Message) -> None:
         channels = (f"{self._prefix}:events:{message.camera_id}", f"{self._prefix}:events")
+        commits = f"{self._prefix}:commits"
         pipe: Any = self._redis.pipeline(transaction=False)
         if isinstance(self._redis, RedisCluster):
             # redis-py refuses PUBLISH in a cluster pipeline, raising RedisClusterException,
@@ -145,9 +164,11 @@ class Fanout:
             for event in message.events:
                 for channel in channels:
                     await self._redis.publish(channel, event)
+            await self._redis.publish(commits, message.commit)
         else:
             for event in message.events:
                 for channel in channels:
                     pipe.publish(channel, event)
+            pipe.publish(commits, message.commit)
         pipe.set(f"{self._prefix}:stats:{message.camera_id}", message.stats, ex=self._ttl)
         await pipe.execute()

@@ -22,7 +22,6 @@ import numpy as np
 
 from its.analytics.v1 import analytics_service_pb2, detection_batch_pb2
 from its.common.v1 import error_reason_pb2
-from its_camera_ai.analytics._cameras import CameraDirectory, KnownCamera
 from its_camera_ai.analytics._durable import DurableWriter, Written
 from its_camera_ai.analytics._engine import CameraAnalytics
 from its_camera_ai.analytics._fanout import Fanout
@@ -36,6 +35,7 @@ from its_camera_ai.analytics._records import (
 )
 from its_camera_ai.analytics._store import BatchWrite, bin_row, crossing_row, event_row
 from its_camera_ai.common import AnalyticsEngineSettings, NotFoundError, UnavailableError
+from its_camera_ai.scene import CameraDirectory, KnownCamera
 
 __all__ = ["Ingestor"]
 
@@ -98,6 +98,16 @@ class _Camera:
         self.state = state
 
 
+def _changed_span(write: BatchWrite) -> tuple[int, int] | None:
+    """The capture times whose stored traffic ``write`` changed: its bins' extent, and its
+    crossings' times (a crossing is timed between frames, so it may precede every bin)."""
+    starts = [row[5] for row in write.bins] + [row[3] for row in write.crossings]
+    if not starts:
+        return None
+    ends = [row[5] + row[6] * _NS for row in write.bins] + [row[3] + 1 for row in write.crossings]
+    return min(starts), max(ends)
+
+
 class Ingestor:
     def __init__(
         self,
@@ -142,7 +152,7 @@ class Ingestor:
                 return _Ack(acknowledged_sequence=batch.sequence, duplicate=True)
             try:
                 async with self._camera_locks[camera_id]:
-                    ack, events, stats = await self._apply_new(batch, camera_id)
+                    ack, events, stats, span = await self._apply_new(batch, camera_id)
             except BaseException:
                 # Whether the write happened is unknown (cancelled mid-commit): ask the
                 # store again next time rather than trust this mark.
@@ -154,12 +164,12 @@ class Ingestor:
                 self._marks.popitem(last=False)
         self._metrics.batches.labels("duplicate" if ack.duplicate else "applied").inc()
         if self._fanout is not None and stats is not None:
-            self._fanout.offer(camera_id, events, stats)
+            self._fanout.offer(camera_id, events, stats, span)
         return ack
 
     async def _apply_new(
         self, batch: detection_batch_pb2.DetectionBatch, camera_id: str
-    ) -> tuple[_Ack, list[EventRecord], CameraStats | None]:
+    ) -> tuple[_Ack, list[EventRecord], CameraStats | None, tuple[int, int] | None]:
         scene = await self._cameras.get(camera_id)
         if scene is None:
             # Rejections are final, so the batch is still recorded (its mark) as applied.
@@ -171,6 +181,7 @@ class Ingestor:
                 _Ack(acknowledged_sequence=batch.sequence, rejected_frames=len(rejections),
                      rejections=rejections),
                 [],
+                None,
                 None,
             )  # fmt: skip
         camera = await self._camera(camera_id, scene)
@@ -214,7 +225,7 @@ class Ingestor:
         if written is Written.ALREADY_APPLIED:
             # Another writer applied this batch first: our engine ran ahead of the store.
             del self._engines[camera_id]
-            return _Ack(acknowledged_sequence=batch.sequence, duplicate=True), [], None
+            return _Ack(acknowledged_sequence=batch.sequence, duplicate=True), [], None, None
         camera.state = state
         rejections = [_rejection(o, o.rejected) for o in outcomes if o.rejected is not None]
         stats = engine.snapshot()
@@ -225,7 +236,7 @@ class Ingestor:
             rejected_frames=len(rejections),
             rejections=rejections,
         )
-        return ack, events, stats
+        return ack, events, stats, _changed_span(write)
 
     async def _camera(self, camera_id: str, scene: KnownCamera) -> _Camera:
         camera = self._engines.get(camera_id)

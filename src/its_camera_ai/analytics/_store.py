@@ -57,8 +57,13 @@ UPSERT_EVENT = (
     " ON CONFLICT (event_id) DO UPDATE SET severity = EXCLUDED.severity,"
     " end_time = EXCLUDED.end_time, track_id = EXCLUDED.track_id,"
     " evidence = EXCLUDED.evidence, description = EXCLUDED.description,"
-    " details = EXCLUDED.details, update_time = EXCLUDED.update_time"
+    " details = EXCLUDED.details, update_time = EXCLUDED.update_time,"
+    # Numbered in commit order (under _EVENTS_LOCK): what the query service streams by.
+    " change_seq = nextval('analytics_event_changes')"
 )
+# Held from the first event written to the commit: event changes are numbered in commit order
+# (migration 0002). Events are few, and written last, so commits rarely wait on it.
+_EVENTS_LOCK = "SELECT pg_advisory_xact_lock(7237005577332262213)"
 INSERT_CROSSING = (
     "INSERT INTO analytics_crossings (camera_id, line_id, track_id, crossing_time,"  # noqa: S608
     f" object_class, direction, speed_kmh, lane_id) VALUES ($1, $2, $3, {_TS.format('$4')},"
@@ -175,13 +180,14 @@ class Store:
                 return False
             if write.bins:
                 await connection.executemany(UPSERT_BIN, write.bins)
-            if write.events:
-                await connection.executemany(UPSERT_EVENT, write.events)
             if write.crossings:
                 await connection.executemany(INSERT_CROSSING, write.crossings)
             if write.state is not None:
                 await connection.execute(_SET_STATE, write.camera_id, write.state)
             await connection.execute(_SET_MARK, write.producer_id, write.sequence)
+            if write.events:
+                await connection.execute(_EVENTS_LOCK)
+                await connection.executemany(UPSERT_EVENT, write.events)
         return True
 
     async def producer_mark(self, producer_id: str) -> int:
@@ -216,9 +222,10 @@ class Store:
     async def reset_camera(self, camera_id: str, closed_events: list[Row]) -> None:
         """One transaction: the events the camera's state held open, closed; the state gone."""
         async with self._pool.acquire() as connection, connection.transaction():
-            if closed_events:
-                await connection.executemany(UPSERT_EVENT, closed_events)
             await connection.execute(_DROP_STATE, camera_id)
+            if closed_events:
+                await connection.execute(_EVENTS_LOCK)
+                await connection.executemany(UPSERT_EVENT, closed_events)
 
     async def delete_older_than(self, age_seconds: float) -> int:
         """Retention: delete rows older than ``age_seconds``; returns how many went."""

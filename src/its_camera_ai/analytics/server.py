@@ -21,10 +21,8 @@ import functools
 import logging
 
 import grpc
-from prometheus_client import CollectorRegistry
 
 from its.analytics.v1 import analytics_service_pb2, analytics_service_pb2_grpc
-from its_camera_ai.analytics._cameras import DECODER_FAILURES, CameraDirectory
 from its_camera_ai.analytics._durable import DurableWriter
 from its_camera_ai.analytics._fanout import Fanout
 from its_camera_ai.analytics._ingest import Ingestor
@@ -42,6 +40,7 @@ from its_camera_ai.common import (
     Runtime,
     ServiceUnit,
 )
+from its_camera_ai.scene import DECODER_FAILURES, CameraDirectory
 
 __all__ = ["UNIT", "analytics_unit"]
 
@@ -59,8 +58,10 @@ def analytics_unit(settings: AnalyticsServiceSettings | None = None) -> ServiceU
         )
         assert runtime.database is not None  # needs_database=True
         metrics = AnalyticsMetrics(runtime.metrics)
-        breaker = functools.partial(_breaker, config, runtime.metrics)
-        postgres = breaker("postgres", POSTGRES_FAILURES)
+        breaker = functools.partial(CircuitBreaker, registry=runtime.metrics,
+                                    failure_threshold=config.breaker_failure_threshold,
+                                    reset_timeout_seconds=config.breaker_reset_seconds)  # fmt: skip
+        postgres = breaker("postgres", failures=POSTGRES_FAILURES)
         store = Store(runtime.database.pool)
         spool = Spool(
             config.spool_dir,
@@ -75,13 +76,15 @@ def analytics_unit(settings: AnalyticsServiceSettings | None = None) -> ServiceU
 
         fanout = None
         if runtime.redis is not None:
-            fanout = Fanout(runtime.redis, config, breaker("redis", REDIS_FAILURES), metrics)
+            fanout = Fanout(
+                runtime.redis, config, breaker("redis", failures=REDIS_FAILURES), metrics
+            )
             fanout.start()
             runtime.on_shutdown.append(fanout.close)
 
         cameras = CameraDirectory(
             decoder_target,
-            breaker("decoder", DECODER_FAILURES),
+            breaker("decoder", failures=DECODER_FAILURES),
             refresh_seconds=config.camera_refresh_seconds,
             reconnect_initial_seconds=config.reconnect_initial_seconds,
             reconnect_max_seconds=config.reconnect_max_seconds,
@@ -95,12 +98,7 @@ def analytics_unit(settings: AnalyticsServiceSettings | None = None) -> ServiceU
         )
         tasks = [asyncio.create_task(writer.run_replay(config.replay_interval_seconds))]
         if config.retention_days is not None:
-            age = config.retention_days * _DAY_SECONDS
-            tasks.append(
-                asyncio.create_task(
-                    _retention(store, postgres, metrics, age, config.retention_interval_seconds)
-                )
-            )
+            tasks.append(asyncio.create_task(_retention(store, postgres, metrics, config)))
 
         async def follow_cameras() -> None:
             # Once serving: in `serve all` the decoder is this very server.
@@ -131,31 +129,17 @@ def analytics_unit(settings: AnalyticsServiceSettings | None = None) -> ServiceU
     )
 
 
-def _breaker(
-    config: AnalyticsServiceSettings,
-    registry: CollectorRegistry,
-    dependency: str,
-    failures: tuple[type[BaseException], ...],
-) -> CircuitBreaker:
-    return CircuitBreaker(
-        dependency,
-        failure_threshold=config.breaker_failure_threshold,
-        reset_timeout_seconds=config.breaker_reset_seconds,
-        failures=failures,
-        registry=registry,
-    )
-
-
 async def _retention(
     store: Store,
     breaker: CircuitBreaker,
     metrics: AnalyticsMetrics,
-    age_seconds: float,
-    interval_seconds: float,
+    config: AnalyticsServiceSettings,
 ) -> None:
     """Delete rows older than the retention age, every interval (skipped while PG is down)."""
+    assert config.retention_days is not None
+    age_seconds = config.retention_days * _DAY_SECONDS
     while True:
-        await asyncio.sleep(interval_seconds)
+        await asyncio.sleep(config.retention_interval_seconds)
         try:
             deleted = await breaker.call(lambda: store.delete_older_than(age_seconds))
         except POSTGRES_DOWN:

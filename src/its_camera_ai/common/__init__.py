@@ -21,6 +21,8 @@ from its_camera_ai.common._config import (
     InferenceSettings,
     LoggingSettings,
     PixelFormatName,
+    QueryCacheSettings,
+    QueryServiceSettings,
     RedisSettings,
     Settings,
     TracingSettings,
@@ -38,6 +40,7 @@ from its_camera_ai.common._errors import (
     InvalidArgumentError,
     ItsError,
     NotFoundError,
+    OutOfRangeError,
     PermissionDeniedError,
     ResourceExhaustedError,
     UnauthenticatedError,
@@ -45,6 +48,13 @@ from its_camera_ai.common._errors import (
     UnimplementedError,
 )
 from its_camera_ai.common._interceptors import dependency_error
+from its_camera_ai.common._listing import (
+    FieldKind,
+    ListField,
+    ListingSpec,
+    ListQuery,
+    page_token_after,
+)
 from its_camera_ai.common._logging import configure_logging
 from its_camera_ai.common._migrations import (
     Migration,
@@ -62,6 +72,7 @@ from its_camera_ai.common._server import Runtime, ServiceHost, ServiceUnit, serv
 from its_camera_ai.common._storage import (
     POSTGRES_DOWN,
     POSTGRES_FAILURES,
+    REDIS_DOWN,
     REDIS_FAILURES,
     Database,
     create_redis,
@@ -71,6 +82,7 @@ __all__ = [
     "ERROR_DOMAIN",
     "POSTGRES_DOWN",
     "POSTGRES_FAILURES",
+    "REDIS_DOWN",
     "REDIS_FAILURES",
     "AbortedError",
     "AlreadyExistsError",
@@ -86,6 +98,7 @@ __all__ = [
     "DeadlineExceededError",
     "DecoderSettings",
     "FailedPreconditionError",
+    "FieldKind",
     "FieldViolation",
     "GrpcSettings",
     "HttpSettings",
@@ -93,13 +106,19 @@ __all__ = [
     "InternalError",
     "InvalidArgumentError",
     "ItsError",
+    "ListField",
+    "ListQuery",
+    "ListingSpec",
     "LoggingSettings",
     "Migration",
     "MigrationError",
     "MigrationSet",
     "NotFoundError",
+    "OutOfRangeError",
     "PermissionDeniedError",
     "PixelFormatName",
+    "QueryCacheSettings",
+    "QueryServiceSettings",
     "RedisSettings",
     "ResourceExhaustedError",
     "Runtime",
@@ -119,6 +138,7 @@ __all__ = [
     "is_resource_id",
     "is_token",
     "load_settings",
+    "page_token_after",
     "parse_camera_name",
     "serve",
 ]

@@ -65,6 +65,10 @@ class GrpcSettings(_Section):
     min_client_ping_interval_seconds: float = Field(10.0, gt=0)
     # On SIGTERM: health goes NOT_SERVING, new RPCs are refused, in-flight ones get this long.
     drain_seconds: float = Field(10.0, ge=0)
+    # SO_REUSEPORT: several processes of one service share the port and the kernel spreads
+    # connections over them (scaling a Python service past one core). Off by default, so a
+    # second instance started by mistake fails to bind instead of silently sharing.
+    reuse_port: bool = False
 
 
 class HttpSettings(_Section):
@@ -79,8 +83,9 @@ class LoggingSettings(_Section):
 
 
 class TracingSettings(_Section):
-    # OTLP/gRPC collector, e.g. http://otel-collector:4317. None: spans are made (so logs
-    # carry trace ids) but not exported.
+    # OTLP/gRPC collector, e.g. http://otel-collector:4317. None: nothing is exported, and
+    # the gRPC servers make no per-RPC spans (the frame spans of decoder and inference are
+    # still made: they travel with the frames).
     otlp_endpoint: str | None = None
     sample_ratio: float = Field(1.0, ge=0.0, le=1.0)
 
@@ -382,6 +387,56 @@ class AnalyticsServiceSettings(_Section):
         return self
 
 
+class QueryCacheSettings(_Section):
+    """The query service's two-level answer cache (``ITS_QUERY__CACHE__*``).
+
+    L1 is this process's memory, L2 Redis (shared by every query process; skipped without
+    Redis). An answer analytics announces a commit for is refreshed in the background while
+    still served; the TTLs bound how old a served answer can be (from its computation)."""
+
+    enabled: bool = True
+    l1_ttl_seconds: float = Field(2.0, gt=0, le=3600)
+    l1_max_entries: int = Field(10_000, ge=1)
+    l2_ttl_seconds: float = Field(10.0, gt=0, le=86_400)
+    # Background refreshes of one answer start at most this often: under frequent commits
+    # this bounds the database work per distinct answer (and how long a change may go unseen
+    # beyond the refresh itself).
+    refresh_interval_seconds: float = Field(0.25, gt=0, le=3600)
+    # Answers larger than this (serialised) are not cached.
+    max_entry_bytes: int = Field(1 * _MIB, ge=1024)
+
+
+class QueryServiceSettings(_Section):
+    """The query service (``ITS_QUERY__*``): where camera scenes come from, request bounds,
+    the answer cache and live event streams."""
+
+    cache: QueryCacheSettings = QueryCacheSettings()
+    # Camera scenes (existence, lane order) from the decoder's CameraService (None: this
+    # process's own server, when the decoder runs in it).
+    decoder_target: str | None = None
+    camera_refresh_seconds: float = Field(30.0, gt=0)
+    # Work bounds, refused before any SQL runs: a summary covers at most max_summary_days
+    # and max_summary_camera_days (cameras x days); a counts series at most max_count_bins
+    # bins, and at most max_summary_days when it comes from raw crossings. ListEvents is
+    # bounded by its page size (its filters and orders are served by indexes).
+    max_summary_days: float = Field(31.0, gt=0, le=366)
+    max_summary_camera_days: float = Field(1000.0, gt=0)
+    max_count_bins: int = Field(10_000, ge=1)
+    # StreamEvents: a heartbeat when nothing happened for this long; without Redis (or
+    # when a commit announcement is lost) the database is polled this often; a client
+    # this many messages behind is disconnected (UNAVAILABLE, OVERLOADED).
+    stream_heartbeat_seconds: float = Field(15.0, gt=0, le=300)
+    stream_poll_seconds: float = Field(0.25, gt=0, le=60)
+    stream_client_queue: int = Field(1000, ge=1)
+    # Resume tokens older than this many changes behind the live position are OUT_OF_RANGE.
+    stream_max_replay_events: int = Field(10_000, ge=1)
+    # The decoder (camera scenes) and Redis (cache, announcements) sit behind breakers.
+    breaker_failure_threshold: int = Field(3, ge=1)
+    breaker_reset_seconds: float = Field(2.0, gt=0)
+    reconnect_initial_seconds: float = Field(0.2, gt=0, le=60)
+    reconnect_max_seconds: float = Field(5.0, gt=0, le=600)
+
+
 BackendName = Literal["torch", "torch-compile", "tensorrt"]
 
 
@@ -458,6 +513,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     decoder: DecoderSettings = DecoderSettings()
     analytics: AnalyticsServiceSettings = AnalyticsServiceSettings()
+    query: QueryServiceSettings = QueryServiceSettings()
     inference: InferenceSettings = InferenceSettings()
 
     @model_validator(mode="after")

@@ -29,6 +29,7 @@ __all__ = [
     "InvalidArgumentError",
     "ItsError",
     "NotFoundError",
+    "OutOfRangeError",
     "PermissionDeniedError",
     "ResourceExhaustedError",
     "UnauthenticatedError",
@@ -111,9 +112,18 @@ class InvalidArgumentError(ItsError):
         self.violations = tuple(violations)
 
     @classmethod
-    def for_field(cls, field: str, description: str) -> InvalidArgumentError:
-        """The common case: one field is wrong, and the message names it."""
-        return cls(f"{field}: {description}", [FieldViolation(field, description)])
+    def for_field(
+        cls, field: str, description: str, *, reason: int | None = None
+    ) -> InvalidArgumentError:
+        """The common case: one field is wrong, and the message names it (a specific
+        ``reason`` also names it in the ErrorInfo's metadata, as ``field``)."""
+        metadata = None if reason is None else {"field": field}
+        return cls(
+            f"{field}: {description}",
+            [FieldViolation(field, description)],
+            reason=reason,
+            metadata=metadata,
+        )
 
     def _details(self) -> list[any_pb2.Any]:
         details = super()._details()
@@ -145,6 +155,13 @@ class AlreadyExistsError(ItsError):
 class FailedPreconditionError(ItsError):
     code = grpc.StatusCode.FAILED_PRECONDITION
     default_reason = errors_pb2.ERROR_REASON_FAILED_PRECONDITION
+
+
+class OutOfRangeError(ItsError):
+    """A position past what the server keeps (an expired stream resume token)."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+    default_reason = errors_pb2.ERROR_REASON_RESUME_TOKEN_EXPIRED
 
 
 class AbortedError(ItsError):

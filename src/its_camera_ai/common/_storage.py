@@ -35,6 +35,7 @@ from its_camera_ai.common._errors import UnavailableError
 __all__ = [
     "POSTGRES_DOWN",
     "POSTGRES_FAILURES",
+    "REDIS_DOWN",
     "REDIS_FAILURES",
     "Database",
     "StateListener",
@@ -78,6 +79,9 @@ REDIS_FAILURES: tuple[type[BaseException], ...] = (
     RedisError,
     SlotNotCoveredError,
 )
+# What a caller of Redis behind a breaker sees while it is down: the open breaker's refusal
+# (UnavailableError) or one of the failures above.
+REDIS_DOWN: tuple[type[BaseException], ...] = (UnavailableError, *REDIS_FAILURES)
 
 # Called with True when the database comes back, False when it goes down.
 StateListener = Callable[[bool], Awaitable[None]]

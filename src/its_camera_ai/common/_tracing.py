@@ -1,7 +1,8 @@
 """OpenTelemetry tracing: a tracer provider per process, OTLP export only when configured.
 
-Spans are always created (cheap, and they give log lines their trace ids); they leave the
-process only when ``tracing.otlp_endpoint`` is set.
+Spans leave the process only when ``tracing.otlp_endpoint`` is set; only then do the gRPC
+servers make a span per RPC (about 80 us of CPU a call, for spans that would go nowhere). The
+frame spans decoder and inference make are always made: their context travels with frames.
 """
 
 from __future__ import annotations

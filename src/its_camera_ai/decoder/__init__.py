@@ -10,9 +10,10 @@ source-URI rules and the key ring that seals camera URLs at rest.
 
 from __future__ import annotations
 
+from its_camera_ai.common import page_token_after
 from its_camera_ai.decoder._crypto import KeyRing, Sealed, SealedUnreadable, load_key_ring
-from its_camera_ai.decoder._listing import compile_list_query, page_token_after
 from its_camera_ai.decoder._metrics import CameraMetrics, DecoderMetrics
+from its_camera_ai.decoder._servicer import compile_list_query
 from its_camera_ai.decoder._sources import Picture, Source, SourceError, SourceOpener
 from its_camera_ai.decoder._status import CameraState, StatusBoard, StatusTracker
 from its_camera_ai.decoder._timing import FrameClock, Verdict

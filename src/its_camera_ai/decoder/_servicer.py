@@ -22,9 +22,16 @@ from its.camera.v1 import (
     camera_service_pb2,
     camera_service_pb2_grpc,
 )
-from its_camera_ai.common import DecoderSettings, InvalidArgumentError, parse_camera_name
+from its_camera_ai.common import (
+    DecoderSettings,
+    FieldKind,
+    InvalidArgumentError,
+    ListField,
+    ListingSpec,
+    ListQuery,
+    parse_camera_name,
+)
 from its_camera_ai.decoder._crypto import KeyRing, Sealed, SealedUnreadable
-from its_camera_ai.decoder._listing import compile_list_query
 from its_camera_ai.decoder._sources import probe_file, scene_config
 from its_camera_ai.decoder._status import StatusBoard, watch_messages
 from its_camera_ai.decoder._store import CameraStore, StoredCamera, camera_not_found
@@ -40,11 +47,40 @@ from its_camera_ai.decoder._validation import (
 )
 from its_camera_ai.decoder._worker import DecodeSpec
 
-__all__ = ["CameraServicer"]
+__all__ = ["CameraServicer", "compile_list_query"]
 
 _Context = grpc.aio.ServicerContext[Any, Any]
 _OUTPUT_ONLY = ("name", "create_time", "update_time", "etag")
 _MIN_REFRESH_SECONDS = 1.0
+
+_DISPLAY_NAME = ListField("display_name", FieldKind.TEXT)
+_CREATE_TIME = ListField("create_time", FieldKind.TIMESTAMP)
+_UPDATE_TIME = ListField("update_time", FieldKind.TIMESTAMP)
+# ListCamerasRequest's filter and order_by fields, over the decoder_cameras columns.
+_CAMERAS = ListingSpec(
+    filters={
+        "display_name": _DISPLAY_NAME,
+        "enabled": ListField("enabled", FieldKind.BOOL),
+        "loop": ListField("loop", FieldKind.BOOL),
+        "create_time": _CREATE_TIME,
+        "update_time": _UPDATE_TIME,
+    },
+    orders={
+        "name": ListField("camera_id", FieldKind.TEXT),
+        "display_name": _DISPLAY_NAME,
+        "create_time": _CREATE_TIME,
+        "update_time": _UPDATE_TIME,
+    },
+    default_order="name",
+    tie_breakers=("camera_id",),
+)
+
+
+def compile_list_query(
+    filter_text: str, order_by: str, page_size: int, page_token: str
+) -> ListQuery:
+    """Check and compile a ListCameras request, or raise INVALID_ARGUMENT."""
+    return _CAMERAS.compile(filter_text, order_by, page_size, page_token)
 
 
 def _prepared(camera: camera_pb2.Camera, checked: CheckedCamera) -> camera_pb2.Camera:

@@ -22,11 +22,12 @@ from its.common.v1 import error_reason_pb2
 from its_camera_ai.common import (
     AbortedError,
     AlreadyExistsError,
+    ListQuery,
     NotFoundError,
     ResourceExhaustedError,
+    page_token_after,
 )
 from its_camera_ai.decoder._crypto import KeyRing, Sealed, SealedUnreadable
-from its_camera_ai.decoder._listing import ListQuery, page_token_after
 
 __all__ = [
     "CameraStore",
@@ -180,7 +181,7 @@ class CameraStore:
 
     async def page(self, query: ListQuery) -> tuple[list[StoredCamera], str]:
         """One page and the token of the next one ('' on the last page)."""
-        # The clauses are compiled by _listing from a fixed vocabulary; every value the
+        # The clauses are compiled by ListingSpec from a fixed vocabulary; every value the
         # client sent travels as a parameter.
         rows = await self._pool.fetch(
             f"SELECT {_COLUMNS} FROM decoder_cameras WHERE {query.where}"  # noqa: S608

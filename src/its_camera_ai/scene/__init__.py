@@ -2,11 +2,13 @@
 
 One model shared by the decoder, which validates cameras with it (``scene_from_proto``), and
 analytics, which builds its per-frame geometry from it (``CameraScene``): one rule set, one
-set of error messages. The plane geometry (polygons, segments, homography) lives here too.
+set of error messages. The plane geometry (polygons, segments, homography) lives here too,
+and ``CameraDirectory``: the decoder's cameras and scenes, followed through its API.
 """
 
 from __future__ import annotations
 
+from its_camera_ai.scene._directory import DECODER_FAILURES, CameraDirectory, KnownCamera
 from its_camera_ai.scene._geometry import (
     GeometryError,
     Homography,
@@ -33,15 +35,18 @@ from its_camera_ai.scene._scene import (
 )
 
 __all__ = [
+    "DECODER_FAILURES",
     "ID_RULE",
     "MAX_FRAME_HEIGHT",
     "MAX_FRAME_WIDTH",
     "CalibrationSpec",
+    "CameraDirectory",
     "CameraScene",
     "Direction",
     "Frame",
     "GeometryError",
     "Homography",
+    "KnownCamera",
     "LaneSpec",
     "LineSpec",
     "PolygonSet",

@@ -125,6 +125,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     refusal); metadata["dependency"] names it when known. The call may or may not have taken
     effect there: retry only what is idempotent, with backoff.
     """
+    ERROR_REASON_RESUME_TOKEN_EXPIRED: _ErrorReason.ValueType  # 28
+    """OUT_OF_RANGE: a stream's resume token points further back than the server keeps
+    (QueryService.StreamEvents). Back-fill with the list method, then stream without one.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The fixed set of machine-readable error reasons of all ITS Camera AI services (AIP-193).
@@ -252,5 +256,9 @@ ERROR_REASON_DEPENDENCY_TIMEOUT: ErrorReason.ValueType  # 27
 """DEADLINE_EXCEEDED: a backing dependency did not answer in time (a timeout, not a
 refusal); metadata["dependency"] names it when known. The call may or may not have taken
 effect there: retry only what is idempotent, with backoff.
+"""
+ERROR_REASON_RESUME_TOKEN_EXPIRED: ErrorReason.ValueType  # 28
+"""OUT_OF_RANGE: a stream's resume token points further back than the server keeps
+(QueryService.StreamEvents). Back-fill with the list method, then stream without one.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

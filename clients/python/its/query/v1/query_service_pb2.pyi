@@ -40,6 +40,8 @@ class _EventChangeTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Event
     """An ongoing event changed (severity, evidence)."""
     EVENT_CHANGE_TYPE_ENDED: _EventChangeType.ValueType  # 3
     """The event is over; `end_time` is set. No more messages follow for it."""
+    EVENT_CHANGE_TYPE_HEARTBEAT: _EventChangeType.ValueType  # 4
+    """Nothing changed: the stream is alive. `event` is unset."""
 
 class EventChangeType(_EventChangeType, metaclass=_EventChangeTypeEnumTypeWrapper):
     """What happened to an event, in a StreamEventsResponse."""
@@ -52,6 +54,8 @@ EVENT_CHANGE_TYPE_UPDATED: EventChangeType.ValueType  # 2
 """An ongoing event changed (severity, evidence)."""
 EVENT_CHANGE_TYPE_ENDED: EventChangeType.ValueType  # 3
 """The event is over; `end_time` is set. No more messages follow for it."""
+EVENT_CHANGE_TYPE_HEARTBEAT: EventChangeType.ValueType  # 4
+"""Nothing changed: the stream is alive. `event` is unset."""
 Global___EventChangeType: _TypeAlias = EventChangeType  # noqa: Y015
 
 @_typing.final
@@ -92,8 +96,9 @@ class GetTrafficCountsRequest(_message.Message):
 
     @_builtins.property
     def bin_size(self) -> _duration_pb2.Duration:
-        """Width of each bin: 60 s or 900 s (1 or 15 minutes). Other values are
-        INVALID_ARGUMENT.
+        """Width of each bin: 60 s, 900 s, 3600 s or 86400 s (1 minute, 15 minutes, 1 hour,
+        1 day). Other values are INVALID_ARGUMENT. Longer bins are the exact merge of the
+        shorter bins analytics stores (sums, maxima, speed histograms).
         """
 
     @_builtins.property
@@ -343,6 +348,7 @@ class StreamEventsRequest(_message.Message):
     CAMERA_FIELD_NUMBER: _builtins.int
     TYPES_FIELD_NUMBER: _builtins.int
     MIN_SEVERITY_FIELD_NUMBER: _builtins.int
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
     camera: _builtins.str
     """Only events of this camera, "cameras/{camera}". Empty: every camera visible to the
     caller.
@@ -350,6 +356,11 @@ class StreamEventsRequest(_message.Message):
     min_severity: _event_pb2.Severity.ValueType
     """Only events at least this severe. UNSPECIFIED: any severity. An event that rises to
     this severity while ongoing is first sent then (with EVENT_CHANGE_TYPE_UPDATED).
+    """
+    resume_token: _builtins.str
+    """`resume_token` of the last message received on an earlier stream: the stream starts
+    with what changed since. Empty: start live. Opaque; the filters may differ from the
+    earlier stream's.
     """
     @_builtins.property
     def types(self) -> _containers.RepeatedScalarFieldContainer[_event_pb2.EventType.ValueType]:
@@ -361,10 +372,11 @@ class StreamEventsRequest(_message.Message):
         camera: _builtins.str = ...,
         types: _abc.Iterable[_event_pb2.EventType.ValueType] | None = ...,
         min_severity: _event_pb2.Severity.ValueType = ...,
+        resume_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["camera", b"camera", "min_severity", b"min_severity", "types", b"types"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["camera", b"camera", "min_severity", b"min_severity", "resume_token", b"resume_token", "types", b"types"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -378,8 +390,13 @@ class StreamEventsResponse(_message.Message):
 
     EVENT_FIELD_NUMBER: _builtins.int
     CHANGE_TYPE_FIELD_NUMBER: _builtins.int
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
     change_type: Global___EventChangeType.ValueType
     """What changed."""
+    resume_token: _builtins.str
+    """Where this message leaves the stream: pass the last one received as
+    StreamEventsRequest.resume_token to resume after it.
+    """
     @_builtins.property
     def event(self) -> _event_pb2.Event:
         """The event after the change."""
@@ -389,10 +406,11 @@ class StreamEventsResponse(_message.Message):
         *,
         event: _event_pb2.Event | None = ...,
         change_type: Global___EventChangeType.ValueType = ...,
+        resume_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_type", b"change_type", "event", b"event"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_type", b"change_type", "event", b"event", "resume_token", b"resume_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -116,10 +116,17 @@ class QueryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StreamEvents(self, request, context):
-        """Streams events live as they start, change and end. Live only: nothing published
-        before the stream opened is replayed (use ListEvents to back-fill, then dedupe by
-        name and update_time). The stream stays open until the client cancels it or the
-        server shuts down (UNAVAILABLE: reconnect and back-fill). A consumer too slow to keep
+        """Streams events live as they start, change and end, in the order analytics committed
+        them. Changes committed between two reads of the server collapse into the latest
+        state, but every event that starts after the stream's start point is reported first
+        with EVENT_CHANGE_TYPE_STARTED (carrying its state then, `end_time` unset). Every
+        message carries a `resume_token`: a stream reopened with the last one a client
+        received first replays what it missed (each event in its latest state), then goes on
+        live; without one it starts live (use ListEvents to back-fill). A token too
+        old to resume from is OUT_OF_RANGE (back-fill with ListEvents, then stream without
+        one). While nothing happens a heartbeat (EVENT_CHANGE_TYPE_HEARTBEAT) arrives at
+        least every 15 s. The stream stays open until the client cancels it or the server
+        shuts down (UNAVAILABLE: reconnect with the last token). A consumer too slow to keep
         up is disconnected with UNAVAILABLE, ERROR_REASON_OVERLOADED (same recovery).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -54,10 +54,17 @@ class QueryServiceStub:
     GetEvent: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.GetEventRequest, _query_service_pb2.GetEventResponse]
     """Gets one event (AIP-131)."""
     StreamEvents: _grpc.UnaryStreamMultiCallable[_query_service_pb2.StreamEventsRequest, _query_service_pb2.StreamEventsResponse]
-    """Streams events live as they start, change and end. Live only: nothing published
-    before the stream opened is replayed (use ListEvents to back-fill, then dedupe by
-    name and update_time). The stream stays open until the client cancels it or the
-    server shuts down (UNAVAILABLE: reconnect and back-fill). A consumer too slow to keep
+    """Streams events live as they start, change and end, in the order analytics committed
+    them. Changes committed between two reads of the server collapse into the latest
+    state, but every event that starts after the stream's start point is reported first
+    with EVENT_CHANGE_TYPE_STARTED (carrying its state then, `end_time` unset). Every
+    message carries a `resume_token`: a stream reopened with the last one a client
+    received first replays what it missed (each event in its latest state), then goes on
+    live; without one it starts live (use ListEvents to back-fill). A token too
+    old to resume from is OUT_OF_RANGE (back-fill with ListEvents, then stream without
+    one). While nothing happens a heartbeat (EVENT_CHANGE_TYPE_HEARTBEAT) arrives at
+    least every 15 s. The stream stays open until the client cancels it or the server
+    shuts down (UNAVAILABLE: reconnect with the last token). A consumer too slow to keep
     up is disconnected with UNAVAILABLE, ERROR_REASON_OVERLOADED (same recovery).
     """
     GetCameraStats: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.GetCameraStatsRequest, _query_service_pb2.GetCameraStatsResponse]
@@ -91,10 +98,17 @@ class QueryServiceAsyncStub(QueryServiceStub):
     GetEvent: _aio.UnaryUnaryMultiCallable[_query_service_pb2.GetEventRequest, _query_service_pb2.GetEventResponse]  # type: ignore[assignment]
     """Gets one event (AIP-131)."""
     StreamEvents: _aio.UnaryStreamMultiCallable[_query_service_pb2.StreamEventsRequest, _query_service_pb2.StreamEventsResponse]  # type: ignore[assignment]
-    """Streams events live as they start, change and end. Live only: nothing published
-    before the stream opened is replayed (use ListEvents to back-fill, then dedupe by
-    name and update_time). The stream stays open until the client cancels it or the
-    server shuts down (UNAVAILABLE: reconnect and back-fill). A consumer too slow to keep
+    """Streams events live as they start, change and end, in the order analytics committed
+    them. Changes committed between two reads of the server collapse into the latest
+    state, but every event that starts after the stream's start point is reported first
+    with EVENT_CHANGE_TYPE_STARTED (carrying its state then, `end_time` unset). Every
+    message carries a `resume_token`: a stream reopened with the last one a client
+    received first replays what it missed (each event in its latest state), then goes on
+    live; without one it starts live (use ListEvents to back-fill). A token too
+    old to resume from is OUT_OF_RANGE (back-fill with ListEvents, then stream without
+    one). While nothing happens a heartbeat (EVENT_CHANGE_TYPE_HEARTBEAT) arrives at
+    least every 15 s. The stream stays open until the client cancels it or the server
+    shuts down (UNAVAILABLE: reconnect with the last token). A consumer too slow to keep
     up is disconnected with UNAVAILABLE, ERROR_REASON_OVERLOADED (same recovery).
     """
     GetCameraStats: _aio.UnaryUnaryMultiCallable[_query_service_pb2.GetCameraStatsRequest, _query_service_pb2.GetCameraStatsResponse]  # type: ignore[assignment]
@@ -150,10 +164,17 @@ class QueryServiceServicer:
         request: _query_service_pb2.StreamEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_query_service_pb2.StreamEventsResponse], _abc.AsyncIterator[_query_service_pb2.StreamEventsResponse]]:
-        """Streams events live as they start, change and end. Live only: nothing published
-        before the stream opened is replayed (use ListEvents to back-fill, then dedupe by
-        name and update_time). The stream stays open until the client cancels it or the
-        server shuts down (UNAVAILABLE: reconnect and back-fill). A consumer too slow to keep
+        """Streams events live as they start, change and end, in the order analytics committed
+        them. Changes committed between two reads of the server collapse into the latest
+        state, but every event that starts after the stream's start point is reported first
+        with EVENT_CHANGE_TYPE_STARTED (carrying its state then, `end_time` unset). Every
+        message carries a `resume_token`: a stream reopened with the last one a client
+        received first replays what it missed (each event in its latest state), then goes on
+        live; without one it starts live (use ListEvents to back-fill). A token too
+        old to resume from is OUT_OF_RANGE (back-fill with ListEvents, then stream without
+        one). While nothing happens a heartbeat (EVENT_CHANGE_TYPE_HEARTBEAT) arrives at
+        least every 15 s. The stream stays open until the client cancels it or the server
+        shuts down (UNAVAILABLE: reconnect with the last token). A consumer too slow to keep
         up is disconnected with UNAVAILABLE, ERROR_REASON_OVERLOADED (same recovery).
         """
 

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from its.common.v1 import detection_pb2 as its_dot_common_dot_v1_dot_detection__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aits/query/v1/traffic.proto\x12\x0cits.query.v1\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dits/common/v1/detection.proto\"M\n\nClassCount\x12\x30\n\x0cobject_class\x18\x01 \x01(\x0e\x32\x1a.its.common.v1.ObjectClass\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"\x8b\x01\n\x08\x43ountBin\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06volume\x18\x02 \x01(\x03\x12.\n\x0c\x63lass_counts\x18\x03 \x03(\x0b\x32\x18.its.query.v1.ClassCount\x12\x0f\n\x07partial\x18\x04 \x01(\x08\"\xc3\x02\n\x0eTrafficMetrics\x12\x0e\n\x06volume\x18\x01 \x01(\x03\x12#\n\x1b\x66low_rate_vehicles_per_hour\x18\x02 \x01(\x01\x12\x1b\n\x0emean_speed_kmh\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x1a\n\rspeed_p85_kmh\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x16\n\toccupancy\x18\x05 \x01(\x01H\x02\x88\x01\x01\x12$\n\x17\x64\x65nsity_vehicles_per_km\x18\x06 \x01(\x01H\x03\x88\x01\x01\x12\x36\n\x10level_of_service\x18\x07 \x01(\x0e\x32\x1c.its.query.v1.LevelOfServiceB\x11\n\x0f_mean_speed_kmhB\x10\n\x0e_speed_p85_kmhB\x0c\n\n_occupancyB\x1a\n\x18_density_vehicles_per_km\"T\n\x12LaneTrafficSummary\x12\x0f\n\x07lane_id\x18\x01 \x01(\t\x12-\n\x07metrics\x18\x02 \x01(\x0b\x32\x1c.its.query.v1.TrafficMetrics\"\xa3\x01\n\x14\x43\x61meraTrafficSummary\x12-\n\x06\x63\x61mera\x18\x01 \x01(\tB\x1d\xfa\x41\x1a\n\x18its-camera-ai.dev/Camera\x12+\n\x05total\x18\x02 \x01(\x0b\x32\x1c.its.query.v1.TrafficMetrics\x12/\n\x05lanes\x18\x03 \x03(\x0b\x32 .its.query.v1.LaneTrafficSummary*\xc2\x01\n\x0eLevelOfService\x12 \n\x1cLEVEL_OF_SERVICE_UNSPECIFIED\x10\x00\x12\x16\n\x12LEVEL_OF_SERVICE_A\x10\x01\x12\x16\n\x12LEVEL_OF_SERVICE_B\x10\x02\x12\x16\n\x12LEVEL_OF_SERVICE_C\x10\x03\x12\x16\n\x12LEVEL_OF_SERVICE_D\x10\x04\x12\x16\n\x12LEVEL_OF_SERVICE_E\x10\x05\x12\x16\n\x12LEVEL_OF_SERVICE_F\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aits/query/v1/traffic.proto\x12\x0cits.query.v1\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dits/common/v1/detection.proto\"M\n\nClassCount\x12\x30\n\x0cobject_class\x18\x01 \x01(\x0e\x32\x1a.its.common.v1.ObjectClass\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"\x8b\x01\n\x08\x43ountBin\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06volume\x18\x02 \x01(\x03\x12.\n\x0c\x63lass_counts\x18\x03 \x03(\x0b\x32\x18.its.query.v1.ClassCount\x12\x0f\n\x07partial\x18\x04 \x01(\x08\"\xe5\x03\n\x0eTrafficMetrics\x12\x0e\n\x06volume\x18\x01 \x01(\x03\x12#\n\x1b\x66low_rate_vehicles_per_hour\x18\x02 \x01(\x01\x12\x1b\n\x0emean_speed_kmh\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x1a\n\rspeed_p85_kmh\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x16\n\toccupancy\x18\x05 \x01(\x01H\x02\x88\x01\x01\x12$\n\x17\x64\x65nsity_vehicles_per_km\x18\x06 \x01(\x01H\x03\x88\x01\x01\x12\x36\n\x10level_of_service\x18\x07 \x01(\x0e\x32\x1c.its.query.v1.LevelOfService\x12\x1b\n\x0emean_headway_s\x18\x08 \x01(\x01H\x04\x88\x01\x01\x12 \n\x13mean_queue_length_m\x18\t \x01(\x01H\x05\x88\x01\x01\x12\x1f\n\x12max_queue_length_m\x18\n \x01(\x01H\x06\x88\x01\x01\x42\x11\n\x0f_mean_speed_kmhB\x10\n\x0e_speed_p85_kmhB\x0c\n\n_occupancyB\x1a\n\x18_density_vehicles_per_kmB\x11\n\x0f_mean_headway_sB\x16\n\x14_mean_queue_length_mB\x15\n\x13_max_queue_length_m\"T\n\x12LaneTrafficSummary\x12\x0f\n\x07lane_id\x18\x01 \x01(\t\x12-\n\x07metrics\x18\x02 \x01(\x0b\x32\x1c.its.query.v1.TrafficMetrics\"\xa3\x01\n\x14\x43\x61meraTrafficSummary\x12-\n\x06\x63\x61mera\x18\x01 \x01(\tB\x1d\xfa\x41\x1a\n\x18its-camera-ai.dev/Camera\x12+\n\x05total\x18\x02 \x01(\x0b\x32\x1c.its.query.v1.TrafficMetrics\x12/\n\x05lanes\x18\x03 \x03(\x0b\x32 .its.query.v1.LaneTrafficSummary*\xc2\x01\n\x0eLevelOfService\x12 \n\x1cLEVEL_OF_SERVICE_UNSPECIFIED\x10\x00\x12\x16\n\x12LEVEL_OF_SERVICE_A\x10\x01\x12\x16\n\x12LEVEL_OF_SERVICE_B\x10\x02\x12\x16\n\x12LEVEL_OF_SERVICE_C\x10\x03\x12\x16\n\x12LEVEL_OF_SERVICE_D\x10\x04\x12\x16\n\x12LEVEL_OF_SERVICE_E\x10\x05\x12\x16\n\x12LEVEL_OF_SERVICE_F\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,16 +36,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CAMERATRAFFICSUMMARY'].fields_by_name['camera']._loaded_options = None
   _globals['_CAMERATRAFFICSUMMARY'].fields_by_name['camera']._serialized_options = b'\372A\032\n\030its-camera-ai.dev/Camera'
-  _globals['_LEVELOFSERVICE']._serialized_start=935
-  _globals['_LEVELOFSERVICE']._serialized_end=1129
+  _globals['_LEVELOFSERVICE']._serialized_start=1097
+  _globals['_LEVELOFSERVICE']._serialized_end=1291
   _globals['_CLASSCOUNT']._serialized_start=135
   _globals['_CLASSCOUNT']._serialized_end=212
   _globals['_COUNTBIN']._serialized_start=215
   _globals['_COUNTBIN']._serialized_end=354
   _globals['_TRAFFICMETRICS']._serialized_start=357
-  _globals['_TRAFFICMETRICS']._serialized_end=680
-  _globals['_LANETRAFFICSUMMARY']._serialized_start=682
-  _globals['_LANETRAFFICSUMMARY']._serialized_end=766
-  _globals['_CAMERATRAFFICSUMMARY']._serialized_start=769
-  _globals['_CAMERATRAFFICSUMMARY']._serialized_end=932
+  _globals['_TRAFFICMETRICS']._serialized_end=842
+  _globals['_LANETRAFFICSUMMARY']._serialized_start=844
+  _globals['_LANETRAFFICSUMMARY']._serialized_end=928
+  _globals['_CAMERATRAFFICSUMMARY']._serialized_start=931
+  _globals['_CAMERATRAFFICSUMMARY']._serialized_end=1094
 # @@protoc_insertion_point(module_scope)

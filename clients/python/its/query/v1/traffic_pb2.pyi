@@ -151,6 +151,9 @@ class TrafficMetrics(_message.Message):
     OCCUPANCY_FIELD_NUMBER: _builtins.int
     DENSITY_VEHICLES_PER_KM_FIELD_NUMBER: _builtins.int
     LEVEL_OF_SERVICE_FIELD_NUMBER: _builtins.int
+    MEAN_HEADWAY_S_FIELD_NUMBER: _builtins.int
+    MEAN_QUEUE_LENGTH_M_FIELD_NUMBER: _builtins.int
+    MAX_QUEUE_LENGTH_M_FIELD_NUMBER: _builtins.int
     volume: _builtins.int
     """Distinct vehicle tracks counted by at least one counting line (a vehicle crossing
     several lines counts once).
@@ -177,6 +180,18 @@ class TrafficMetrics(_message.Message):
     """Level of service derived from `density_vehicles_per_km`; UNSPECIFIED when density
     is unset.
     """
+    mean_headway_s: _builtins.float
+    """Mean time headway between consecutive vehicles crossing a counting line in the same
+    direction, seconds. For a camera, over all its lines; unset for a lane (lines are not
+    tied to lanes) and when no two vehicles followed each other.
+    """
+    mean_queue_length_m: _builtins.float
+    """Mean queue length over processed frames, metres from the stop line: the extent of
+    stopped vehicles (with their lengths) at the lane's downstream end. For a camera, the
+    mean over its lanes. Needs lanes and calibration.
+    """
+    max_queue_length_m: _builtins.float
+    """Longest queue observed, metres. For a camera, the longest of its lanes."""
     def __init__(
         self,
         *,
@@ -187,13 +202,22 @@ class TrafficMetrics(_message.Message):
         occupancy: _builtins.float | None = ...,
         density_vehicles_per_km: _builtins.float | None = ...,
         level_of_service: Global___LevelOfService.ValueType = ...,
+        mean_headway_s: _builtins.float | None = ...,
+        mean_queue_length_m: _builtins.float | None = ...,
+        max_queue_length_m: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_density_vehicles_per_km", b"_density_vehicles_per_km", "_mean_speed_kmh", b"_mean_speed_kmh", "_occupancy", b"_occupancy", "_speed_p85_kmh", b"_speed_p85_kmh", "density_vehicles_per_km", b"density_vehicles_per_km", "mean_speed_kmh", b"mean_speed_kmh", "occupancy", b"occupancy", "speed_p85_kmh", b"speed_p85_kmh"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_density_vehicles_per_km", b"_density_vehicles_per_km", "_max_queue_length_m", b"_max_queue_length_m", "_mean_headway_s", b"_mean_headway_s", "_mean_queue_length_m", b"_mean_queue_length_m", "_mean_speed_kmh", b"_mean_speed_kmh", "_occupancy", b"_occupancy", "_speed_p85_kmh", b"_speed_p85_kmh", "density_vehicles_per_km", b"density_vehicles_per_km", "max_queue_length_m", b"max_queue_length_m", "mean_headway_s", b"mean_headway_s", "mean_queue_length_m", b"mean_queue_length_m", "mean_speed_kmh", b"mean_speed_kmh", "occupancy", b"occupancy", "speed_p85_kmh", b"speed_p85_kmh"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_density_vehicles_per_km", b"_density_vehicles_per_km", "_mean_speed_kmh", b"_mean_speed_kmh", "_occupancy", b"_occupancy", "_speed_p85_kmh", b"_speed_p85_kmh", "density_vehicles_per_km", b"density_vehicles_per_km", "flow_rate_vehicles_per_hour", b"flow_rate_vehicles_per_hour", "level_of_service", b"level_of_service", "mean_speed_kmh", b"mean_speed_kmh", "occupancy", b"occupancy", "speed_p85_kmh", b"speed_p85_kmh", "volume", b"volume"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_density_vehicles_per_km", b"_density_vehicles_per_km", "_max_queue_length_m", b"_max_queue_length_m", "_mean_headway_s", b"_mean_headway_s", "_mean_queue_length_m", b"_mean_queue_length_m", "_mean_speed_kmh", b"_mean_speed_kmh", "_occupancy", b"_occupancy", "_speed_p85_kmh", b"_speed_p85_kmh", "density_vehicles_per_km", b"density_vehicles_per_km", "flow_rate_vehicles_per_hour", b"flow_rate_vehicles_per_hour", "level_of_service", b"level_of_service", "max_queue_length_m", b"max_queue_length_m", "mean_headway_s", b"mean_headway_s", "mean_queue_length_m", b"mean_queue_length_m", "mean_speed_kmh", b"mean_speed_kmh", "occupancy", b"occupancy", "speed_p85_kmh", b"speed_p85_kmh", "volume", b"volume"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__density_vehicles_per_km: _TypeAlias = _typing.Literal["density_vehicles_per_km"]  # noqa: Y015
     _WhichOneofArgType__density_vehicles_per_km: _TypeAlias = _typing.Literal["_density_vehicles_per_km", b"_density_vehicles_per_km"]  # noqa: Y015
+    _WhichOneofReturnType__max_queue_length_m: _TypeAlias = _typing.Literal["max_queue_length_m"]  # noqa: Y015
+    _WhichOneofArgType__max_queue_length_m: _TypeAlias = _typing.Literal["_max_queue_length_m", b"_max_queue_length_m"]  # noqa: Y015
+    _WhichOneofReturnType__mean_headway_s: _TypeAlias = _typing.Literal["mean_headway_s"]  # noqa: Y015
+    _WhichOneofArgType__mean_headway_s: _TypeAlias = _typing.Literal["_mean_headway_s", b"_mean_headway_s"]  # noqa: Y015
+    _WhichOneofReturnType__mean_queue_length_m: _TypeAlias = _typing.Literal["mean_queue_length_m"]  # noqa: Y015
+    _WhichOneofArgType__mean_queue_length_m: _TypeAlias = _typing.Literal["_mean_queue_length_m", b"_mean_queue_length_m"]  # noqa: Y015
     _WhichOneofReturnType__mean_speed_kmh: _TypeAlias = _typing.Literal["mean_speed_kmh"]  # noqa: Y015
     _WhichOneofArgType__mean_speed_kmh: _TypeAlias = _typing.Literal["_mean_speed_kmh", b"_mean_speed_kmh"]  # noqa: Y015
     _WhichOneofReturnType__occupancy: _TypeAlias = _typing.Literal["occupancy"]  # noqa: Y015
@@ -202,6 +226,12 @@ class TrafficMetrics(_message.Message):
     _WhichOneofArgType__speed_p85_kmh: _TypeAlias = _typing.Literal["_speed_p85_kmh", b"_speed_p85_kmh"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__density_vehicles_per_km) -> _WhichOneofReturnType__density_vehicles_per_km | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_queue_length_m) -> _WhichOneofReturnType__max_queue_length_m | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mean_headway_s) -> _WhichOneofReturnType__mean_headway_s | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mean_queue_length_m) -> _WhichOneofReturnType__mean_queue_length_m | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__mean_speed_kmh) -> _WhichOneofReturnType__mean_speed_kmh | None: ...
     @_typing.overload

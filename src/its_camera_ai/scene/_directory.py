@@ -1,5 +1,8 @@
 """Each camera's scene, learnt from the decoder's ``CameraService`` API (never its storage).
 
+Used by every service that needs the cameras' scenes without owning them: analytics (what to
+measure) and the query service (which cameras exist, their lanes' order).
+
 The directory lists every camera (``ListCameras``, page by page) and follows
 ``WatchCameraStatus``: its first messages name every camera, later ones a camera created or
 deleted, and, with ``refresh_interval``, every camera again periodically. A camera not
@@ -29,7 +32,8 @@ from its_camera_ai.common import (
     UnavailableError,
     camera_id_from_name,
 )
-from its_camera_ai.scene import CameraScene, scene_from_proto
+from its_camera_ai.scene._proto import scene_from_proto
+from its_camera_ai.scene._scene import CameraScene
 
 __all__ = ["DECODER_FAILURES", "CameraDirectory", "KnownCamera"]
 
@@ -93,6 +97,11 @@ class CameraDirectory:
         self._unusable: frozenset[str] = frozenset()
         self._listed_at: float | None = None
         self._listing = asyncio.Lock()
+
+    @property
+    def known(self) -> dict[str, KnownCamera]:
+        """The cameras listed last (a snapshot: the directory replaces, never mutates it)."""
+        return self._cameras
 
     async def get(self, camera_id: str) -> KnownCamera | None:
         """The camera's scene, or None if the decoder has no such camera (with a usable
