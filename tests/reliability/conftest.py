@@ -5,21 +5,74 @@ The machine's own servers are shared by every test, so fault injection never tou
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import redis
 
 from tests.conftest import free_port
+
+SERVICE_START_WITHIN_S = 60.0
+SERVICE_STOP_WITHIN_S = 20.0
+
+
+class ServiceProcess:
+    """``its-camera-ai serve <service>`` as a child process on loopback, configured by
+    ``settings`` (environment variables) on top of the test's environment minus
+    ``without`` prefixes; the same port across restarts."""
+
+    def __init__(
+        self, service: str, name: str, settings: dict[str, str], without: tuple[str, ...] = ()
+    ) -> None:
+        self.service = service
+        self.name = name
+        self.port = free_port()
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith(without or ("\0",))}
+        self.env = {
+            **inherited,
+            "ITS_GRPC__HOST": "127.0.0.1",
+            "ITS_GRPC__PORT": str(self.port),
+            "ITS_GRPC__DRAIN_SECONDS": "2",
+            "ITS_HTTP__ENABLED": "false",
+            "ITS_LOGGING__LEVEL": "WARNING",
+            **settings,
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> None:
+        command = [sys.executable, "-m", "its_camera_ai.cli", "serve", self.service]
+        self.process = subprocess.Popen(command, env=self.env)  # noqa: ASYNC220 - returns at once
+        # Ready = serving on its own port (a direct channel: a balancer's turn is untouched).
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{self.port}") as channel:
+            await asyncio.wait_for(channel.channel_ready(), SERVICE_START_WITHIN_S)
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+            self.process = None
+
+    async def terminate(self) -> int:
+        """SIGTERM, as a rolling restart stops an instance; its exit status."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            status = await asyncio.to_thread(self.process.wait, SERVICE_STOP_WITHIN_S)
+        finally:
+            self.kill()  # a no-op once it exited
+        return status
 
 
 class PrivateRedis:

@@ -12,24 +12,20 @@ undisturbed engine's output (nothing lost, nothing counted twice although two in
 wrote), the producer's stored mark equal to its last batch. Printed: the time from the kill
 to the next acknowledgement; the longest gap between acknowledgements in a rolling restart.
 
-Also shown (xfail, a product bug): a stream that moves A -> B -> A without either instance
-restarting (connections reset by the network or the balancer) lets A continue the camera from
-the engine state it still holds in memory, older than the stored one.
+Also: a stream that moves A -> B -> A without either instance restarting (connections reset
+by the network or the balancer) finds A holding the camera's engine in memory, older than the
+state B stored; A's write is refused (the stored state's revision moved), and A applies the
+batch again on B's state, so nothing B added is overwritten.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
-import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -48,72 +44,37 @@ from tests.analytics.test_service_support import (
     to_batches,
     traffic,
 )
-from tests.conftest import free_port
+from tests.reliability.conftest import ServiceProcess
 
 pytestmark = pytest.mark.reliability
 
 CAMERA = f"cameras/{CAMERA_ID}"
 # Frames arrive at this pace: the producer batches what queues while its window is full.
 PACE_S = 0.02
-START_WITHIN_S = 60.0
-STOP_WITHIN_S = 20.0
 ACKED_WITHIN_S = 30.0
 POLL_S = 0.005
 # Frames submitted at once just before the kill.
 BURST = 40
 
 
-class Instance:
-    """``its-camera-ai serve analytics`` as a child process, configured from the environment;
-    the same port across restarts."""
-
-    def __init__(self, name: str, dsn: str, spool_dir: Path, decoder: str) -> None:
-        self.name = name
-        self.port = free_port()
-        self.env = {
-            **os.environ,
-            "ITS_DATABASE__DSN": dsn,
-            "ITS_GRPC__HOST": "127.0.0.1",
-            "ITS_GRPC__PORT": str(self.port),
-            "ITS_GRPC__DRAIN_SECONDS": "2",
-            "ITS_HTTP__ENABLED": "false",
-            "ITS_ANALYTICS__SPOOL_DIR": str(spool_dir),
-            "ITS_ANALYTICS__DECODER_TARGET": decoder,
-            "ITS_LOGGING__LEVEL": "WARNING",
-        }
-        self.process: subprocess.Popen[bytes] | None = None
-
-    async def start(self) -> None:
-        command = [sys.executable, "-m", "its_camera_ai.cli", "serve", "analytics"]
-        self.process = subprocess.Popen(command, env=self.env)  # noqa: ASYNC220 - returns at once
-        # Ready = serving on its own port (a direct channel: the balancer's turn is untouched).
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{self.port}") as channel:
-            await asyncio.wait_for(channel.channel_ready(), START_WITHIN_S)
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait()
-            self.process = None
-
-    async def terminate(self) -> int:
-        """SIGTERM, as a rolling restart stops an instance; its exit status."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            status = await asyncio.to_thread(self.process.wait, STOP_WITHIN_S)
-        finally:
-            self.kill()  # a no-op once it exited
-        return status
+def _analytics_process(name: str, dsn: str, spool_dir: Path, decoder: str) -> ServiceProcess:
+    """``its-camera-ai serve analytics`` as a child process."""
+    return ServiceProcess("analytics", name, {
+        "ITS_DATABASE__DSN": dsn,
+        "ITS_ANALYTICS__SPOOL_DIR": str(spool_dir),
+        "ITS_ANALYTICS__DECODER_TARGET": decoder,
+    })  # fmt: skip
 
 
 @contextlib.asynccontextmanager
-async def _instances(dsn: str, tmp_path: Path) -> AsyncIterator[tuple[Instance, Instance]]:
+async def _instances(
+    dsn: str, tmp_path: Path
+) -> AsyncIterator[tuple[ServiceProcess, ServiceProcess]]:
     """Two started instances; both killed at the end, whatever happened."""
     async with serve_cameras({CAMERA_ID: camera_proto(synth.road_scene())}) as decoder:
         pair = (
-            Instance("A", dsn, tmp_path / "spool-a", decoder),
-            Instance("B", dsn, tmp_path / "spool-b", decoder),
+            _analytics_process("A", dsn, tmp_path / "spool-a", decoder),
+            _analytics_process("B", dsn, tmp_path / "spool-b", decoder),
         )
         try:
             # One after the other: both apply the migrations (under an advisory lock).
@@ -200,7 +161,7 @@ def _acked(producer: DetectionProducer, frames: int) -> Callable[[], bool]:
     return lambda: producer.stats.frames_acknowledged >= frames
 
 
-def _connected_to(balancer: Balancer, instances: Sequence[Instance]) -> Instance:
+def _connected_to(balancer: Balancer, instances: Sequence[ServiceProcess]) -> ServiceProcess:
     """The instance the producer's one connection goes to."""
     upstreams = balancer.open_upstreams()
     assert len(upstreams) == 1, upstreams
@@ -318,7 +279,7 @@ async def test_rolling_restart_fails_no_call(postgres_dsn: str, tmp_path: Path) 
     assert stats.reconnects >= 1
 
 
-async def _move_stream(balancer: Balancer, producer: DetectionProducer, to: Instance) -> None:
+async def _move_stream(balancer: Balancer, producer: DetectionProducer, to: ServiceProcess) -> None:
     """Reset the producer's connection (a network blip); round robin hands the new one to
     ``to``."""
     connections = balancer.counters.connections[to.port]
@@ -328,12 +289,6 @@ async def _move_stream(balancer: Balancer, producer: DetectionProducer, to: Inst
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="stale engine state (product bug): A -> B -> A without a restart, A continues"
-    " the camera from the engine it kept in memory and its cumulative bins overwrite B's:"
-    " lane bins hold frames=160 instead of 240 (the 80 frames B applied are lost)",
-)
 async def test_stream_back_to_an_instance_that_kept_the_camera(
     postgres_dsn: str, tmp_path: Path
 ) -> None:

@@ -10,19 +10,31 @@ one producer) and the camera's lock (one caller per engine):
 3. the write goes to PostgreSQL, or to the spool while it is down; only then is the batch
    acknowledged. If neither can take it, the engine goes back to its state before the
    batch and the stream fails with UNAVAILABLE: the producer resends it.
+
+Several instances may serve one camera in turn (its stream moved), so an engine kept in
+memory can be older than the stored state. Each engine remembers the revision of the stored
+state it was loaded at or wrote last, and PostgreSQL takes its write only if that is still
+the stored one. Otherwise nothing was written: the engine is dropped, the stored state (the
+other instance's) loaded, and the batch applied again on it, with the same arrival time.
+Should the camera move on again meanwhile, that is tried ``STALE_RETRIES`` times in all,
+then UNAVAILABLE (the producer resends). The spool's replay finds the same mismatch for
+records spooled from an engine that had fallen behind; it calls ``_rebase`` here, which
+applies the record's batch on the stored state the same way (see ``_durable``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter, OrderedDict, defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 
 from its.analytics.v1 import analytics_service_pb2, detection_batch_pb2
 from its.common.v1 import error_reason_pb2
-from its_camera_ai.analytics._durable import DurableWriter, Written
+from its_camera_ai.analytics._durable import STALE_RETRIES, DurableWriter, Written
 from its_camera_ai.analytics._engine import CameraAnalytics
 from its_camera_ai.analytics._fanout import Fanout
 from its_camera_ai.analytics._metrics import AnalyticsMetrics
@@ -33,11 +45,20 @@ from its_camera_ai.analytics._records import (
     FrameOutcome,
     FrameReject,
 )
-from its_camera_ai.analytics._store import BatchWrite, bin_row, crossing_row, event_row
+from its_camera_ai.analytics._store import (
+    BatchWrite,
+    StaleStateError,
+    StoredState,
+    bin_row,
+    crossing_row,
+    event_row,
+)
 from its_camera_ai.common import AnalyticsEngineSettings, NotFoundError, UnavailableError
 from its_camera_ai.scene import CameraDirectory, KnownCamera
 
 __all__ = ["Ingestor"]
+
+_log = logging.getLogger(__name__)
 
 _Ack = analytics_service_pb2.StreamDetectionBatchesResponse
 _Rejection = detection_batch_pb2.FrameRejection
@@ -91,11 +112,59 @@ def _unknown_camera(batch: detection_batch_pb2.DetectionBatch) -> list[_Rejectio
 
 
 class _Camera:
-    """A camera's engine and the durable state it was last restored from or wrote."""
+    """A camera's engine, the durable state it was last restored from or wrote, and that
+    state's revision in the store: the one its next write must find there (None: a state
+    spooled before revisions existed, written unconditionally)."""
 
-    def __init__(self, engine: CameraAnalytics, state: bytes | None) -> None:
+    def __init__(self, engine: CameraAnalytics, stored: StoredState) -> None:
         self.engine = engine
-        self.state = state
+        self.state = stored.state
+        self.revision = stored.revision
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """A batch through an engine: each frame's outcome, the events, and the write."""
+
+    outcomes: list[FrameOutcome]
+    events: list[EventRecord]
+    write: BatchWrite
+
+
+def _run(
+    engine: CameraAnalytics,
+    batch: detection_batch_pb2.DetectionBatch,
+    scene: KnownCamera,
+    arrival_ns: int,
+    revision: int | None,
+    source: bytes,
+) -> _Run:
+    """``batch``'s frames through ``engine`` (time sanity by ``arrival_ns``), written at
+    ``revision``."""
+    camera_id = scene.camera_id
+    events: list[EventRecord] = []
+    if engine.scene.spec != scene.scene.spec:
+        events += engine.reconfigure(scene.scene)
+    outcomes = [
+        engine.process(_frame_input(camera_id, f, scene, batch.model_version), arrival_ns)
+        for f in batch.frames
+    ]
+    for outcome in outcomes:
+        events += outcome.events
+    write = BatchWrite(
+        batch.producer_id,
+        batch.sequence,
+        camera_id,
+        [bin_row(b) for b in engine.drain_bins()],
+        # Several versions of one event in a batch: the newest is the one to keep.
+        list({e.event_id: event_row(e) for e in events}.values()),
+        [crossing_row(camera_id, c) for o in outcomes for c in o.crossings],
+        engine.state_bytes(),
+        revision,
+        arrival_ns,
+        source,
+    )
+    return _Run(outcomes, events, write)
 
 
 def _changed_span(write: BatchWrite) -> tuple[int, int] | None:
@@ -132,6 +201,7 @@ class Ingestor:
         self._producer_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._marks: OrderedDict[str, int] = OrderedDict()
         self._camera_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        writer.set_rebase(self._rebase)
 
     def open_stream(self, producer: str) -> None:
         self._streams[producer] += 1
@@ -172,45 +242,48 @@ class Ingestor:
     ) -> tuple[_Ack, list[EventRecord], CameraStats | None, tuple[int, int] | None]:
         scene = await self._cameras.get(camera_id)
         if scene is None:
-            # Rejections are final, so the batch is still recorded (its mark) as applied.
-            write = BatchWrite(batch.producer_id, batch.sequence, camera_id, [], [], [], None)
-            await self._writer.write(write)
-            rejections = _unknown_camera(batch)
-            self._metrics.frames.labels("rejected", "unknown_camera").inc(len(rejections))
-            return (
-                _Ack(acknowledged_sequence=batch.sequence, rejected_frames=len(rejections),
-                     rejections=rejections),
-                [],
-                None,
-                None,
-            )  # fmt: skip
-        camera = await self._camera(camera_id, scene)
-        engine = camera.engine
-        events: list[EventRecord] = []
-        if engine.scene.spec != scene.scene.spec:
-            events += engine.reconfigure(scene.scene)
-        now_ns = time.time_ns()
-        outcomes = [
-            engine.process(_frame_input(camera_id, f, scene, batch.model_version), now_ns)
-            for f in batch.frames
-        ]
-        for outcome in outcomes:
-            events += outcome.events
-        crossings = [crossing_row(camera_id, c) for o in outcomes for c in o.crossings]
-        bins = [bin_row(b) for b in engine.drain_bins()]
-        state = engine.state_bytes()
-        write = BatchWrite(
-            batch.producer_id,
-            batch.sequence,
-            camera_id,
-            bins,
-            # Several versions of one event in a batch: the newest is the one to keep.
-            list({e.event_id: event_row(e) for e in events}.values()),
-            crossings,
-            state,
+            return await self._apply_unknown(batch, camera_id)
+        arrival_ns = time.time_ns()
+        # Kept in the write: the spool's replay may have to apply the batch again.
+        source = batch.SerializeToString()
+        for _ in range(1 + STALE_RETRIES):
+            camera = await self._camera(camera_id, scene, arrival_ns)
+            run = _run(camera.engine, batch, scene, arrival_ns, camera.revision, source)
+            try:
+                written = await self._write(camera_id, camera, run.write)
+            except StaleStateError:
+                # Another instance advanced the camera past this engine, which is dropped:
+                # the batch again, on the stored state.
+                _log.info("camera state moved on elsewhere: applying the batch again",
+                          extra={"camera": camera_id, "revision": camera.revision})  # fmt: skip
+                continue
+            return self._applied(batch, camera_id, camera, run, written)
+        raise UnavailableError(
+            f"camera {camera_id!r} is being written by another analytics instance: resend",
+            metadata={"camera": camera_id},
         )
+
+    async def _apply_unknown(
+        self, batch: detection_batch_pb2.DetectionBatch, camera_id: str
+    ) -> tuple[_Ack, list[EventRecord], CameraStats | None, tuple[int, int] | None]:
+        # Rejections are final, so the batch is still recorded (its mark) as applied.
+        write = BatchWrite(
+            batch.producer_id, batch.sequence, camera_id, [], [], [], None, None, None, None
+        )
+        await self._writer.write(write)
+        rejections = _unknown_camera(batch)
+        self._metrics.frames.labels("rejected", "unknown_camera").inc(len(rejections))
+        return (
+            _Ack(acknowledged_sequence=batch.sequence, rejected_frames=len(rejections),
+                 rejections=rejections),
+            [],
+            None,
+            None,
+        )  # fmt: skip
+
+    async def _write(self, camera_id: str, camera: _Camera, write: BatchWrite) -> Written:
         try:
-            written = await self._writer.write(write)
+            return await self._writer.write(write)
         except UnavailableError:
             # Known not written: back to the state of the last durable batch.
             if camera.state is None:
@@ -218,49 +291,101 @@ class Ingestor:
             else:
                 camera.engine = CameraAnalytics.from_state_bytes(camera.state)
             raise
+        except StaleStateError:
+            # Known not written, and the engine behind the store: reload it next time.
+            del self._engines[camera_id]
+            raise
         except BaseException:
             # Maybe written (cancelled mid-commit): reload from the durable state next time.
             del self._engines[camera_id]
             raise
+
+    def _applied(
+        self,
+        batch: detection_batch_pb2.DetectionBatch,
+        camera_id: str,
+        camera: _Camera,
+        run: _Run,
+        written: Written,
+    ) -> tuple[_Ack, list[EventRecord], CameraStats | None, tuple[int, int] | None]:
+        write = run.write
         if written is Written.ALREADY_APPLIED:
             # Another writer applied this batch first: our engine ran ahead of the store.
             del self._engines[camera_id]
             return _Ack(acknowledged_sequence=batch.sequence, duplicate=True), [], None, None
-        camera.state = state
-        rejections = [_rejection(o, o.rejected) for o in outcomes if o.rejected is not None]
-        stats = engine.snapshot()
-        self._count(batch, outcomes, events, stats)
+        camera.state = write.state
+        # Written (or, spooled, to be written) at the next revision.
+        camera.revision = None if write.revision is None else write.revision + 1
+        if written is Written.COMMITTED and write.revision is None:
+            # A chain spooled before revisions, now in PostgreSQL: reload to learn the stored
+            # revision (until then the writes stay unconditional).
+            del self._engines[camera_id]
+        rejections = [_rejection(o, o.rejected) for o in run.outcomes if o.rejected is not None]
+        stats = camera.engine.snapshot()
+        self._count(batch, run.outcomes, run.events, stats)
         ack = _Ack(
             acknowledged_sequence=batch.sequence,
-            accepted_frames=len(outcomes) - len(rejections),
+            accepted_frames=len(run.outcomes) - len(rejections),
             rejected_frames=len(rejections),
             rejections=rejections,
         )
-        return ack, events, stats, _changed_span(write)
+        return ack, run.events, stats, _changed_span(write)
 
-    async def _camera(self, camera_id: str, scene: KnownCamera) -> _Camera:
+    async def _camera(self, camera_id: str, scene: KnownCamera, now_ns: int) -> _Camera:
         camera = self._engines.get(camera_id)
         if camera is None:
-            state = await self._writer.camera_state(camera_id)
-            if state is None:
-                engine = await self._fresh_engine(camera_id, scene)
-            else:
-                engine = CameraAnalytics.from_state_bytes(state)
-            camera = self._engines[camera_id] = _Camera(engine, state)
+            stored = await self._writer.camera_state(camera_id)
+            camera = self._engines[camera_id] = _Camera(
+                await self._engine(camera_id, scene, stored, now_ns), stored
+            )
         return camera
 
-    async def _fresh_engine(self, camera_id: str, scene: KnownCamera) -> CameraAnalytics:
-        """A camera starting afresh (first use, or after a reset) continues the stored bins
-        a frame arriving now could reach: a new value would otherwise replace the stored one.
+    async def _engine(
+        self, camera_id: str, scene: KnownCamera, stored: StoredState, now_ns: int
+    ) -> CameraAnalytics:
+        """The camera's engine restored from ``stored``, or, without a state (first use, or
+        after a reset), starting afresh: it then continues the stored bins a frame arriving
+        at ``now_ns`` could reach, since a new value would otherwise replace the stored one.
         Bins further ahead can only come from frames refused today (or accepted before time
         sanity): current data replaces them when the camera gets there."""
+        if stored.state is not None:
+            return CameraAnalytics.from_state_bytes(stored.state)
         settings = self._engine_settings
         engine = CameraAnalytics(camera_id, scene.scene, settings)
-        now_ns = time.time_ns()
         oldest_ns = now_ns - max(settings.bin_seconds) * _NS
         newest_ns = now_ns + int(settings.max_capture_skew_seconds * _NS)
         engine.bins.adopt(await self._writer.open_bins(camera_id, oldest_ns, newest_ns))
         return engine
+
+    async def _rebase(self, write: BatchWrite, stored: StoredState) -> BatchWrite:
+        """For the spool's replay: ``write``'s camera was advanced by another writer after
+        it was spooled, so its batch again on the stored state, at the stored revision, with
+        time sanity by the batch's arrival. This instance's engine of the camera is left
+        alone: its own next write finds the revision moved and reloads it."""
+        # Every record with a revision (the only ones that can mismatch) has both.
+        assert write.source is not None
+        assert write.arrival_ns is not None
+        camera_id = write.camera_id
+        batch = detection_batch_pb2.DetectionBatch.FromString(write.source)
+        scene = await self._cameras.get(camera_id)
+        if scene is None:
+            # Deleted from the decoder since: nothing to apply the frames to any more.
+            _log.error("spooled batch of a camera no longer known: its frames are dropped",
+                       extra={"camera": camera_id, "frames": len(batch.frames)})  # fmt: skip
+            return BatchWrite(write.producer_id, write.sequence, camera_id, [], [], [], None,
+                              None, write.arrival_ns, write.source)  # fmt: skip
+        engine = await self._engine(camera_id, scene, stored, write.arrival_ns)
+        run = _run(engine, batch, scene, write.arrival_ns, stored.revision, write.source)
+        # Frames behind that state's clock (duplicate, late, time backwards) were
+        # acknowledged, yet cannot be counted any more: said here, by cause.
+        refused = Counter(o.rejected.name for o in run.outcomes if o.rejected is not None)
+        _log.warning(
+            "spooled batch applied again on the camera state another instance stored",
+            extra={"camera": camera_id, "producer": write.producer_id,
+                   "sequence": write.sequence, "frames": len(run.outcomes),
+                   "refused_frames": dict(refused)},
+        )  # fmt: skip
+        return run.write
 
     async def reset(self, camera_id: str) -> tuple[int | None, int]:
         """Discard the camera's engine state, in memory and persisted, between two of its
@@ -272,13 +397,26 @@ class Ingestor:
                 metadata={"resource": f"cameras/{camera_id}"},
             )
         async with self._camera_locks[camera_id]:
-            # From the durable state, which the camera's engine equals between batches: the
-            # engine itself stays untouched should the reset fail.
-            camera = self._engines.get(camera_id)
-            state = camera.state if camera else await self._writer.camera_state(camera_id)
-            old = None if state is None else CameraAnalytics.from_state_bytes(state)
-            closed = [] if old is None else old.book.close_all(old.last_ns or 0)
-            await self._writer.reset_camera(camera_id, [event_row(e) for e in closed])
+            for _ in range(1 + STALE_RETRIES):
+                # From the stored state, not this instance's engine (another instance may
+                # have moved the camera on); the engine stays untouched should this fail.
+                stored = await self._writer.camera_state(camera_id)
+                old = (
+                    None if stored.state is None else CameraAnalytics.from_state_bytes(stored.state)
+                )
+                closed = [] if old is None else old.book.close_all(old.last_ns or 0)
+                try:
+                    rows = [event_row(e) for e in closed]
+                    await self._writer.reset_camera(camera_id, rows, stored.revision)
+                except StaleStateError:
+                    continue  # written meanwhile: read it again
+                break
+            else:
+                raise UnavailableError(
+                    f"camera {camera_id!r} is being written by another analytics instance:"
+                    " retry the reset",
+                    metadata={"camera": camera_id},
+                )
             self._engines.pop(camera_id, None)
         self._metrics.camera_resets.inc()
         return (None if old is None else old.last_ns), len(closed)

@@ -7,6 +7,14 @@ in integer nanoseconds) so the spool can keep it byte for byte and replay it lat
 ``commit`` writes it in one transaction that first checks the producer's mark, so applying
 the same write twice (a replay after a crash, a write whose commit reply was lost) changes
 nothing the second time.
+
+Several analytics instances may write one camera (a stream moved from one to another), so a
+camera's stored state has a revision (migration 0003) and a write carries the revision its
+engine started from: the state is written, and the revision advanced, only if the stored one
+is still that; otherwise ``StaleStateError`` and nothing of the batch is written (its bins
+were computed from an older state and would overwrite what the other writer added). A write
+also carries its batch's wire bytes and arrival time, so that it can be computed again on the
+stored state (the spool's replay).
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ import base64
 import json
 import math
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -29,7 +37,19 @@ from its_camera_ai.analytics._records import (
     Scope,
 )
 
-__all__ = ["BatchWrite", "Row", "Store", "bin_row", "crossing_row", "event_row"]
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+__all__ = [
+    "BatchWrite",
+    "Row",
+    "StaleStateError",
+    "Store",
+    "StoredState",
+    "bin_row",
+    "crossing_row",
+    "event_row",
+]
 
 Row = tuple[Any, ...]
 
@@ -75,7 +95,14 @@ _SET_MARK = (
     " ON CONFLICT (producer_id) DO UPDATE SET last_sequence = EXCLUDED.last_sequence,"
     " update_time = now()"
 )
-_DROP_STATE = "DELETE FROM analytics_camera_state WHERE camera_id = $1"
+# A reset keeps the row, without a state, at the next revision: a revision never comes back,
+# so an engine loaded before the reset cannot take the camera for the one it started from.
+_DROP_STATE = (
+    "UPDATE analytics_camera_state SET state = NULL, revision = revision + 1,"
+    " update_time = now() WHERE camera_id = $1 AND revision = $2"
+)
+_HAS_STATE_ROW = "SELECT true FROM analytics_camera_state WHERE camera_id = $1"
+_GET_STATE = "SELECT state, revision FROM analytics_camera_state WHERE camera_id = $1"
 # A camera's bins ending after $2 and starting by $3 (ns), as BinRecord fields: what a
 # fresh engine continues.
 _OPEN_BINS = (
@@ -84,9 +111,25 @@ _OPEN_BINS = (
     f" WHERE camera_id = $1 AND bin_start + bin_seconds * interval '1 second' > {_TS.format('$2')}"
     f" AND bin_start <= {_TS.format('$3')}"
 )
-_SET_STATE = (
-    "INSERT INTO analytics_camera_state (camera_id, state) VALUES ($1, $2)"
-    " ON CONFLICT (camera_id) DO UPDATE SET state = EXCLUDED.state, update_time = now()"
+# A camera's state, written only if the stored revision ($3) is still the one the engine
+# started from; the row count says whether it was.
+_UPDATE_STATE = (
+    "UPDATE analytics_camera_state SET state = $2, revision = revision + 1,"
+    " update_time = now() WHERE camera_id = $1 AND revision = $3"
+)
+# Revision 0: no row yet, or one written before revisions existed. A concurrent first write
+# of the camera conflicts, and its row (revision 1) is then left alone.
+_INSERT_STATE = (
+    "INSERT INTO analytics_camera_state (camera_id, state, revision) VALUES ($1, $2, 1)"
+    " ON CONFLICT (camera_id) DO UPDATE SET state = EXCLUDED.state, revision = 1,"
+    " update_time = now() WHERE analytics_camera_state.revision = 0"
+)
+# A record spooled by the version before revisions: written as it was then, unconditionally;
+# the revision still moves, so other instances' engines reload.
+_FORCE_STATE = (
+    "INSERT INTO analytics_camera_state (camera_id, state, revision) VALUES ($1, $2, 1)"
+    " ON CONFLICT (camera_id) DO UPDATE SET state = EXCLUDED.state,"
+    " revision = analytics_camera_state.revision + 1, update_time = now()"
 )
 # Retention: bins by their start, events once ended (or silent) that long, crossings by time,
 # and the marks of producer incarnations gone quiet (they never come back under that id).
@@ -96,6 +139,25 @@ _RETENTION = (
     "DELETE FROM analytics_crossings WHERE crossing_time < $1",
     "DELETE FROM analytics_producers WHERE update_time < $1",
 )
+
+
+class StaleStateError(Exception):
+    """The camera's stored state is no longer the one the write's engine started from:
+    another writer advanced (or reset) it. Nothing of the write was written."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredState:
+    """A camera's stored engine state (None: none, or reset) and its revision (0 without a
+    row; None: not known, for a state spooled by the version before revisions)."""
+
+    state: bytes | None
+    revision: int | None
+
+
+def _rows(status: str) -> int:
+    # asyncpg's command tag: "UPDATE 1", "INSERT 0 1".
+    return int(status.rsplit(" ", 1)[-1])
 
 
 def _number(x: float) -> float | None:
@@ -136,7 +198,13 @@ def crossing_row(camera_id: str, c: LineCrossing) -> Row:
 @dataclass(frozen=True, slots=True)
 class BatchWrite:
     """What one batch changes, as rows for the statements above. ``state`` is None when the
-    batch changed no engine (every frame rejected before reaching one)."""
+    batch changed no engine (every frame rejected before reaching one).
+
+    ``revision`` is the stored state's revision the engine started from (None: write
+    unconditionally, as records spooled before revisions existed are); ``arrival_ns`` (the
+    clock time sanity judged the frames by) and ``source`` (the batch's wire bytes) are what
+    computing the batch again on another state needs (None in those old records).
+    """
 
     producer_id: str
     sequence: int
@@ -145,17 +213,29 @@ class BatchWrite:
     events: list[Row]
     crossings: list[Row]
     state: bytes | None
+    revision: int | None
+    arrival_ns: int | None
+    source: bytes | None
 
     def to_bytes(self) -> bytes:
+        """The JSON document, then, when there is a source, a NUL and the source's bytes
+        (JSON never holds a raw NUL, and the batch needs no base64 that way)."""
         state = None if self.state is None else base64.b64encode(self.state).decode()
         document = [self.producer_id, self.sequence, self.camera_id, self.bins, self.events,
-                    self.crossings, state]  # fmt: skip
+                    self.crossings, state, self.revision, self.arrival_ns]  # fmt: skip
         # Bins may hold NaN (PostgreSQL keeps it too); Python's JSON round-trips it.
-        return json.dumps(document, separators=(",", ":")).encode()
+        text = json.dumps(document, separators=(",", ":")).encode()
+        return text if self.source is None else text + b"\0" + self.source
 
     @classmethod
     def from_bytes(cls, data: bytes) -> BatchWrite:
-        producer_id, sequence, camera_id, bins, events, crossings, state = json.loads(data)
+        """Also reads the records of the version before revisions (a spool survives an
+        upgrade): seven elements, no NUL; they come back with no revision and no source.
+        That version cannot read these records: drain the spool before going back to it."""
+        text, separator, source = data.partition(b"\0")
+        document = json.loads(text)
+        producer_id, sequence, camera_id, bins, events, crossings, state = document[:7]
+        revision, arrival_ns = document[7:9] if len(document) > 7 else (None, None)
         return cls(
             producer_id,
             sequence,
@@ -164,6 +244,27 @@ class BatchWrite:
             [tuple(r) for r in events],
             [tuple(r) for r in crossings],
             None if state is None else base64.b64decode(state),
+            revision,
+            arrival_ns,
+            source if separator else None,
+        )
+
+
+async def _write_state(connection: PoolConnectionProxy[Any], write: BatchWrite) -> None:
+    """The camera's new state, if the stored one is still the write's; else nothing."""
+    assert write.state is not None
+    if write.revision is None:
+        await connection.execute(_FORCE_STATE, write.camera_id, write.state)
+        return
+    if write.revision == 0:
+        status = await connection.execute(_INSERT_STATE, write.camera_id, write.state)
+    else:
+        status = await connection.execute(
+            _UPDATE_STATE, write.camera_id, write.state, write.revision
+        )
+    if _rows(status) == 0:
+        raise StaleStateError(
+            f"camera {write.camera_id!r}: stored state no longer at revision {write.revision}"
         )
 
 
@@ -173,17 +274,20 @@ class Store:
 
     async def commit(self, write: BatchWrite) -> bool:
         """Apply ``write`` in one transaction; False (nothing written) if the producer's mark
-        shows it was applied already."""
+        shows it was applied already. ``StaleStateError`` (nothing written) if the camera's
+        stored state moved past the write's revision."""
         async with self._pool.acquire() as connection, connection.transaction():
             mark = await connection.fetchval(_LOCK_MARK, write.producer_id)
             if mark is not None and mark >= write.sequence:
                 return False
+            # The state first: its row lock makes a concurrent writer of the camera wait
+            # here, and see the new revision, before either writes any bin.
+            if write.state is not None:
+                await _write_state(connection, write)
             if write.bins:
                 await connection.executemany(UPSERT_BIN, write.bins)
             if write.crossings:
                 await connection.executemany(INSERT_CROSSING, write.crossings)
-            if write.state is not None:
-                await connection.execute(_SET_STATE, write.camera_id, write.state)
             await connection.execute(_SET_MARK, write.producer_id, write.sequence)
             if write.events:
                 await connection.execute(_EVENTS_LOCK)
@@ -196,11 +300,12 @@ class Store:
         )
         return int(mark) if mark is not None else 0
 
-    async def camera_state(self, camera_id: str) -> bytes | None:
-        state = await self._pool.fetchval(
-            "SELECT state FROM analytics_camera_state WHERE camera_id = $1", camera_id
-        )
-        return bytes(state) if state is not None else None
+    async def camera_state(self, camera_id: str) -> StoredState:
+        row = await self._pool.fetchrow(_GET_STATE, camera_id)
+        if row is None:
+            return StoredState(None, 0)
+        state = row["state"]
+        return StoredState(None if state is None else bytes(state), int(row["revision"]))
 
     async def open_bins(
         self, camera_id: str, end_after_ns: int, start_until_ns: int
@@ -219,10 +324,19 @@ class Store:
             for r in rows
         ]  # fmt: skip
 
-    async def reset_camera(self, camera_id: str, closed_events: list[Row]) -> None:
-        """One transaction: the events the camera's state held open, closed; the state gone."""
+    async def reset_camera(self, camera_id: str, closed_events: list[Row], revision: int) -> None:
+        """One transaction: the events the camera's state held open, closed; the state gone,
+        if it is still at ``revision`` (the one ``closed_events`` came from), else
+        ``StaleStateError`` and nothing written."""
         async with self._pool.acquire() as connection, connection.transaction():
-            await connection.execute(_DROP_STATE, camera_id)
+            status = await connection.execute(_DROP_STATE, camera_id, revision)
+            # Nothing to drop is right for a camera that never had a row (revision 0).
+            if _rows(status) == 0 and (
+                revision != 0 or await connection.fetchval(_HAS_STATE_ROW, camera_id)
+            ):
+                raise StaleStateError(
+                    f"camera {camera_id!r}: stored state no longer at revision {revision}"
+                )
             if closed_events:
                 await connection.execute(_EVENTS_LOCK)
                 await connection.executemany(UPSERT_EVENT, closed_events)
