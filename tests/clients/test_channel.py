@@ -14,20 +14,40 @@ from its_camera_ai.common import InvalidArgumentError, Runtime, ServiceHost, Ser
 
 
 class FlakyCameras(camera_service_pb2_grpc.CameraServiceServicer):
-    """Unavailable for the first ``failures`` calls of each camera, then answers."""
+    """Unavailable for the first ``failures`` calls of each camera, then answers; cameras
+    named "cancelled-*" are cancelled instead, as a draining server cancels calls it never
+    started (grpc/grpc#41785)."""
 
     def __init__(self, failures: int) -> None:
         self.failures = failures
         self.attempts: dict[str, int] = {}
 
+    def _fail_first(self, name: str) -> grpc.StatusCode | None:
+        self.attempts[name] = self.attempts.get(name, 0) + 1
+        if self.attempts[name] > self.failures:
+            return None
+        if name.startswith("cameras/cancelled-"):
+            return grpc.StatusCode.CANCELLED
+        return grpc.StatusCode.UNAVAILABLE
+
+    async def CreateCamera(
+        self, request: camera_service_pb2.CreateCameraRequest, context: grpc.aio.ServicerContext
+    ) -> camera_service_pb2.CreateCameraResponse:
+        name = f"cameras/{request.camera_id}"
+        code = self._fail_first(name)
+        if code is not None:
+            await context.abort(code, "draining")
+        return camera_service_pb2.CreateCameraResponse(camera=camera_pb2.Camera(name=name))
+
     async def GetCamera(
         self, request: camera_service_pb2.GetCameraRequest, context: grpc.aio.ServicerContext
     ) -> camera_service_pb2.GetCameraResponse:
-        self.attempts[request.name] = self.attempts.get(request.name, 0) + 1
         if request.name == "cameras/bad":
+            self.attempts[request.name] = self.attempts.get(request.name, 0) + 1
             raise InvalidArgumentError.for_field("name", "bad")
-        if self.attempts[request.name] <= self.failures:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "warming up")
+        code = self._fail_first(request.name)
+        if code is not None:
+            await context.abort(code, "warming up")
         return camera_service_pb2.GetCameraResponse(camera=camera_pb2.Camera(name=request.name))
 
 
@@ -65,14 +85,44 @@ async def test_unavailable_is_retried_and_other_errors_are_not(
         assert servicer.attempts["cameras/bad"] == 1
 
 
+async def test_reads_are_retried_when_cancelled_and_writes_are_not(
+    flaky: tuple[ServiceHost, FlakyCameras],
+) -> None:
+    host, servicer = flaky
+    async with aio_channel(f"127.0.0.1:{host.grpc_port}") as channel:
+        stub = camera_service_pb2_grpc.CameraServiceStub(channel)
+        reply = await stub.GetCamera(
+            camera_service_pb2.GetCameraRequest(name="cameras/cancelled-a")
+        )
+        assert reply.camera.name == "cameras/cancelled-a"
+        assert servicer.attempts["cameras/cancelled-a"] == 3
+
+        # A write cancelled may have been applied: it is the caller's to repeat.
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.CreateCamera(camera_service_pb2.CreateCameraRequest(camera_id="cancelled-b"))
+        assert caught.value.code() == grpc.StatusCode.CANCELLED
+        assert servicer.attempts["cameras/cancelled-b"] == 1
+        # UNAVAILABLE is retried for every method.
+        await stub.CreateCamera(camera_service_pb2.CreateCameraRequest(camera_id="c"))
+        assert servicer.attempts["cameras/c"] == 3
+
+
 def test_service_config_gives_deadlines_to_unary_calls_only() -> None:
-    config = json.loads(service_config())
-    unary, streaming = config["methodConfig"]
-    assert unary["timeout"] == "10.0s"
-    assert "timeout" not in streaming  # a watch or a detection stream lives as long as it needs
-    covered = {(n["service"], n["method"]) for block in (unary, streaming) for n in block["name"]}
-    every = {(s.full_name, m.name) for s in SERVICES for m in s.methods}
-    assert covered == every
-    assert {"its.camera.v1.CameraService", "its.admin.v1.AdminService"} <= {s for s, _ in every}
-    for block in (unary, streaming):
-        assert block["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
+    blocks = json.loads(service_config())["methodConfig"]
+    methods = {(s.full_name, m.name): m for s in SERVICES for m in s.methods}
+    covered = [(n["service"], n["method"]) for block in blocks for n in block["name"]]
+    assert sorted(covered) == sorted(methods)  # each method once
+    assert {"its.camera.v1.CameraService", "its.admin.v1.AdminService"} <= {s for s, _ in covered}
+    reads = set()
+    for block in blocks:
+        kinds = [methods[(n["service"], n["method"])] for n in block["name"]]
+        streaming = {m.client_streaming or m.server_streaming for m in kinds}
+        assert len(streaming) == 1
+        # A watch or a detection stream lives as long as it needs.
+        assert block.get("timeout") == (None if streaming == {True} else "10.0s")
+        codes = block["retryPolicy"]["retryableStatusCodes"]
+        assert codes in (["UNAVAILABLE"], ["UNAVAILABLE", "CANCELLED"])
+        if "CANCELLED" in codes:
+            reads |= {m.name for m in kinds}
+    assert {"GetCamera", "ListCameras", "WatchCameraStatus", "StreamEvents"} <= reads
+    assert not reads & {"CreateCamera", "DeleteCamera", "Detect", "StreamDetectionBatches"}

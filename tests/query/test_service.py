@@ -218,6 +218,7 @@ async def _serving(
     cache: QueryCacheSettings | None = None,
     camera_id: str | None = None,
     poll_seconds: float = 0.1,
+    buffer_events: int = 10_000,
 ) -> AsyncIterator[_Env]:
     """A host running analytics (optionally) and query over a camera (a fresh id unless
     given), its scene served by a fake decoder; Redis under a prefix of its own."""
@@ -231,6 +232,7 @@ async def _serving(
             decoder_target=decoder,
             stream_heartbeat_seconds=_HEARTBEAT_S,
             stream_poll_seconds=poll_seconds,
+            stream_buffer_events=buffer_events,
             cache=cache or QueryCacheSettings(),
         )
         settings = host_settings(dsn).model_copy(
@@ -1165,3 +1167,37 @@ async def test_stopping_the_host_ends_open_streams_with_unavailable(
             assert reason == "SHUTTING_DOWN"
         # Ended at once, not after the drain period ran out on them.
         assert stopped < env.host.settings.grpc.drain_seconds + 1.0
+
+
+async def test_a_slow_stream_consumer_is_dropped_and_holds_up_nobody(
+    postgres_dsn: str, tmp_path: Path
+) -> None:
+    count = 3000
+    async with _serving(
+        postgres_dsn, tmp_path, _scene_camera(), analytics=False, buffer_events=1500
+    ) as env:
+        request = query_service_pb2.StreamEventsRequest(camera=env.camera)
+        fast = await _Watch.open(env.stub, request)
+        # Opened, never read until the end. Without BDP probing its HTTP/2 window stays at
+        # 64 KiB: the server soon cannot write to it, and its place in the hub stays put.
+        slow_channel = grpc.aio.insecure_channel(
+            f"127.0.0.1:{env.host.grpc_port}", options=[("grpc.http2.bdp_probe", 0)]
+        )
+        slow_stub = query_service_pb2_grpc.QueryServiceStub(slow_channel)
+        slow = slow_stub.StreamEvents(request)
+        await asyncio.sleep(0.5)  # both joined the hub
+        # Bursts within the buffer: the reader keeps up with each while the other client
+        # reads nothing and falls behind what the hub keeps.
+        for burst in range(3):
+            await _insert_events(env.dsn, env.camera_id, count // 3, prefix=f"burst{burst}")
+            done = (burst + 1) * (count // 3)
+            await fast.wait(lambda n=done: len(fast.changes) >= n, f"{done} events", 30.0)  # type: ignore[misc]
+        assert len(fast.changes) == count
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for _ in slow:
+                pass
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        reason, _, _ = _error_info(caught.value)
+        assert reason == "OVERLOADED"
+        await fast.close()
+        await slow_channel.close()

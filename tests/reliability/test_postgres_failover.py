@@ -9,6 +9,13 @@ spool) or, with no spool room, fails the stream and the producer resends; reads 
 standby keep answering meanwhile; writing to PostgreSQL resumes within 30 s of the
 promotion; and the promoted database holds every acknowledged frame exactly once (tables
 equal an undisturbed engine's output, the producer's mark equal to its last batch).
+
+The read side: a query service on the multi-host DSN with ``target_session_attrs=any``
+(asyncpg also takes ``prefer-standby``, ``standby``, ``read-only``, ``primary`` and
+``read-write``) answers GetTrafficCounts before the kill (from the primary), while the
+primary is dead (from the standby), and after the promotion, through the client's retries
+with no failed call; a second one starts while the primary is dead, on the standby, where
+it verifies the migrations instead of applying them.
 """
 
 from __future__ import annotations
@@ -20,14 +27,35 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import asyncpg
+import grpc
 import pytest
+from google.protobuf import duration_pb2, timestamp_pb2
 from prometheus_client import CollectorRegistry
 
 from its.analytics.v1 import detection_batch_pb2
-from its_camera_ai.analytics import FrameInput
-from its_camera_ai.analytics.server import analytics_unit
-from its_camera_ai.common import AnalyticsServiceSettings, ServiceHost, Settings
+from its.common.v1 import time_range_pb2
+from its.query.v1 import query_service_pb2, query_service_pb2_grpc
+from its_camera_ai.analytics import (
+    UPSERT_BIN,
+    BinKey,
+    BinRecord,
+    FrameInput,
+    ObjectClass,
+    Scope,
+    bin_row,
+)
+from its_camera_ai.analytics.server import MIGRATIONS, analytics_unit
+from its_camera_ai.client import aio_channel
+from its_camera_ai.common import (
+    AnalyticsServiceSettings,
+    MigrationSet,
+    ServiceHost,
+    Settings,
+    apply_migrations,
+)
 from its_camera_ai.inference import DetectionProducer, ProducerMetrics, new_producer_id
+from its_camera_ai.query import UNIT as QUERY_UNIT
+from its_camera_ai.scene import Direction
 from tests.analytics import synth
 from tests.analytics.test_service_support import (
     CAMERA_ID,
@@ -107,8 +135,8 @@ async def _until_a_commit_waits(primary_dsn: str) -> None:
 
 
 async def _read_standby(dsn: str, producer: str) -> tuple[int, int, float]:
-    """What the query service would read (it is not built yet, so a plain asyncpg read of
-    the analytics tables on the standby's own port): (producer mark, bins, seconds)."""
+    """A plain asyncpg read of the analytics tables on the standby's own port (the query
+    service's reads are the last test's): (producer mark, bins, seconds)."""
     started = time.monotonic()
     connection = await asyncpg.connect(dsn, timeout=MAX_READ_LATENCY_S)
     try:
@@ -343,3 +371,150 @@ def _latencies(reads: list[float], producer: DetectionProducer, registry: Collec
         f" ack latency mean {mean * 1000:.1f} ms; batches sent {stats.batches_sent},"
         f" resent {stats.batches_resent}"
     )
+
+
+# -- the read side: the query service through the failover ------------------------------------
+
+_NS = 1_000_000_000
+# Seeded traffic: one camera-scope bin a minute for an hour of a past day.
+DAY_S = 1_700_006_400
+MINUTES = 60
+# Each read asks for this many minutes from a start that moves read by read: answers are
+# computed from PostgreSQL, not served from the query service's cache.
+SPAN_MINUTES = 10
+READ_PAUSE_S = 0.05
+
+
+def _volume(minute: int) -> int:
+    return minute % 5 + 1
+
+
+def _bin(minute: int, volume: int) -> tuple[object, ...]:
+    key = BinKey(CAMERA_ID, Scope.CAMERA, "", ObjectClass.CAR, Direction.NONE,
+                 (DAY_S + 60 * minute) * _NS, 60)  # fmt: skip
+    return bin_row(BinRecord(key, final=True, volume=volume))
+
+
+async def _seed(dsn: str) -> None:
+    """The schema and an hour of bins on the primary (committed = applied on the standby)."""
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+    try:
+        await apply_migrations(pool, [MigrationSet("core", "its_camera_ai.common"), MIGRATIONS])
+        await pool.executemany(UPSERT_BIN, [_bin(m, _volume(m)) for m in range(MINUTES)])
+    finally:
+        await pool.close()
+
+
+def _with_attrs(dsn: str, attrs: str) -> str:
+    return dsn.replace("target_session_attrs=read-write", f"target_session_attrs={attrs}")
+
+
+@contextlib.asynccontextmanager
+async def _query(dsn: str, decoder: str) -> AsyncIterator[ServiceHost]:
+    settings = Settings(
+        grpc={"host": "127.0.0.1", "port": 0, "drain_seconds": 0.5},
+        http={"enabled": False},
+        database={"dsn": dsn, "connect_timeout_seconds": 1.0, "command_timeout_seconds": 2.0},
+        query={"decoder_target": decoder},
+    )
+    host = ServiceHost(settings, [QUERY_UNIT])
+    await host.start()
+    try:
+        yield host
+    finally:
+        await host.stop()
+
+
+class Reader:
+    """GetTrafficCounts in a loop through the client's channel (its retries on UNAVAILABLE),
+    each answer checked against the bins; latencies by phase of the failover."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.phase = "primary"
+        self.latencies: dict[str, list[float]] = {}
+        self.failures: list[str] = []
+        self.extra: dict[int, int] = {}  # minute -> volume written after the seeding
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with aio_channel(self.target) as channel:
+            stub = query_service_pb2_grpc.QueryServiceStub(channel)
+            number = 0
+            while not stop.is_set():
+                number += 1
+                phase, started = self.phase, time.monotonic()
+                try:
+                    await self.read(stub, number * 7 % (MINUTES - SPAN_MINUTES + 1))
+                except grpc.aio.AioRpcError as exc:
+                    self.failures.append(f"{phase}: {exc.code().name} {exc.details()}")
+                self.latencies.setdefault(phase, []).append(time.monotonic() - started)
+                await asyncio.sleep(READ_PAUSE_S)
+
+    async def read(self, stub: query_service_pb2_grpc.QueryServiceStub, first: int) -> None:
+        start_s = DAY_S + 60 * first
+        request = query_service_pb2.GetTrafficCountsRequest(
+            camera=CAMERA,
+            time_range=time_range_pb2.TimeRange(
+                start_time=timestamp_pb2.Timestamp(seconds=start_s),
+                end_time=timestamp_pb2.Timestamp(seconds=start_s + 60 * SPAN_MINUTES),
+            ),
+            bin_size=duration_pb2.Duration(seconds=60),
+        )
+        reply = await stub.GetTrafficCounts(request)
+        minutes = range(first, first + SPAN_MINUTES)
+        assert [b.volume for b in reply.bins] == [self.extra.get(m, _volume(m)) for m in minutes]
+
+    def figures(self) -> str:
+        return ", ".join(
+            f"{phase} {len(times)} reads (max {max(times) * 1000:.0f} ms)"
+            for phase, times in self.latencies.items()
+        )
+
+
+async def test_query_reads_continue_from_the_standby_through_a_failover(
+    replicated_postgres: ReplicatedPostgres, decoder: str
+) -> None:
+    pair = replicated_postgres
+    await _seed(pair.primary_dsn)
+    stop = asyncio.Event()
+    async with _query(_with_attrs(pair.dsn, "any"), decoder) as first:
+        reader = Reader(f"127.0.0.1:{first.grpc_port}")
+        reading = asyncio.create_task(reader.run(stop))
+        try:
+            await asyncio.sleep(OUTAGE_S)
+            reader.phase = "primary dead"
+            await asyncio.to_thread(pair.kill_primary)
+            await asyncio.sleep(OUTAGE_S)
+            # A query service starting now finds only the standby, read-only: it verifies the
+            # migrations there instead of applying them, and answers.
+            started = time.monotonic()
+            async with _query(_with_attrs(pair.dsn, "prefer-standby"), decoder) as second:
+                second_start = time.monotonic() - started
+                async with aio_channel(f"127.0.0.1:{second.grpc_port}") as channel:
+                    await reader.read(query_service_pb2_grpc.QueryServiceStub(channel), 0)
+            await asyncio.to_thread(pair.promote)
+            reader.phase = "promoted"
+            # The promoted server takes writes, and the query service reads them (in a span
+            # no read asked for before: no cached answer may stand in for it).
+            writer = await asyncpg.connect(pair.dsn, timeout=MAX_READ_LATENCY_S)
+            try:
+                await writer.execute(UPSERT_BIN, *_bin(MINUTES, 100))
+            finally:
+                await writer.close()
+            reader.extra[MINUTES] = 100
+            async with aio_channel(f"127.0.0.1:{first.grpc_port}") as channel:
+                stub = query_service_pb2_grpc.QueryServiceStub(channel)
+                await reader.read(stub, MINUTES - SPAN_MINUTES + 1)
+            await asyncio.sleep(OUTAGE_S)
+        finally:
+            stop.set()
+            await reading
+    print(
+        f"\nquery reads through a postgres failover (target_session_attrs=any): "
+        f"{reader.figures()}; {len(reader.failures)} failed; a second instance started on the"
+        f" standby (migrations verified) in {second_start * 1000:.0f} ms"
+    )
+    assert reader.failures == []
+    assert set(reader.latencies) == {"primary", "primary dead", "promoted"}
+    assert all(len(times) >= 3 for times in reader.latencies.values())
+    assert max(max(times) for times in reader.latencies.values()) < MAX_READ_LATENCY_S

@@ -3,7 +3,8 @@
 The generated stubs live in the ``its`` package (``its.camera.v1.camera_service_pb2_grpc``
 and so on); this module gives them a channel with the project's service config: a default
 deadline on unary RPCs, none on long-lived streams, and transparent retries on
-``UNAVAILABLE`` only (the one code that means "nothing happened, try again").
+``UNAVAILABLE`` (the one code that means "nothing happened, try again"), and of reads on
+``CANCELLED`` too (what a draining gRPC server answers calls it never started).
 
 ``reports_main`` is ``its-camera-ai counts|summary|events``: QueryService answers as tables.
 """

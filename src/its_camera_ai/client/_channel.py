@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
-from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
 from its.admin.v1 import admin_service_pb2
 from its.analytics.v1 import analytics_service_pb2
@@ -30,38 +30,54 @@ SERVICES: tuple[ServiceDescriptor, ...] = tuple(
 )
 
 
+# Methods that only read (AIP-131 Get, AIP-132 List, server-streaming Watch and Stream with
+# no client stream): repeating one is harmless whatever became of the first attempt.
+_READ_PREFIXES = ("Get", "List", "Watch", "Stream")
+_RETRYABLE = ["UNAVAILABLE"]
+# Reads also retry CANCELLED: a gRPC server shutting down (a rolling restart) cancels the calls
+# it had received but not yet handed to the application, instead of answering UNAVAILABLE
+# (grpc/grpc#41785, open in grpcio 1.85), so every drain under load failed a few calls. Only
+# attempts that received no response headers are retried, so no read is answered twice.
+_RETRYABLE_READS = ["UNAVAILABLE", "CANCELLED"]
+
+
 def service_config(
     services: Sequence[ServiceDescriptor] = SERVICES,
     *,
     unary_timeout_seconds: float = 10.0,
     max_attempts: int = 4,
 ) -> str:
-    """The gRPC service config JSON for ``services``."""
-    unary = [
-        {"service": s.full_name, "method": m.name}
-        for s in services
-        for m in s.methods
-        if not (m.client_streaming or m.server_streaming)
-    ]
-    streaming = [
-        {"service": s.full_name, "method": m.name}
-        for s in services
-        for m in s.methods
-        if m.client_streaming or m.server_streaming
-    ]
-    retry = {
-        "maxAttempts": max_attempts,
-        "initialBackoff": "0.1s",
-        "maxBackoff": "2s",
-        "backoffMultiplier": 2,
-        "retryableStatusCodes": ["UNAVAILABLE"],
-    }
-    method_config: list[dict[str, Any]] = [
-        {"name": unary, "timeout": f"{unary_timeout_seconds}s", "retryPolicy": retry}
-    ]
-    if streaming:
-        method_config.append({"name": streaming, "retryPolicy": retry})
+    """The gRPC service config JSON for ``services``: one block per kind of method (unary or
+    streaming, read or not), unary ones with a deadline, all retrying ``UNAVAILABLE`` and
+    reads ``CANCELLED`` too."""
+    method_config: list[dict[str, Any]] = []
+    for streaming in (False, True):
+        for reads in (False, True):
+            names = [
+                {"service": s.full_name, "method": m.name}
+                for s in services
+                for m in s.methods
+                if (m.client_streaming or m.server_streaming) == streaming
+                and _only_reads(m) == reads
+            ]
+            if not names:
+                continue
+            retry = {
+                "maxAttempts": max_attempts,
+                "initialBackoff": "0.1s",
+                "maxBackoff": "2s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": _RETRYABLE_READS if reads else _RETRYABLE,
+            }
+            block: dict[str, Any] = {"name": names, "retryPolicy": retry}
+            if not streaming:
+                block["timeout"] = f"{unary_timeout_seconds}s"
+            method_config.append(block)
     return json.dumps({"methodConfig": method_config})
+
+
+def _only_reads(method: MethodDescriptor) -> bool:
+    return not method.client_streaming and method.name.startswith(_READ_PREFIXES)
 
 
 def aio_channel(

@@ -423,11 +423,12 @@ class QueryServiceSettings(_Section):
     max_summary_camera_days: float = Field(1000.0, gt=0)
     max_count_bins: int = Field(10_000, ge=1)
     # StreamEvents: a heartbeat when nothing happened for this long; without Redis (or
-    # when a commit announcement is lost) the database is polled this often; a client
-    # this many messages behind is disconnected (UNAVAILABLE, OVERLOADED).
+    # when a commit announcement is lost) the database is polled this often; the latest
+    # changes are kept for clients to read at their own pace, and a client further behind
+    # than that is disconnected (UNAVAILABLE, OVERLOADED).
     stream_heartbeat_seconds: float = Field(15.0, gt=0, le=300)
     stream_poll_seconds: float = Field(0.25, gt=0, le=60)
-    stream_client_queue: int = Field(1000, ge=1)
+    stream_buffer_events: int = Field(10_000, ge=1)
     # Resume tokens older than this many changes behind the live position are OUT_OF_RANGE.
     stream_max_replay_events: int = Field(10_000, ge=1)
     # The decoder (camera scenes) and Redis (cache, announcements) sit behind breakers.

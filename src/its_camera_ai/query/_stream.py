@@ -16,8 +16,11 @@ stream's start point (then its first message is whatever comes next).
 
 The hub reads when analytics announces a commit with events (``wake``, from the Redis
 announcement) and every ``stream_poll_seconds`` anyway (no Redis, or a lost announcement).
-Each client has its own bounded queue: one that falls ``stream_client_queue`` messages
-behind is dropped (UNAVAILABLE, OVERLOADED) and nobody else waits for it.
+Clients read the hub's latest changes at their own pace (a bounded buffer shared by all,
+``stream_buffer_events``, not a queue per client): a burst larger than any queue reaches
+every client that keeps up, a client that stops reading costs nothing but its place, and
+one that falls behind what the buffer keeps is dropped (UNAVAILABLE, OVERLOADED); nobody
+else waits for it.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import bisect
 import contextlib
 import dataclasses
 import json
@@ -57,8 +61,6 @@ _STARTED = query_service_pb2.EVENT_CHANGE_TYPE_STARTED
 _UPDATED = query_service_pb2.EVENT_CHANGE_TYPE_UPDATED
 _ENDED = query_service_pb2.EVENT_CHANGE_TYPE_ENDED
 _HEARTBEAT = query_service_pb2.EVENT_CHANGE_TYPE_HEARTBEAT
-# Put on a client's queue when the server shuts down (never sent).
-_CLOSE = _Change()
 
 _NEWEST = "SELECT coalesce(max(change_seq), 0) FROM analytics_events"
 # Changes after a position, in commit order (the unique index on change_seq).
@@ -92,11 +94,13 @@ def decode_token(token: str) -> int:
 class _Row:
     position: int
     first: int  # the change that created the event
+    # The hub's position when the read that fetched it began (-1: read for a replay).
+    read_start: int
     camera_id: str
     change: _Change
 
     @classmethod
-    def of(cls, record: asyncpg.Record) -> _Row:
+    def of(cls, record: asyncpg.Record, read_start: int = -1) -> _Row:
         event = event_from_row(record)
         position = int(record["change_seq"])
         first = int(record["first_seq"])
@@ -105,19 +109,19 @@ class _Row:
         else:
             kind = _STARTED if first == position else _UPDATED
         change = _Change(event=event, change_type=kind, resume_token=encode_token(position))
-        return cls(position, first, str(record["camera_id"]), change)
+        return cls(position, first, read_start, str(record["camera_id"]), change)
 
 
 @dataclasses.dataclass(eq=False)
 class _Client:
     query: StreamQuery
     cameras: frozenset[str] | None
-    queue: asyncio.Queue[_Change]
-    # The position of the last message offered, and up to where every event created has had
-    # its STARTED offered (or was created before the stream's start point).
-    position: int
-    started_through: int
-    overloaded: bool = False
+    # Where it joined the hub, and every event created up to ``initial`` needs no STARTED
+    # (it began before the stream's start point: the join, or the resume token).
+    joined: int
+    initial: int
+    # The last row it has read (sent, or skipped by its filters).
+    cursor: int
 
     def wants(self, row: _Row) -> bool:
         query = self.query
@@ -133,39 +137,38 @@ class _Client:
 
     def messages(self, row: _Row) -> list[_Change]:
         """What ``row`` means to this client (nothing, or its message, after a STARTED when
-        the event's start collapsed into this later change), advancing its position."""
+        the event's start collapsed into this later change), advancing its cursor."""
+        before, self.cursor = self.cursor, row.position
         if not self.wants(row):
             return []
+        # Reads after the one it joined in: every event created before that read began
+        # was seen by this client in an earlier read, STARTED included.
+        started_through = self.initial
+        if row.read_start > self.joined:
+            started_through = max(started_through, row.read_start)
         out = []
-        if row.change.change_type != _STARTED and row.first > self.started_through:
-            started = _Change(change_type=_STARTED, resume_token=encode_token(self.position))
+        if row.change.change_type != _STARTED and row.first > started_through:
+            started = _Change(change_type=_STARTED, resume_token=encode_token(before))
             started.event.CopyFrom(row.change.event)
             started.event.ClearField("end_time")
             out.append(started)
         out.append(row.change)
-        self.position = row.position
         return out
-
-    def offer(self, change: _Change) -> None:
-        if self.overloaded:
-            return
-        try:
-            self.queue.put_nowait(change)
-        except asyncio.QueueFull:
-            self.overloaded = True
-
-    def close(self) -> None:
-        if self.queue.full():
-            self.queue.get_nowait()  # it is disconnected anyway: make room for the end
-        self.queue.put_nowait(_CLOSE)
 
 
 class EventHub:
     def __init__(self, pool: asyncpg.Pool[Any], settings: QueryServiceSettings) -> None:
         self._pool = pool
         self._settings = settings
-        self._clients: set[_Client] = set()
+        self._clients = 0
         self._position: int | None = None
+        # The latest changes, in position order, for clients to read at their own pace:
+        # rows[base:] are live; everything up to `evicted` has left.
+        self._rows: list[_Row] = []
+        self._base = 0
+        self._evicted = 0
+        self._changed = asyncio.Event()
+        self._closing = False
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -182,8 +185,8 @@ class EventHub:
     async def end_streams(self) -> None:
         """Shutdown: every stream ends with UNAVAILABLE (SHUTTING_DOWN) at a message boundary,
         so the server drains instead of waiting out its grace period."""
-        for client in self._clients:
-            client.close()
+        self._closing = True
+        self._changed.set()
 
     def wake(self) -> None:
         """Analytics committed event changes: read them now rather than at the next poll."""
@@ -191,7 +194,7 @@ class EventHub:
 
     @property
     def clients(self) -> int:
-        return len(self._clients)
+        return self._clients
 
     # -- the reader --------------------------------------------------------------------------
 
@@ -212,20 +215,39 @@ class EventHub:
     async def _read(self) -> None:
         if self._position is None:
             # Live from here: what committed before the first read is history.
-            self._position = int(await self._pool.fetchval(_NEWEST))
+            self._position = self._evicted = int(await self._pool.fetchval(_NEWEST))
             return
+        read_start = self._position
         while True:
             records = await self._pool.fetch(_CHANGES, self._position, _NO_END, _PAGE)
-            for record in records:
-                row = _Row.of(record)
-                for client in self._clients:
-                    for change in client.messages(row):
-                        client.offer(change)
-                self._position = row.position
+            if records:
+                self._append([_Row.of(record, read_start) for record in records])
             if len(records) < _PAGE:
                 break
-        for client in self._clients:
-            client.started_through = self._position
+
+    def _append(self, rows: list[_Row]) -> None:
+        self._rows.extend(rows)
+        self._position = rows[-1].position
+        keep = self._settings.stream_buffer_events
+        if len(self._rows) - self._base > keep:
+            self._base = len(self._rows) - keep
+            self._evicted = self._rows[self._base - 1].position
+            if self._base > keep:  # compact now and then, not on every read
+                del self._rows[: self._base]
+                self._base = 0
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def _after(self, cursor: int) -> list[_Row]:
+        """The kept rows after ``cursor``; raises OVERLOADED when some left unread."""
+        if cursor < self._evicted:
+            raise UnavailableError(
+                "StreamEvents: this client fell too far behind and was disconnected;"
+                " reconnect with the last resume_token",
+                reason=error_reason_pb2.ERROR_REASON_OVERLOADED,
+            )
+        start = bisect.bisect_right(self._rows, cursor, lo=self._base, key=_position)
+        return self._rows[start:]
 
     # -- one client --------------------------------------------------------------------------
 
@@ -240,24 +262,26 @@ class EventHub:
         # Joined at the hub's position: the replay covers it and what lies before, the hub
         # what comes after (no await between reading it and joining: nothing slips between).
         joined = self._position
-        start = joined if resume is None else min(resume, joined)
-        queue: asyncio.Queue[_Change] = asyncio.Queue(self._settings.stream_client_queue)
-        client = _Client(query, cameras, queue, position=start, started_through=start)
-        self._clients.add(client)
+        # A token from an instance that read further than this one: what lies between was
+        # sent already, so the live rows start after the token.
+        initial = joined if resume is None else resume
+        client = _Client(
+            query, cameras, joined=joined, initial=initial, cursor=min(initial, joined)
+        )
+        self._clients += 1
         try:
             if resume is not None:
-                # Its own copy of the client's starting state: live reads may advance the
-                # client meanwhile (their messages wait in its queue, after these).
-                for change in await self._replay(dataclasses.replace(client), joined):
+                for change in await self._replay(client, joined):
                     yield change
+            client.cursor = max(joined, initial)
             async for change in self._live(client):
                 yield change
         finally:
-            self._clients.discard(client)
+            self._clients -= 1
 
     async def _replay(self, client: _Client, until: int) -> list[_Change]:
         limit = self._settings.stream_max_replay_events
-        records = await self._pool.fetch(_CHANGES, client.position, until, limit + 1)
+        records = await self._pool.fetch(_CHANGES, client.cursor, until, limit + 1)
         if len(records) > limit:
             raise OutOfRangeError(
                 f"resume_token: more than {limit} event changes happened since; back-fill with"
@@ -269,21 +293,29 @@ class EventHub:
     async def _live(self, client: _Client) -> AsyncIterator[_Change]:
         heartbeat = self._settings.stream_heartbeat_seconds
         while True:
-            try:
-                change = await asyncio.wait_for(client.queue.get(), heartbeat)
-            except TimeoutError:
-                position = self._position if self._position is not None else client.position
-                change = _Change(change_type=_HEARTBEAT, resume_token=encode_token(position))
-            if change is _CLOSE:
+            if self._closing:
                 raise UnavailableError(
                     "StreamEvents: the server is shutting down; reconnect with the last"
                     " resume_token",
                     reason=error_reason_pb2.ERROR_REASON_SHUTTING_DOWN,
                 )
-            if client.overloaded and client.queue.empty():
-                raise UnavailableError(
-                    "StreamEvents: this client fell too far behind and was disconnected;"
-                    " reconnect with the last resume_token",
-                    reason=error_reason_pb2.ERROR_REASON_OVERLOADED,
-                )
-            yield change
+            changed = self._changed
+            rows = self._after(client.cursor)
+            if rows:
+                for row in rows:
+                    for change in client.messages(row):
+                        yield change
+                continue
+            try:
+                await asyncio.wait_for(changed.wait(), heartbeat)
+            except TimeoutError:
+                if self._after(client.cursor):
+                    continue  # rows came as the wait timed out
+                # Nothing after its cursor: everything up to the hub's position is read.
+                assert self._position is not None
+                client.cursor = max(client.cursor, self._position)
+                yield _Change(change_type=_HEARTBEAT, resume_token=encode_token(client.cursor))
+
+
+def _position(row: _Row) -> int:
+    return row.position

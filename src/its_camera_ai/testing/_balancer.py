@@ -70,9 +70,15 @@ class Balancer(LoopbackServer):
 
     async def _connect(self) -> tuple[int, asyncio.StreamReader, asyncio.StreamWriter] | None:
         """The next upstream in turn that accepts a connection; None when none does."""
-        for _ in range(len(self.upstream_ports)):
-            upstream = self.upstream_ports[self._next]
-            self._next = (self._next + 1) % len(self.upstream_ports)
+        count = len(self.upstream_ports)
+        # Each connection tries every upstream once, from its own turn on. Advancing the
+        # shared turn per try instead let connections accepted together (clients leaving a
+        # stopping instance at once) each try the refusing upstream twice while the others
+        # moved the turn past the live one: reset, with a live upstream available.
+        first = self._next
+        self._next = (first + 1) % count
+        for offset in range(count):
+            upstream = self.upstream_ports[(first + offset) % count]
             try:
                 reader, writer = await asyncio.open_connection(LOOPBACK, upstream)
             except OSError:
