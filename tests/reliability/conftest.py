@@ -39,7 +39,7 @@ class ServiceProcess:
         self.service = service
         self.name = name
         self.port = free_port()
-        inherited = {k: v for k, v in os.environ.items() if not k.startswith(without or ("\0",))}
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith(without)}
         self.env = {
             **inherited,
             "ITS_GRPC__HOST": "127.0.0.1",

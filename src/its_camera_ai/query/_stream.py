@@ -160,7 +160,6 @@ class EventHub:
     def __init__(self, pool: asyncpg.Pool[Any], settings: QueryServiceSettings) -> None:
         self._pool = pool
         self._settings = settings
-        self._clients = 0
         self._position: int | None = None
         # The latest changes, in position order, for clients to read at their own pace:
         # rows[base:] are live; everything up to `evicted` has left.
@@ -191,10 +190,6 @@ class EventHub:
     def wake(self) -> None:
         """Analytics committed event changes: read them now rather than at the next poll."""
         self._wake.set()
-
-    @property
-    def clients(self) -> int:
-        return self._clients
 
     # -- the reader --------------------------------------------------------------------------
 
@@ -260,7 +255,7 @@ class EventHub:
         if self._position is None:
             raise UnavailableError("event stream not ready: PostgreSQL has not answered yet")
         # Joined at the hub's position: the replay covers it and what lies before, the hub
-        # what comes after (no await between reading it and joining: nothing slips between).
+        # what comes after, from the buffer it reads at its own pace.
         joined = self._position
         # A token from an instance that read further than this one: what lies between was
         # sent already, so the live rows start after the token.
@@ -268,16 +263,12 @@ class EventHub:
         client = _Client(
             query, cameras, joined=joined, initial=initial, cursor=min(initial, joined)
         )
-        self._clients += 1
-        try:
-            if resume is not None:
-                for change in await self._replay(client, joined):
-                    yield change
-            client.cursor = max(joined, initial)
-            async for change in self._live(client):
+        if resume is not None:
+            for change in await self._replay(client, joined):
                 yield change
-        finally:
-            self._clients -= 1
+        client.cursor = max(joined, initial)
+        async for change in self._live(client):
+            yield change
 
     async def _replay(self, client: _Client, until: int) -> list[_Change]:
         limit = self._settings.stream_max_replay_events
