@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from its_camera_ai.common import ConfigError, ItsError, ServiceUnit, load_settings, serve
+from its_camera_ai.security import enforce_tls13, mint_dev_certificates
 
 __all__ = ["SERVICES", "main", "service_units"]
 
@@ -76,17 +77,59 @@ def _parser() -> argparse.ArgumentParser:
     check_cmd = commands.add_parser("check-config", help="validate and print the configuration")
     add_config_options(check_cmd)
 
+    certs_cmd = commands.add_parser("certs", help="mint development TLS certificates (a CA)")
+    certs_cmd.add_argument("--out", type=Path, required=True, help="directory to write to")
+    certs_cmd.add_argument(
+        "--host", action="append", help="server name or IP (repeat; default: loopback)"
+    )
+    certs_cmd.add_argument(
+        "--client", action="append", help="client certificate name (repeat; default: services)"
+    )
+    certs_cmd.add_argument("--overwrite", action="store_true", help="replace existing files")
+
     # Listed for --help; main() hands their arguments to the package's own parser.
     for name, help_text in TOOLS.items():
         commands.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
+def _certs(args: argparse.Namespace) -> int:
+    options: dict[str, list[str]] = {}
+    if args.host:
+        options["hosts"] = args.host
+    if args.client:
+        options["clients"] = args.client
+    try:
+        minted = mint_dev_certificates(args.out, overwrite=args.overwrite, **options)
+    except (FileExistsError, ValueError) as exc:
+        print(f"its-camera-ai certs: {exc} (--overwrite replaces files)", file=sys.stderr)
+        return 1
+    print(f"CA: {minted.ca_cert} (key {minted.ca_key})")
+    print(f"server: {minted.server_cert} (key {minted.server_key})")
+    for name, (cert, key) in minted.clients.items():
+        print(f"client {name}: {cert} (key {key}), identity spiffe://its-camera-ai/{name}")
+    print("\nA server with mTLS (TLS 1.3 only):")
+    print(f"ITS_SECURITY__TLS__CERT_FILE={minted.server_cert.resolve()}")
+    print(f"ITS_SECURITY__TLS__KEY_FILE={minted.server_key.resolve()}")
+    print(f"ITS_SECURITY__TLS__CLIENT_CA_FILE={minted.ca_cert.resolve()}")
+    print("ITS_SECURITY__TLS__REQUIRE_CLIENT_CERT=true")
+    for name, (cert, key) in minted.clients.items():
+        print(f"\nA peer or the CLI calling as {name}:")
+        print("ITS_SECURITY__PEER_TLS__ENABLED=true")
+        print(f"ITS_SECURITY__PEER_TLS__CA_FILE={minted.ca_cert.resolve()}")
+        print(f"ITS_SECURITY__PEER_TLS__CERT_FILE={cert.resolve()}")
+        print(f"ITS_SECURITY__PEER_TLS__KEY_FILE={key.resolve()}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in TOOLS:
         return _run_tool(argv[0], argv[1:])
     args = _parser().parse_args(argv)
+    if args.command == "certs":
+        return _certs(args)
     try:
         settings = load_settings(args.config, args.environment)
     except ConfigError as exc:
@@ -95,6 +138,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         print(json.dumps(settings.model_dump(mode="json"), indent=2))
         return 0
+    tls = settings.security.tls
+    if tls.enabled and tls.min_version == "1.3" and from_command_line:
+        # gRPC reads its TLS 1.2 cipher list on import, long done: this runs the command
+        # again with it set (TLS 1.2 refused), unless the environment already had it.
+        enforce_tls13(reexec=True)
     try:
         asyncio.run(serve(settings, service_units(args.service)))
     except ConfigError as exc:  # found while a service sets up (keys, files it needs)

@@ -45,7 +45,7 @@ def test_yaml_overrides_defaults_and_environment_overrides_yaml(
 
 
 def test_environment_picks_its_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "staging.yaml").write_text("http:\n  port: 8123\n")
+    (tmp_path / "staging.yaml").write_text("http:\n  host: 127.0.0.1\n  port: 8123\n")
     monkeypatch.setenv("ITS_ENVIRONMENT", "staging")
     settings = load_settings(config_dir=tmp_path)
     assert settings.environment == "staging"

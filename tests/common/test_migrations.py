@@ -66,7 +66,7 @@ async def test_applied_migrations_are_verified_without_writing(
     (directory / "0001_create.sql").write_text("CREATE TABLE things (id int PRIMARY KEY);")
     (directory / "0002_add.sql").write_text("ALTER TABLE things ADD COLUMN label text;")
     sets = [MigrationSet("core", "its_camera_ai.common"), MigrationSet("things", name)]
-    assert await apply_migrations(writable, sets) == 3
+    assert await apply_migrations(writable, sets) == 4
     before = await _schema(writable)
 
     assert await apply_migrations(read_only, sets) == 0
@@ -99,7 +99,8 @@ async def test_an_empty_read_only_database_names_every_migration(
 ) -> None:
     _, read_only = pools
     with pytest.raises(
-        MigrationError, match=r"1 are not applied yet: core migration 0001_audit_log;"
+        MigrationError,
+        match=r"2 are not applied yet: core migration 0001_audit_log, core migration 0002_",
     ):
         await apply_migrations(read_only, [MigrationSet("core", "its_camera_ai.common")])
 

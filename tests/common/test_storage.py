@@ -31,7 +31,7 @@ async def test_embedded_default_starts_migrates_and_restarts(embedded_data_dir: 
         assert database.is_embedded
         assert await database.ping()
         core = [MigrationSet("core", "its_camera_ai.common")]
-        assert await apply_migrations(database.pool, core) == 1
+        assert await apply_migrations(database.pool, core) == 2
         assert await apply_migrations(database.pool, core) == 0  # idempotent
         await database.pool.execute(
             "INSERT INTO audit_log (service, actor, action, outcome)"

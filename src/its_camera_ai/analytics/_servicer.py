@@ -27,13 +27,16 @@ import grpc
 from its.analytics.v1 import analytics_service_pb2, analytics_service_pb2_grpc, detection_batch_pb2
 from its.common.v1 import error_reason_pb2
 from its_camera_ai.analytics._ingest import Ingestor
+from its_camera_ai.analytics._owners import ProducerOwners
 from its_camera_ai.common import (
     FailedPreconditionError,
     InvalidArgumentError,
+    PermissionDeniedError,
     UnavailableError,
     is_token,
     parse_camera_name,
 )
+from its_camera_ai.security import current_principal, note_audit
 
 __all__ = ["AnalyticsServicer"]
 
@@ -69,8 +72,9 @@ def _check(batch: detection_batch_pb2.DetectionBatch) -> str:
 
 
 class AnalyticsServicer(analytics_service_pb2_grpc.AnalyticsServiceServicer):
-    def __init__(self, ingestor: Ingestor) -> None:
+    def __init__(self, ingestor: Ingestor, owners: ProducerOwners) -> None:
         self._ingestor = ingestor
+        self._owners = owners
         self._closing = asyncio.Event()
 
     async def close_streams(self) -> None:
@@ -89,6 +93,9 @@ class AnalyticsServicer(analytics_service_pb2_grpc.AnalyticsServiceServicer):
         try:
             async for request in requests:
                 batch = request.batch
+                if producer is None and is_token(batch.producer_id):
+                    # Before the batch's other checks: an impostor learns nothing more.
+                    await self._owners.claim(batch.producer_id, current_principal().actor)
                 camera_id = _check(batch)
                 if producer is None:
                     producer = batch.producer_id
@@ -117,6 +124,11 @@ class AnalyticsServicer(analytics_service_pb2_grpc.AnalyticsServiceServicer):
         if not request.camera:
             raise InvalidArgumentError.for_field("camera", "is required")
         camera_id = parse_camera_name(request.camera, "camera")
+        if not current_principal().may_see(camera_id):
+            raise PermissionDeniedError(
+                f"camera {request.camera!r} is outside the cameras this caller may change"
+            )
+        note_audit(resource=f"cameras/{camera_id}")
         last_ns, closed_events = await self._ingestor.reset(camera_id)
         response = analytics_service_pb2.ResetCameraStateResponse(
             camera=f"cameras/{camera_id}", closed_events=closed_events

@@ -27,6 +27,7 @@ from its_camera_ai.analytics._durable import DurableWriter
 from its_camera_ai.analytics._fanout import Fanout
 from its_camera_ai.analytics._ingest import Ingestor
 from its_camera_ai.analytics._metrics import AnalyticsMetrics
+from its_camera_ai.analytics._owners import ProducerOwners
 from its_camera_ai.analytics._servicer import AnalyticsServicer
 from its_camera_ai.analytics._spool import Spool
 from its_camera_ai.analytics._store import Store
@@ -88,6 +89,7 @@ def analytics_unit(settings: AnalyticsServiceSettings | None = None) -> ServiceU
             refresh_seconds=config.camera_refresh_seconds,
             reconnect_initial_seconds=config.reconnect_initial_seconds,
             reconnect_max_seconds=config.reconnect_max_seconds,
+            open_channel=runtime.peer_channel,
         )
         ingestor = Ingestor(
             cameras=cameras,
@@ -114,7 +116,7 @@ def analytics_unit(settings: AnalyticsServiceSettings | None = None) -> ServiceU
 
         runtime.on_started.append(follow_cameras)
         runtime.on_shutdown.append(stop)
-        servicer = AnalyticsServicer(ingestor)
+        servicer = AnalyticsServicer(ingestor, ProducerOwners(runtime.database.pool))
         runtime.on_stopping.append(servicer.close_streams)
         analytics_service_pb2_grpc.add_AnalyticsServiceServicer_to_server(servicer, server)
 

@@ -1,9 +1,10 @@
 """``its-camera-ai counts|summary|events``: the traffic as tables, for operators.
 
 Clients of the QueryService API like any other (``--target``, default ``127.0.0.1:50051`` or
-``$ITS_QUERY_TARGET``): what they print is what an integration would read. Times are UTC;
-``--since 2h`` is the last two hours, aligned down to the bin so that repeated runs (and many
-operators) ask the same question, which the service answers from its cache.
+``$ITS_QUERY_TARGET``; a credential with ``--token``/``$ITS_TOKEN`` or ``--api-key``/
+``$ITS_API_KEY``, TLS with ``--tls-ca``): what they print is what an integration would read.
+Times are UTC; ``--since 2h`` is the last two hours, aligned down to the bin so that repeated
+runs (and many operators) ask the same question, which the service answers from its cache.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from google.protobuf.message import Message
 
 from its.common.v1 import detection_pb2, geometry_pb2, time_range_pb2
 from its.query.v1 import event_pb2, query_service_pb2, query_service_pb2_grpc, traffic_pb2
-from its_camera_ai.client._channel import aio_channel
+from its_camera_ai.client._channel import add_connection_arguments, channel_from_arguments
 
 __all__ = ["REPORTS", "reports_main"]
 
@@ -201,7 +202,9 @@ async def _events(stub: _Stub, args: argparse.Namespace) -> str:
 
 def _parser(command: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"its-camera-ai {command}", description=__doc__)
-    parser.add_argument("--target", default=os.environ.get("ITS_QUERY_TARGET", "127.0.0.1:50051"))
+    add_connection_arguments(
+        parser, default_target=os.environ.get("ITS_QUERY_TARGET", "127.0.0.1:50051")
+    )
     parser.add_argument("--json", action="store_true", help="print the API's JSON instead")
     if command == "counts":
         parser.add_argument("camera", help="camera id (or cameras/ID)")
@@ -226,7 +229,7 @@ def _parser(command: str) -> argparse.ArgumentParser:
 
 
 async def _report(command: str, args: argparse.Namespace) -> str:
-    async with aio_channel(args.target) as channel:
+    async with channel_from_arguments(args) as channel:
         stub: _Stub = query_service_pb2_grpc.QueryServiceStub(channel)
         report = {"counts": _counts, "summary": _summary, "events": _events}[command]
         return await report(stub, args)

@@ -29,6 +29,7 @@ from its_camera_ai.common._config import (
     TrackerSettings,
     load_settings,
 )
+from its_camera_ai.common._egress_settings import EgressSettings
 from its_camera_ai.common._errors import (
     ERROR_DOMAIN,
     AbortedError,
@@ -68,6 +69,15 @@ from its_camera_ai.common._names import (
     is_token,
     parse_camera_name,
 )
+from its_camera_ai.common._peers import PLAINTEXT, PeerAccess
+from its_camera_ai.common._pubsub import follow_channel
+from its_camera_ai.common._security_settings import (
+    ClientTlsSettings,
+    JwtSettings,
+    RateLimitSettings,
+    SecuritySettings,
+    ServerTlsSettings,
+)
 from its_camera_ai.common._server import Runtime, ServiceHost, ServiceUnit, serve
 from its_camera_ai.common._storage import (
     POSTGRES_DOWN,
@@ -80,6 +90,7 @@ from its_camera_ai.common._storage import (
 
 __all__ = [
     "ERROR_DOMAIN",
+    "PLAINTEXT",
     "POSTGRES_DOWN",
     "POSTGRES_FAILURES",
     "REDIS_DOWN",
@@ -92,11 +103,13 @@ __all__ = [
     "BreakerState",
     "CircuitBreaker",
     "CircuitOpenError",
+    "ClientTlsSettings",
     "ConfigError",
     "Database",
     "DatabaseSettings",
     "DeadlineExceededError",
     "DecoderSettings",
+    "EgressSettings",
     "FailedPreconditionError",
     "FieldKind",
     "FieldViolation",
@@ -106,6 +119,7 @@ __all__ = [
     "InternalError",
     "InvalidArgumentError",
     "ItsError",
+    "JwtSettings",
     "ListField",
     "ListQuery",
     "ListingSpec",
@@ -115,13 +129,17 @@ __all__ = [
     "MigrationSet",
     "NotFoundError",
     "OutOfRangeError",
+    "PeerAccess",
     "PermissionDeniedError",
     "PixelFormatName",
     "QueryCacheSettings",
     "QueryServiceSettings",
+    "RateLimitSettings",
     "RedisSettings",
     "ResourceExhaustedError",
     "Runtime",
+    "SecuritySettings",
+    "ServerTlsSettings",
     "ServiceHost",
     "ServiceUnit",
     "Settings",
@@ -135,6 +153,7 @@ __all__ = [
     "configure_logging",
     "create_redis",
     "dependency_error",
+    "follow_channel",
     "is_resource_id",
     "is_token",
     "load_settings",

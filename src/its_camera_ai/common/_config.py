@@ -19,6 +19,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from its_camera_ai.common._egress_settings import EgressSettings
+from its_camera_ai.common._security_settings import SecuritySettings
+
 __all__ = [
     "AnalyticsEngineSettings",
     "AnalyticsServiceSettings",
@@ -41,6 +44,7 @@ Environment = Literal["dev", "staging", "production"]
 PixelFormatName = Literal["rgb24", "bgr24", "rgba", "gray8", "yuv420p", "nv12"]
 _ENV_PREFIX = "ITS_"
 _MIB = 1024 * 1024
+_LOOPBACK_HOSTS = ("127.0.0.1", "::1", "[::1]", "localhost")
 
 
 class ConfigError(Exception):
@@ -150,6 +154,8 @@ class DecoderSettings(_Section):
     # A live source this far behind real time loses frames (counted as dropped) instead
     # of delivering them late; the detector wants the present.
     max_lag_seconds: float = Field(1.0, gt=0, le=60)
+    # Where sources may make the decoder connect (SSRF guard; _egress_settings.py).
+    egress: EgressSettings = EgressSettings()
 
     @model_validator(mode="after")
     def _backoff_cap_covers_start(self) -> DecoderSettings:
@@ -516,6 +522,7 @@ class Settings(BaseSettings):
     analytics: AnalyticsServiceSettings = AnalyticsServiceSettings()
     query: QueryServiceSettings = QueryServiceSettings()
     inference: InferenceSettings = InferenceSettings()
+    security: SecuritySettings = SecuritySettings()
 
     @model_validator(mode="after")
     def _production_needs_a_database(self) -> Settings:
@@ -523,6 +530,38 @@ class Settings(BaseSettings):
         if self.environment == "production" and self.database.dsn is None:
             raise ValueError("database.dsn is required in production (set ITS_DATABASE__DSN)")
         return self
+
+    @model_validator(mode="after")
+    def _only_dev_is_open(self) -> Settings:
+        security = self.security
+        if self.environment == "dev":
+            return self
+        if security.anonymous_role not in ("auto", "none", "viewer"):
+            raise ValueError(
+                f"security.anonymous_role: {security.anonymous_role} is for dev only;"
+                " outside dev an anonymous caller may at most be a viewer"
+            )
+        if self.environment == "production" and not security.tls.enabled:
+            raise ValueError(
+                "security.tls.cert_file and key_file are required in production"
+                " (mint development ones with `its-camera-ai certs`)"
+            )
+        http = self.http
+        metrics_guarded = security.metrics_token or security.metrics_token_file
+        if http.enabled and http.host not in _LOOPBACK_HOSTS and not metrics_guarded:
+            raise ValueError(
+                f"http.host {http.host} exposes /metrics beyond loopback: set"
+                " security.metrics_token_file (or bind http.host to 127.0.0.1)"
+            )
+        return self
+
+    @property
+    def anonymous_role(self) -> str | None:
+        """The role of a caller with no credential, "auto" resolved; None: refused."""
+        role = self.security.anonymous_role
+        if role == "auto":
+            return "admin" if self.environment == "dev" else None
+        return None if role == "none" else role
 
     @classmethod
     def settings_customise_sources(

@@ -171,14 +171,9 @@ class AbortedError(ItsError):
     default_reason = errors_pb2.ERROR_REASON_ETAG_MISMATCH
 
 
-class UnavailableError(ItsError):
-    """A dependency (database, cache, peer service) cannot be reached; safe to retry.
-
-    Travels with a ``google.rpc.RetryInfo`` whose delay is ``retry_delay_seconds``.
-    """
-
-    code = grpc.StatusCode.UNAVAILABLE
-    default_reason = errors_pb2.ERROR_REASON_DEPENDENCY_UNAVAILABLE
+class _RetryAfterError(ItsError):
+    """An error a client may retry after a delay: travels with a ``google.rpc.RetryInfo``
+    whose delay is ``retry_delay_seconds``."""
 
     def __init__(
         self,
@@ -201,6 +196,13 @@ class UnavailableError(ItsError):
         return details
 
 
+class UnavailableError(_RetryAfterError):
+    """A dependency (database, cache, peer service) cannot be reached; safe to retry."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    default_reason = errors_pb2.ERROR_REASON_DEPENDENCY_UNAVAILABLE
+
+
 class DeadlineExceededError(ItsError):
     """A dependency did not answer in time (a timeout, not a refusal); the call may or may
     not have taken effect there."""
@@ -209,7 +211,9 @@ class DeadlineExceededError(ItsError):
     default_reason = errors_pb2.ERROR_REASON_DEPENDENCY_TIMEOUT
 
 
-class ResourceExhaustedError(ItsError):
+class ResourceExhaustedError(_RetryAfterError):
+    """Over a limit (a rate, a quota, a queue): retry after ``retry_delay_seconds``."""
+
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     default_reason = errors_pb2.ERROR_REASON_RATE_LIMITED
 

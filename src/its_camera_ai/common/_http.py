@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -25,14 +26,32 @@ HealthReport = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
 
 _REQUEST_TIMEOUT_SECONDS = 5.0
 _MAX_REQUEST_LINE = 8192
-_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    503: "Service Unavailable",
+}
 
 
 class HttpSidePort:
-    def __init__(self, registries: Sequence[CollectorRegistry], health: HealthReport) -> None:
+    """``metrics_token``: when set, ``/metrics`` needs ``Authorization: Bearer <token>``
+    (health and liveness stay open for probes)."""
+
+    def __init__(
+        self,
+        registries: Sequence[CollectorRegistry],
+        health: HealthReport,
+        *,
+        metrics_token: str | None = None,
+    ) -> None:
         # The host's own registry plus the process-wide one that libraries (shm) report to.
         self._registries = tuple(registries)
         self._health = health
+        self._metrics_authorization = (
+            None if metrics_token is None else f"bearer {metrics_token}".encode()
+        )
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> int:
@@ -47,11 +66,21 @@ class HttpSidePort:
             await self._server.wait_closed()
             self._server = None
 
-    async def _route(self, method: str, path: str) -> tuple[int, str, bytes]:
+    def _may_read_metrics(self, authorization: bytes) -> bool:
+        if self._metrics_authorization is None:
+            return True
+        scheme, _, token = authorization.strip().partition(b" ")
+        return hmac.compare_digest(
+            scheme.lower() + b" " + token.strip(), self._metrics_authorization
+        )
+
+    async def _route(self, method: str, path: str, authorization: bytes) -> tuple[int, str, bytes]:
         if method not in ("GET", "HEAD"):
             return 405, "text/plain; charset=utf-8", b"only GET\n"
         path = path.split("?", 1)[0]
         if path == "/metrics":
+            if not self._may_read_metrics(authorization):
+                return 401, "text/plain; charset=utf-8", b"/metrics needs its bearer token\n"
             return 200, CONTENT_TYPE_LATEST, b"".join(map(generate_latest, self._registries))
         if path == "/health":
             serving, body = await self._health()
@@ -64,13 +93,16 @@ class HttpSidePort:
         try:
             async with asyncio.timeout(_REQUEST_TIMEOUT_SECONDS):
                 request_line = (await reader.readline()).decode("latin-1").split()
-                # Headers are read and ignored: none of the routes depends on them.
-                while (await reader.readline()) not in (b"\r\n", b"\n", b""):
-                    pass
+                # Of the headers only Authorization matters (/metrics with a token).
+                authorization = b""
+                while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"authorization":
+                        authorization = value
             if len(request_line) != 3:
                 return
             method, path, _ = request_line
-            status, content_type, body = await self._route(method, path)
+            status, content_type, body = await self._route(method, path, authorization)
             head = (
                 f"HTTP/1.1 {status} {_REASONS[status]}\r\n"
                 f"Content-Type: {content_type}\r\n"

@@ -30,7 +30,7 @@ from its_camera_ai.common._errors import (
 )
 from its_camera_ai.common._storage import POSTGRES_FAILURES, REDIS_FAILURES
 
-__all__ = ["ErrorMappingInterceptor", "RpcMetricsInterceptor", "dependency_error"]
+__all__ = ["ErrorMappingInterceptor", "RpcMetricsInterceptor", "dependency_error", "rewrap"]
 
 _log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def _as_async_generator(behaviour: _Behaviour) -> _Behaviour:
     return writes_through_context
 
 
-def _rewrap(handler: _Handler, method: str, wrap: _Wrap) -> _Handler:
+def rewrap(handler: _Handler, method: str, wrap: _Wrap) -> _Handler:
     """A copy of ``handler`` whose behaviour is ``wrap(behaviour)``, whatever its arity."""
     common = {
         "request_deserializer": handler.request_deserializer,
@@ -212,7 +212,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        return _rewrap(handler, handler_call_details.method, _map_errors)
+        return rewrap(handler, handler_call_details.method, _map_errors)
 
 
 class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
@@ -275,4 +275,4 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        return _rewrap(handler, handler_call_details.method, self._measure)
+        return rewrap(handler, handler_call_details.method, self._measure)

@@ -14,7 +14,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -30,8 +30,13 @@ from its_camera_ai.common._http import HttpSidePort
 from its_camera_ai.common._interceptors import ErrorMappingInterceptor, RpcMetricsInterceptor
 from its_camera_ai.common._logging import configure_logging
 from its_camera_ai.common._migrations import MigrationSet, apply_migrations
+from its_camera_ai.common._peers import PeerAccess
 from its_camera_ai.common._storage import Database, create_redis
 from its_camera_ai.common._tracing import configure_tracing
+
+if TYPE_CHECKING:  # the security package is built on this one: no import at run time
+    from its_camera_ai.security._api_keys import ApiKeyStore
+    from its_camera_ai.security._flags import FeatureFlags
 
 __all__ = ["Runtime", "ServiceHost", "ServiceUnit", "serve"]
 
@@ -60,6 +65,16 @@ class Runtime:
     on_stopping: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     # Coroutines run on shutdown, after the gRPC server has drained (stop workers, flush).
     on_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # What to present to the peer at a target (credentials, TLS): set by the host.
+    peer_access: Callable[[str], PeerAccess] = lambda _target: PeerAccess()
+    # The release's feature flags as this process sees them (changed at run time through
+    # AdminService), and the API keys the host verifies; both set by the host on start.
+    flags: FeatureFlags | None = None
+    api_keys: ApiKeyStore | None = None
+
+    def peer_channel(self, target: str) -> grpc.aio.Channel:
+        """A channel to a peer service, carrying this process's credentials for it."""
+        return self.peer_access(target).channel(target)
 
     def loopback_target(self) -> str:
         """Address at which this host's own gRPC server is reachable from this process."""
@@ -118,6 +133,11 @@ class ServiceHost:
             metrics=CollectorRegistry(),
             units=tuple(unit.name for unit in self.units),
         )
+        # Imported here: the security package is built on this one (errors, settings).
+        from its_camera_ai.security._host import HostSecurity  # noqa: PLC0415
+
+        self.security = HostSecurity(settings, self.name, self.runtime.metrics)
+        self.runtime.peer_access = self.security.peer_access(self.runtime.loopback_target)
         self.grpc_port = 0
         self.http_port = 0
         self._server: grpc.aio.Server | None = None
@@ -193,10 +213,16 @@ class ServiceHost:
         """Open dependencies, register every unit, bind and start serving."""
         self._tracer_provider = configure_tracing(self.name, self.settings.tracing)
         await self._open_dependencies()
+        await self.security.open(self.runtime.database, self.runtime.redis)
+        assert self.security.interceptor is not None
+        self.runtime.flags = self.security.flags
+        self.runtime.api_keys = self.security.api_keys
 
         interceptors: list[grpc.aio.ServerInterceptor] = [
             RpcMetricsInterceptor(self.runtime.metrics),
             ErrorMappingInterceptor(),
+            # Innermost: its refusals become statuses in the error mapping around it.
+            self.security.interceptor,
         ]
         if self.settings.tracing.otlp_endpoint:
             # A span per RPC costs ~80 us of CPU a call (half a bare call's cost; the
@@ -211,27 +237,39 @@ class ServiceHost:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         for unit in self.units:
             await unit.register(server, self.runtime)
-        reflection.enable_server_reflection(
-            [
-                *self.service_names,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ],
-            server,
-        )
+        if self.settings.security.reflection:
+            reflection.enable_server_reflection(
+                [
+                    *self.service_names,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ],
+                server,
+            )
         address = f"{self.settings.grpc.host}:{self.settings.grpc.port}"
+        credentials = self.security.server_credentials()
         try:
-            self.grpc_port = server.add_insecure_port(address)
+            if credentials is None:
+                self.grpc_port = server.add_insecure_port(address)
+            else:
+                self.grpc_port = server.add_secure_port(address, credentials)
         except RuntimeError as exc:
             raise OSError(f"cannot listen for gRPC on {address}: {exc}") from exc
         await server.start()
         self._server = server
         self.runtime.grpc_port = self.grpc_port
+        await self.security.check_tls_minimum(
+            self.runtime.loopback_target().rpartition(":")[0], self.grpc_port
+        )
         for hook in self.runtime.on_started:
             await hook()
 
         if self.settings.http.enabled:
-            self._http = HttpSidePort([self.runtime.metrics, REGISTRY], self.health_report)
+            self._http = HttpSidePort(
+                [self.runtime.metrics, REGISTRY],
+                self.health_report,
+                metrics_token=self.security.metrics_token,
+            )
             self.http_port = await self._http.start(
                 self.settings.http.host, self.settings.http.port
             )
@@ -280,6 +318,7 @@ class ServiceHost:
             self._server = None
         for hook in reversed(self.runtime.on_shutdown):
             await hook()
+        await self.security.close()
         if self._http is not None:
             await self._http.stop()
         if self.runtime.redis is not None:

@@ -29,9 +29,11 @@ from its_camera_ai.common import (
     ListField,
     ListingSpec,
     ListQuery,
+    PermissionDeniedError,
     parse_camera_name,
 )
 from its_camera_ai.decoder._crypto import KeyRing, Sealed, SealedUnreadable
+from its_camera_ai.decoder._egress import EgressPolicy
 from its_camera_ai.decoder._sources import probe_file, scene_config
 from its_camera_ai.decoder._status import StatusBoard, watch_messages
 from its_camera_ai.decoder._store import CameraStore, StoredCamera, camera_not_found
@@ -46,6 +48,7 @@ from its_camera_ai.decoder._validation import (
     invalid_source,
 )
 from its_camera_ai.decoder._worker import DecodeSpec
+from its_camera_ai.security import current_principal, note_audit
 
 __all__ = ["CameraServicer", "compile_list_query"]
 
@@ -105,8 +108,10 @@ class CameraServicer(camera_service_pb2_grpc.CameraServiceServicer):
         keys: KeyRing,
         board: StatusBoard,
         supervisor: Supervisor,
+        egress: EgressPolicy,
     ) -> None:
         self._settings = settings
+        self._egress = egress
         self._store = store
         self._keys = keys
         self._board = board
@@ -125,6 +130,8 @@ class CameraServicer(camera_service_pb2_grpc.CameraServiceServicer):
             try:
                 plain = self._keys.open(stored.sealed, context=camera_id)
                 source = parse_source_uri(plain, file_roots=self._settings.file_roots)
+                # The policy may have changed since the camera was written.
+                self._egress.check_uri(source)
             except (SealedUnreadable, UriError) as exc:
                 self._supervisor.apply(camera_id, None, failure=f"source unusable: {exc}")
                 return
@@ -139,8 +146,11 @@ class CameraServicer(camera_service_pb2_grpc.CameraServiceServicer):
         self._supervisor.apply(camera_id, spec)
 
     async def _check_openable(self, source: SourceUri, field: str) -> None:
-        """Sources the decoder can inspect right away (local files, simulator scenes) are
-        checked on write; network sources report problems in the camera's status."""
+        """The egress policy first (its scheme rule before any probe; a refused
+        destination is PERMISSION_DENIED). Then sources the decoder can inspect right away
+        (local files, simulator scenes) are checked on write; network sources report
+        problems in the camera's status."""
+        await self._egress.check_source(source, field=field)
         try:
             if source.kind is SourceKind.FILE:
                 await asyncio.to_thread(probe_file, source)
@@ -166,6 +176,7 @@ class CameraServicer(camera_service_pb2_grpc.CameraServiceServicer):
             camera_id = check_camera_id(request.camera_id, "camera_id")
         else:
             camera_id = f"cam-{secrets.token_hex(6)}"
+        _may_access(camera_id)
         if not request.HasField("camera"):
             raise InvalidArgumentError.for_field("camera", "is required")
         checked = self._check(request.camera, check_source=True)
@@ -179,7 +190,7 @@ class CameraServicer(camera_service_pb2_grpc.CameraServiceServicer):
     async def GetCamera(
         self, request: camera_service_pb2.GetCameraRequest, context: _Context
     ) -> camera_service_pb2.GetCameraResponse:
-        stored = await self._store.get(parse_camera_name(request.name, "name"))
+        stored = await self._store.get(_may_access(parse_camera_name(request.name, "name")))
         return camera_service_pb2.GetCameraResponse(camera=stored.camera)
 
     async def ListCameras(
@@ -188,6 +199,9 @@ class CameraServicer(camera_service_pb2_grpc.CameraServiceServicer):
         query = compile_list_query(
             request.filter, request.order_by, request.page_size, request.page_token
         )
+        scope = current_principal().cameras
+        if scope is not None:
+            query = query.and_where("camera_id = ANY({}::text[])", sorted(scope))
         page, token = await self._store.page(query)
         return camera_service_pb2.ListCamerasResponse(
             cameras=[stored.camera for stored in page], next_page_token=token
@@ -196,7 +210,7 @@ class CameraServicer(camera_service_pb2_grpc.CameraServiceServicer):
     async def UpdateCamera(
         self, request: camera_service_pb2.UpdateCameraRequest, context: _Context
     ) -> camera_service_pb2.UpdateCameraResponse:
-        camera_id = parse_camera_name(request.camera.name, "camera.name")
+        camera_id = _may_access(parse_camera_name(request.camera.name, "camera.name"))
         paths = check_update_mask(list(request.update_mask.paths))
         source = None
         if "source_uri" in paths:
@@ -227,7 +241,7 @@ class CameraServicer(camera_service_pb2_grpc.CameraServiceServicer):
     async def DeleteCamera(
         self, request: camera_service_pb2.DeleteCameraRequest, context: _Context
     ) -> camera_service_pb2.DeleteCameraResponse:
-        camera_id = parse_camera_name(request.name, "name")
+        camera_id = _may_access(parse_camera_name(request.name, "name"))
         if await self._store.delete(camera_id, request.etag, allow_missing=request.allow_missing):
             await self._supervisor.remove(camera_id)
         return camera_service_pb2.DeleteCameraResponse()
@@ -237,7 +251,7 @@ class CameraServicer(camera_service_pb2_grpc.CameraServiceServicer):
     async def GetCameraStatus(
         self, request: camera_service_pb2.GetCameraStatusRequest, context: _Context
     ) -> camera_service_pb2.GetCameraStatusResponse:
-        camera_id = parse_camera_name(request.name, "name", "/status")
+        camera_id = _may_access(parse_camera_name(request.name, "name", "/status"))
         tracker = self._board.get(camera_id)
         if tracker is None:
             raise camera_not_found(camera_id)
@@ -247,6 +261,9 @@ class CameraServicer(camera_service_pb2_grpc.CameraServiceServicer):
         self, request: camera_service_pb2.WatchCameraStatusRequest, context: _Context
     ) -> AsyncIterator[camera_service_pb2.WatchCameraStatusResponse]:
         camera_id = parse_camera_name(request.camera, "camera") if request.camera else None
+        if camera_id is not None:
+            _may_access(camera_id)
+        scope = current_principal().cameras
         refresh = None
         if request.HasField("refresh_interval"):
             # From seconds and nanos: a timedelta keeps microseconds only, so 1 ns read
@@ -266,6 +283,8 @@ class CameraServicer(camera_service_pb2_grpc.CameraServiceServicer):
         # here, a cancellation unwinds every generator in the RPC's own task.
         async with contextlib.aclosing(watch_messages(self._board, camera_id, refresh)) as stream:
             async for message in stream:
+                if scope is not None and _camera_of(message) not in scope:
+                    continue
                 try:
                     await context.write(message)
                 except grpc.aio.BaseError:
@@ -276,6 +295,21 @@ class CameraServicer(camera_service_pb2_grpc.CameraServiceServicer):
         # Unreachable, on purpose: the yield makes this an async generator, the form of
         # streaming handler the interceptors (tracing, metrics, errors) wrap.
         yield
+
+
+def _may_access(camera_id: str) -> str:
+    """``camera_id``, noted for the audit log, if the caller's scope includes it."""
+    note_audit(resource=f"cameras/{camera_id}")
+    if not current_principal().may_see(camera_id):
+        raise PermissionDeniedError(
+            f"camera 'cameras/{camera_id}' is outside the cameras this caller may access",
+            metadata={"resource": f"cameras/{camera_id}"},
+        )
+    return camera_id
+
+
+def _camera_of(message: camera_service_pb2.WatchCameraStatusResponse) -> str:
+    return message.status.name.removeprefix("cameras/").removesuffix("/status")
 
 
 def _replace_field(source: camera_pb2.Camera, target: camera_pb2.Camera, path: str) -> None:

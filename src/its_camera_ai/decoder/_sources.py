@@ -30,6 +30,7 @@ from its_camera_ai.common import DecoderSettings
 from its_camera_ai.decoder._uri import SourceKind, SourceUri, UriError, scrub
 
 __all__ = [
+    "SIM_SCENES",
     "SUPPORTED_CODECS",
     "Picture",
     "Source",
@@ -43,6 +44,9 @@ __all__ = [
 
 # What the decoder is built and tested for: camera codecs (and MJPEG over HTTP).
 SUPPORTED_CODECS = frozenset({"h264", "hevc", "mjpeg"})
+# The simulator's scenes a ``sim://`` URI may name as its host: today the one street
+# scene (a road with a signalised intersection), ``sim://road?...``.
+SIM_SCENES = ("road",)
 # Failures no reconnect can fix: the camera's configuration must change first.
 _PERMANENT = (
     av.error.HTTPUnauthorizedError,
@@ -174,14 +178,19 @@ def _classify(
 
 
 def _options(source: SourceUri) -> dict[str, str]:
+    # Network sources may only use their own protocols: what a camera or a playlist it
+    # serves names next must not reach files, gopher or other services (_egress.py).
     if source.kind is SourceKind.RTSP:
         # TCP unless the URI asks otherwise with FFmpeg's own "?udp" (stripped before it
         # reaches the camera): no packet loss, and it passes NAT and firewalls.
-        return {"rtsp_transport": "tcp"}
+        return {"rtsp_transport": "tcp", "protocol_whitelist": "rtsp,rtsps,rtp,srtp,tcp,udp,tls"}
+    if source.kind is SourceKind.HTTP:
+        # A redirect is not followed: its target was never checked by the egress policy.
+        return {"max_redirects": "0", "protocol_whitelist": "http,https,tcp,tls,crypto,httpproxy"}
     if source.kind is SourceKind.UDP:
         # A burst that overflows the socket buffer loses packets (counted as corrupt
         # frames) instead of ending the stream.
-        return {"overrun_nonfatal": "1", "fifo_size": "1000000"}
+        return {"overrun_nonfatal": "1", "fifo_size": "1000000", "protocol_whitelist": "udp,rtp"}
     if source.kind is SourceKind.FILE:
         # A playlist or concat file among the allowed ones must not reach out of them to
         # the network (FFmpeg would follow its entries).
@@ -296,11 +305,17 @@ class AvSource:
 
 
 def scene_config(source: SourceUri) -> Any:
-    """The simulator scene a ``sim://`` URI asks for: query parameters seed, fps,
-    condition, width and height (e.g. ``sim://road?seed=7&condition=night&width=640&height=360``).
-    Raises ``UriError`` with a readable reason."""
+    """The simulator scene a ``sim://`` URI asks for: one of ``SIM_SCENES``, with query
+    parameters seed, fps, condition, width and height (e.g.
+    ``sim://road?seed=7&condition=night&width=640&height=360``). Raises ``UriError`` with a
+    readable reason (unsupported for an unknown scene)."""
     from its_camera_ai.sim import SceneConfig  # noqa: PLC0415 - numpy-heavy
 
+    if source.host not in SIM_SCENES:
+        raise UriError(
+            f"simulator scene {source.host!r} does not exist (use {', '.join(SIM_SCENES)})",
+            unsupported=True,
+        )
     params = dict(parse_qsl(urlsplit(source.uri).query))
     camera = {k: params.pop(k) for k in ("width", "height") if k in params}
     unknown = set(params) - {"seed", "fps", "condition"}

@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass, field
 
 from its_camera_ai.common import DecoderSettings
+from its_camera_ai.decoder._egress import EgressPolicy
 from its_camera_ai.decoder._metrics import DecoderMetrics
 from its_camera_ai.decoder._sink import ring_name_for
 from its_camera_ai.decoder._status import CameraState, StatusBoard, StatusTracker
@@ -40,9 +41,16 @@ class _Camera:
 
 class Supervisor:
     def __init__(
-        self, settings: DecoderSettings, board: StatusBoard, metrics: DecoderMetrics
+        self,
+        settings: DecoderSettings,
+        board: StatusBoard,
+        metrics: DecoderMetrics,
+        *,
+        egress: EgressPolicy,
     ) -> None:
         self._settings = settings
+        # Checked by every worker before it connects.
+        self._egress = egress
         self._board = board
         self._metrics = metrics
         self._cameras: dict[str, _Camera] = {}
@@ -122,6 +130,7 @@ class Supervisor:
                 ring_name=ring_name_for(self._settings.ring_prefix, camera.camera_id),
                 tracker=tracker,
                 metrics=self._metrics.camera(camera.camera_id),
+                egress=self._egress,
             )
             camera.worker.start()
             _log.info(

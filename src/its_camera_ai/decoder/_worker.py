@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from its_camera_ai.common import Backoff, DecoderSettings
+from its_camera_ai.decoder._egress import EgressPolicy
 from its_camera_ai.decoder._metrics import CameraMetrics
 from its_camera_ai.decoder._sink import RingSink
 from its_camera_ai.decoder._sources import (
@@ -70,9 +71,13 @@ class CameraWorker:
         tracker: StatusTracker,
         metrics: CameraMetrics,
         opener: SourceOpener = open_source,
+        egress: EgressPolicy | None = None,
     ) -> None:
+        """``egress`` checks the destination before every connect; None skips the check
+        (scripted openers in tests, local files in benchmarks): the service passes one."""
         self.spec = spec
         self._open_source = opener
+        self._egress = egress
         self._settings = settings
         self._tracker = tracker
         self._metrics = metrics
@@ -176,6 +181,9 @@ class CameraWorker:
         self._check_stop()
         self._streamed_since = 0.0
         self._tracker.set_state(CameraState.CAMERA_STATE_CONNECTING)
+        if self._egress is not None:
+            # Every time: the name may resolve elsewhere now than when the camera was set.
+            self._egress.check_connect(self.spec.source)
         source = self._open_source(
             self.spec.source,
             self._settings,

@@ -19,6 +19,7 @@ import grpc
 from its.camera.v1 import camera_service_pb2, camera_service_pb2_grpc
 from its_camera_ai.common import DecoderSettings, MigrationSet, Runtime, ServiceUnit
 from its_camera_ai.decoder._crypto import load_key_ring
+from its_camera_ai.decoder._egress import EgressPolicy
 from its_camera_ai.decoder._metrics import DecoderMetrics
 from its_camera_ai.decoder._servicer import CameraServicer
 from its_camera_ai.decoder._status import StatusBoard
@@ -32,9 +33,18 @@ _log = logging.getLogger(__name__)
 MIGRATIONS = MigrationSet("decoder", "its_camera_ai.decoder")
 
 
-def decoder_unit(settings: DecoderSettings | None = None) -> ServiceUnit:
+def decoder_unit(
+    settings: DecoderSettings | None = None, *, egress: EgressPolicy | None = None
+) -> ServiceUnit:
+    """``egress``: the policy sources are checked with; by default one over
+    ``settings.egress`` in the host's environment (tests inject one with a scripted
+    resolver)."""
+
     async def register(server: grpc.aio.Server, runtime: Runtime) -> None:
         decoder_settings = settings or runtime.settings.decoder
+        policy = egress or EgressPolicy(
+            decoder_settings.egress, environment=runtime.settings.environment
+        )
         assert runtime.database is not None  # needs_database=True
         keys = load_key_ring(decoder_settings, runtime.settings.environment)
         store = CameraStore(runtime.database.pool, max_cameras=decoder_settings.max_cameras)
@@ -42,9 +52,16 @@ def decoder_unit(settings: DecoderSettings | None = None) -> ServiceUnit:
         if resealed:
             _log.info("re-sealed camera sources under the primary key", extra={"count": resealed})
         board = StatusBoard(asyncio.get_running_loop())
-        supervisor = Supervisor(decoder_settings, board, DecoderMetrics(runtime.metrics, board))
+        supervisor = Supervisor(
+            decoder_settings, board, DecoderMetrics(runtime.metrics, board), egress=policy
+        )
         servicer = CameraServicer(
-            settings=decoder_settings, store=store, keys=keys, board=board, supervisor=supervisor
+            settings=decoder_settings,
+            store=store,
+            keys=keys,
+            board=board,
+            supervisor=supervisor,
+            egress=policy,
         )
         for stored in await store.all():
             servicer.supervise(stored)

@@ -36,11 +36,12 @@ async def watch_decoder(
     *,
     initial_backoff: float,
     max_backoff: float,
+    open_channel: Callable[[str], grpc.aio.Channel] = grpc.aio.insecure_channel,
 ) -> None:
     """Follow the decoder at ``target`` forever, calling ``on_ring(camera, ring or None)``."""
     backoff = Backoff(initial_backoff, max_backoff)
     while True:
-        channel = grpc.aio.insecure_channel(target)
+        channel = open_channel(target)
         try:
             stub = camera_service_pb2_grpc.CameraServiceStub(channel)
             call = stub.WatchCameraStatus(camera_service_pb2.WatchCameraStatusRequest())

@@ -34,7 +34,7 @@ from typing import Any
 import grpc
 
 from its.analytics.v1 import analytics_service_pb2, detection_batch_pb2
-from its_camera_ai.common import camera_id_from_name, is_token
+from its_camera_ai.common import PLAINTEXT, PeerAccess, camera_id_from_name, is_token
 from its_camera_ai.inference._producer_accounting import (
     BUFFER_FULL,
     INVALID_BATCH,
@@ -119,7 +119,7 @@ class DetectionProducer:
         max_frames_per_batch: int = PROTOCOL_MAX_FRAMES,
         backoff_initial_seconds: float = 0.2,
         backoff_max_seconds: float = 5.0,
-        credentials: grpc.ChannelCredentials | None = None,
+        access: PeerAccess = PLAINTEXT,
         channel_options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         if not is_token(producer_id):
@@ -150,7 +150,7 @@ class DetectionProducer:
             self._ledger,
             backoff_initial_seconds=backoff_initial_seconds,
             backoff_max_seconds=backoff_max_seconds,
-            credentials=credentials,
+            access=access,
             channel_options=channel_options,
         )
         self._refused_lock = threading.Lock()  # submit() runs on any thread

@@ -25,7 +25,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
 from its.analytics.v1 import analytics_service_pb2, analytics_service_pb2_grpc
-from its_camera_ai.common import ERROR_DOMAIN, Backoff
+from its_camera_ai.common import ERROR_DOMAIN, PLAINTEXT, Backoff, PeerAccess
 from its_camera_ai.inference._log_throttle import LogThrottle
 from its_camera_ai.inference._producer_accounting import ProducerLedger
 
@@ -108,14 +108,14 @@ class AnalyticsConnection:
         *,
         backoff_initial_seconds: float,
         backoff_max_seconds: float,
-        credentials: grpc.ChannelCredentials | None = None,
+        access: PeerAccess = PLAINTEXT,
         channel_options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         self._target = target
         self._ledger = ledger
         self._backoff_initial = backoff_initial_seconds
         self._backoff_max = backoff_max_seconds
-        self._credentials = credentials
+        self._access = access
         self._channel_options = tuple(channel_options)
         self._channel: grpc.aio.Channel | None = None
         self._ever_connected = False
@@ -137,12 +137,7 @@ class AnalyticsConnection:
             ("grpc.initial_reconnect_backoff_ms", int(self._backoff_initial * 1000)),
             ("grpc.max_reconnect_backoff_ms", int(self._backoff_max * 1000)),
         ]
-        if self._credentials is None:
-            self._channel = grpc.aio.insecure_channel(self._target, options=options)
-        else:
-            self._channel = grpc.aio.secure_channel(
-                self._target, self._credentials, options=options
-            )
+        self._channel = self._access.channel(self._target, options=options)
 
     async def close(self) -> None:
         if self._channel is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -117,8 +118,11 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         resource: model_pb2.Model,
         batcher: DynamicBatcher,
         feeds: Feeds,
+        flag: Callable[[str], bool] = lambda _name: True,
     ) -> None:
         self._model = model
+        # The feature flags (Runtime.flags): "on-demand-detect" off refuses Detect.
+        self._flag = flag
         self._resource = resource
         self._batcher = batcher
         self._feeds = feeds
@@ -240,6 +244,10 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         self, request: inference_service_pb2.DetectRequest, context: _Context
     ) -> inference_service_pb2.DetectResponse:
         received = time.monotonic_ns()
+        if not self._flag("on-demand-detect"):
+            raise FailedPreconditionError(
+                "on-demand detection is switched off (feature flag featureFlags/on-demand-detect)"
+            )
         if request.model and request.model not in self._names:
             raise NotFoundError(f"model: {_quoted(request.model)} is not loaded on this server")
         threshold = self._threshold(request)

@@ -105,14 +105,22 @@ class _Pipeline:
         self._feeds = Feeds(
             self._batcher, self._sink, metrics, score_threshold=threshold, device=engine.device
         )
-        self.servicer = InferenceServicer(model, resource, self._batcher, self._feeds)
+        flags = runtime.flags
+        self.servicer = InferenceServicer(
+            model,
+            resource,
+            self._batcher,
+            self._feeds,
+            flag=flags.enabled if flags is not None else lambda _name: True,
+        )
 
     async def started(self) -> None:
         config = self._config
         analytics = self._runtime.peer_target(config.analytics_target, "analytics")
         assert analytics is not None  # checked at registration
+        analytics_target = analytics()
         producer = DetectionProducer(
-            analytics(),
+            analytics_target,
             producer_id=new_producer_id(f"inference-{socket.gethostname()}-{os.getpid()}"),
             model=self._resource.name,
             model_version=self._resource.version,
@@ -121,6 +129,7 @@ class _Pipeline:
             max_pending_frames=config.max_pending_frames,
             backoff_initial_seconds=config.reconnect_initial_seconds,
             backoff_max_seconds=config.reconnect_max_seconds,
+            access=self._runtime.peer_access(analytics_target),
         )
         self._producers.append(producer)
         self._sink.connect(producer.submit)
@@ -134,6 +143,7 @@ class _Pipeline:
                 self._feeds.set,
                 initial_backoff=config.reconnect_initial_seconds,
                 max_backoff=config.reconnect_max_seconds,
+                open_channel=self._runtime.peer_channel,
             )
             self._tasks.append(asyncio.create_task(watch))
 

@@ -13,15 +13,13 @@ counts) lives there.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import json
 import logging
 import struct
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -29,7 +27,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from its_camera_ai.common import REDIS_DOWN, REDIS_FAILURES, Backoff, CircuitBreaker
+from its_camera_ai.common import REDIS_DOWN, CircuitBreaker, follow_channel
 
 if TYPE_CHECKING:
     from its_camera_ai.query._cache import CacheKey
@@ -55,11 +53,6 @@ CLOCK_MARGIN_SECONDS = 0.05
 # Commits heard this close together are remembered as one (the hull of their spans): this
 # bounds what an L2 lookup scans, at the price of treating the gaps between spans as changed.
 _COALESCE_SECONDS = 0.1
-# After this long without a message the subscription is checked with a PING; nothing heard
-# for twice as long means a dead connection (a network partition resets nothing).
-_PING_AFTER_SECONDS = 5.0
-_BACKOFF_INITIAL_SECONDS = 0.1
-_BACKOFF_MAX_SECONDS = 5.0
 # An L2 value: the wall time its computation started, then the answer.
 _STAMP = struct.Struct("!d")
 _L2_FORMAT = "v1"
@@ -168,47 +161,18 @@ class CommitChannel:
 
     async def run(self) -> None:
         """Until cancelled, resubscribing with backoff while Redis is down."""
-        backoff = Backoff(_BACKOFF_INITIAL_SECONDS, _BACKOFF_MAX_SECONDS)
-        while True:
-            try:
-                await self._listen(backoff)
-            except REDIS_FAILURES as exc:
-                level = logging.WARNING if self.trusted_since is not None else logging.DEBUG
-                _log.log(level, "commit channel lost: %r", exc, extra={"channel": self._channel})
-            except Exception:
-                # A cluster client's own errors are no RedisError; letting one end this task
-                # would stop invalidation for good, where retrying only costs a log line.
-                _log.exception("commit channel failed", extra={"channel": self._channel})
-            finally:
-                self.trusted_since = None
-            await asyncio.sleep(backoff.next_delay())
+        await follow_channel(self._redis, self._channel, self._on_message, on_lost=self._lost)
 
-    async def _listen(self, backoff: Backoff) -> None:
-        pubsub = self._redis.pubsub()
-        try:
-            await pubsub.subscribe(self._channel)
-            silent_since, pinged = time.monotonic(), False
-            while True:
-                message = await pubsub.get_message(timeout=_PING_AFTER_SECONDS)
-                now = time.monotonic()
-                if message is not None:
-                    silent_since, pinged = now, False
-                    self._on_message(message, backoff)
-                elif now - silent_since >= 2 * _PING_AFTER_SECONDS:
-                    raise TimeoutError("commit channel: no answer to PING")
-                elif now - silent_since >= _PING_AFTER_SECONDS and not pinged:
-                    await pubsub.ping()
-                    pinged = True
-        finally:
-            with contextlib.suppress(*REDIS_FAILURES):
-                await pubsub.aclose()
+    def _lost(self, exc: BaseException) -> None:
+        level = logging.WARNING if self.trusted_since is not None else logging.DEBUG
+        _log.log(level, "commit channel lost: %r", exc, extra={"channel": self._channel})
+        self.trusted_since = None
 
-    def _on_message(self, message: dict[str, Any], backoff: Backoff) -> None:
+    async def _on_message(self, message: Mapping[str, Any]) -> None:
         kind = message.get("type")
         if kind == "subscribe":
             # Also after redis-py reconnected on its own: commits of the gap are unknown.
             self.trusted_since = time.time()
-            backoff.reset()
             _log.info("commit channel subscribed", extra={"channel": self._channel})
             self._on_subscribed()
         elif kind == "message":

@@ -8,12 +8,16 @@ and by the caller's camera scope, and registered bytes in, bytes out: a request 
 is answered by its raw bytes (``cached``) without parsing it, so those checks ran when it
 was first answered. Live figures and streams bypass the cache.
 
-``cameras`` (the caller's camera scope; None: every camera) is where the security issue's
-per-principal scoping plugs in: every path takes it already, and the alias must join it.
+Every path is scoped to the caller's cameras (``Principal.cameras``; None: every camera):
+a named camera outside the scope is PERMISSION_DENIED, lists, summaries and streams omit
+the others, an event of another camera is NOT_FOUND (its name says nothing of its camera
+until read), and the cache alias joins the scope, so one caller's answer never reaches
+another with a narrower one.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -25,6 +29,7 @@ from its.query.v1 import query_service_pb2
 from its_camera_ai.common import (
     InvalidArgumentError,
     NotFoundError,
+    PermissionDeniedError,
     QueryServiceSettings,
     UnavailableError,
     parse_camera_name,
@@ -42,6 +47,7 @@ from its_camera_ai.query._stats import CameraStatsReader
 from its_camera_ai.query._stream import EventHub
 from its_camera_ai.query._traffic import TrafficReader
 from its_camera_ai.scene import CameraDirectory, KnownCamera
+from its_camera_ai.security import current_principal
 
 __all__ = ["QueryServicer", "add_query_service"]
 
@@ -54,6 +60,14 @@ def _fingerprint(*parts: object) -> str:
     # Sets sorted: every process must derive the same key for L2 to be shared.
     stable = [tuple(sorted(p)) if isinstance(p, frozenset) else p for p in parts]
     return hashlib.blake2b(repr(stable).encode(), digest_size=16).hexdigest()
+
+
+@functools.lru_cache(maxsize=1024)
+def _scope_tag(scope: frozenset[str] | None) -> bytes:
+    """The scope's part of a cache alias: the same bytes for the same set of cameras."""
+    if scope is None:
+        return b"*\0"
+    return hashlib.blake2b("\0".join(sorted(scope)).encode(), digest_size=16).digest() + b"\0"
 
 
 def _not_found(camera_id: str) -> NotFoundError:
@@ -74,8 +88,11 @@ class QueryServicer:
         cache: AnswerCache,
         hub: EventHub,
         stats: CameraStatsReader,
+        flag: Callable[[str], bool] = lambda _name: True,
     ) -> None:
         self._settings = settings
+        # The feature flags (Runtime.flags): "query-cache" off sends every read to PostgreSQL.
+        self._flag = flag
         self._cameras = cameras
         self._traffic = traffic
         self._events = events
@@ -88,9 +105,13 @@ class QueryServicer:
     # -- cameras -----------------------------------------------------------------------------
 
     async def _camera(self, camera_id: str, scope: frozenset[str] | None) -> KnownCamera | None:
-        """The camera's scene (None for a camera known only by its data), or NOT_FOUND."""
+        """The camera's scene (None for a camera known only by its data), NOT_FOUND, or
+        PERMISSION_DENIED outside the caller's scope."""
         if scope is not None and camera_id not in scope:
-            raise _not_found(camera_id)
+            raise PermissionDeniedError(
+                f"camera 'cameras/{camera_id}' is outside the cameras this caller may read",
+                metadata={"resource": f"cameras/{camera_id}"},
+            )
         known = self._cameras.known.get(camera_id)
         if known is not None or camera_id in self._with_data:
             return known
@@ -123,8 +144,8 @@ class QueryServicer:
         tag = request_type.DESCRIPTOR.name.encode() + b"\0"
 
         async def behaviour(raw: bytes, context: _Context) -> bytes:
-            alias = tag + raw  # the caller's camera scope joins it with the security issue
-            hit = self._cache.lookup(alias)
+            alias = tag + _scope_tag(current_principal().cameras) + raw
+            hit = self._cache.lookup(alias) if self._flag("query-cache") else None
             if hit is not None:
                 return hit
             try:
@@ -141,7 +162,7 @@ class QueryServicer:
         self, request: query_service_pb2.GetTrafficCountsRequest, alias: bytes
     ) -> bytes:
         query = counts_query(request, self._settings)
-        known = await self._camera(query.camera_id, None)
+        known = await self._camera(query.camera_id, current_principal().cameras)
         if known is not None:
             _check_scene_ids(query, known)
         key = CacheKey("counts", _fingerprint(query.camera_id, query.span_ns, query.bin_seconds,
@@ -156,17 +177,17 @@ class QueryServicer:
             )  # fmt: skip
             return query_service_pb2.GetTrafficCountsResponse(bins=bins).SerializeToString()
 
-        return await self._cache.get_or_compute(key, compute, alias=alias)
+        return await self._cached(key, compute, alias)
 
     async def summary(
         self, request: query_service_pb2.GetTrafficSummaryRequest, alias: bytes
     ) -> bytes:
         query = summary_query(request, self._settings)
-        scope: frozenset[str] | None = None
+        scope = current_principal().cameras
         for camera_id in query.camera_ids:
             await self._camera(camera_id, scope)
         cameras = frozenset(query.camera_ids) if query.camera_ids else None
-        key = CacheKey("summary", _fingerprint(query, scope), cameras, query.start_ns,
+        key = CacheKey("summary", _fingerprint(query, _scope_tag(scope)), cameras, query.start_ns,
                        query.end_ns)  # fmt: skip
 
         async def compute() -> bytes:
@@ -184,22 +205,29 @@ class QueryServicer:
             response = query_service_pb2.GetTrafficSummaryResponse(summaries=summaries)
             return response.SerializeToString()
 
-        return await self._cache.get_or_compute(key, compute, alias=alias)
+        return await self._cached(key, compute, alias)
 
     async def events(self, request: query_service_pb2.ListEventsRequest, alias: bytes) -> bytes:
-        scope: frozenset[str] | None = None
+        scope = current_principal().cameras
         cameras = scope
         if request.parent != "cameras/-":
             camera_id = parse_camera_name(request.parent, "parent")
             await self._camera(camera_id, scope)
             cameras = frozenset((camera_id,))
-        fingerprint = _fingerprint(request.SerializeToString(deterministic=True), scope)
+        fingerprint = _fingerprint(request.SerializeToString(deterministic=True), _scope_tag(scope))
         key = CacheKey("events", fingerprint, cameras, *_ALL_TIME)
 
         async def compute() -> bytes:
             response = await self._events.list_events(request, cameras=scope)
             return response.SerializeToString()
 
+        return await self._cached(key, compute, alias)
+
+    async def _cached(
+        self, key: CacheKey, compute: Callable[[], Awaitable[bytes]], alias: bytes
+    ) -> bytes:
+        if not self._flag("query-cache"):
+            return await compute()
         return await self._cache.get_or_compute(key, compute, alias=alias)
 
     # -- uncached ----------------------------------------------------------------------------
@@ -207,14 +235,14 @@ class QueryServicer:
     async def GetEvent(
         self, request: query_service_pb2.GetEventRequest, context: _Context
     ) -> query_service_pb2.GetEventResponse:
-        event = await self._events.get_event(request.name, cameras=None)
+        event = await self._events.get_event(request.name, cameras=current_principal().cameras)
         return query_service_pb2.GetEventResponse(event=event)
 
     async def StreamEvents(
         self, request: query_service_pb2.StreamEventsRequest, context: _Context
     ) -> AsyncIterator[query_service_pb2.StreamEventsResponse]:
         query = stream_query(request)
-        scope: frozenset[str] | None = None
+        scope = current_principal().cameras
         if query.camera_id:
             await self._camera(query.camera_id, scope)
         async for change in self._hub.subscribe(query, scope):
@@ -226,7 +254,7 @@ class QueryServicer:
         self, request: query_service_pb2.GetCameraStatsRequest, context: _Context
     ) -> query_service_pb2.GetCameraStatsResponse:
         camera_id = parse_camera_name(request.name, "name", "/stats")
-        await self._camera(camera_id, None)
+        await self._camera(camera_id, current_principal().cameras)
         return query_service_pb2.GetCameraStatsResponse(stats=await self._stats.get(camera_id))
 
 

@@ -2,7 +2,7 @@
 
 Hosts ``QueryService`` (counts, summaries, events, live stats; read-only on the analytics
 tables, whose migrations it applies too so it can start first) and ``AdminService`` (API
-keys, feature flags, audit log: UNIMPLEMENTED until the security issue lands). Camera
+keys, feature flags, audit log; ``its_camera_ai.admin``). Camera
 scenes come from the decoder's CameraService (``query.decoder_target``), announcements of
 analytics' commits from Redis (``<analytics.redis_prefix>:commits``) when configured.
 """
@@ -14,8 +14,9 @@ import functools
 
 import grpc
 
-from its.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
+from its.admin.v1 import admin_service_pb2
 from its.query.v1 import query_service_pb2
+from its_camera_ai.admin import add_admin_service
 from its_camera_ai.analytics.server import MIGRATIONS as ANALYTICS_MIGRATIONS
 from its_camera_ai.common import (
     REDIS_FAILURES,
@@ -57,6 +58,7 @@ async def _register(server: grpc.aio.Server, runtime: Runtime) -> None:
         refresh_seconds=config.camera_refresh_seconds,
         reconnect_initial_seconds=config.reconnect_initial_seconds,
         reconnect_max_seconds=config.reconnect_max_seconds,
+        open_channel=runtime.peer_channel,
     )
     hub = EventHub(pool, config)
     cache = AnswerCache(
@@ -76,6 +78,7 @@ async def _register(server: grpc.aio.Server, runtime: Runtime) -> None:
         cache=cache,
         hub=hub,
         stats=CameraStatsReader(pool, runtime.redis, redis_breaker, prefix),
+        flag=runtime.flags.enabled if runtime.flags is not None else lambda _name: True,
     )
     tasks: list[asyncio.Task[None]] = []
 
@@ -97,9 +100,7 @@ async def _register(server: grpc.aio.Server, runtime: Runtime) -> None:
     runtime.on_stopping.append(hub.end_streams)
     runtime.on_shutdown.append(stop)
     add_query_service(servicer, server)
-    admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
-        admin_service_pb2_grpc.AdminServiceServicer(), server
-    )
+    add_admin_service(server, runtime)
 
 
 UNIT = ServiceUnit(

@@ -83,10 +83,13 @@ class CameraDirectory:
         refresh_seconds: float,
         reconnect_initial_seconds: float,
         reconnect_max_seconds: float,
+        open_channel: Callable[[str], grpc.aio.Channel] = grpc.aio.insecure_channel,
     ) -> None:
         # Asked for when first needed: in `serve all` the decoder is this process's own
         # server, whose port is known only once it is bound.
         self._target = target
+        # Builds the channel with the credentials the decoder wants (Runtime.peer_channel).
+        self._open_channel = open_channel
         self._breaker = breaker
         self._refresh_seconds = refresh_seconds
         self._backoff = Backoff(reconnect_initial_seconds, reconnect_max_seconds)
@@ -139,7 +142,7 @@ class CameraDirectory:
 
     def _camera_service(self) -> camera_service_pb2_grpc.CameraServiceAsyncStub:
         if self._stub is None:
-            self._channel = grpc.aio.insecure_channel(self._target())
+            self._channel = self._open_channel(self._target())
             self._stub = camera_service_pb2_grpc.CameraServiceStub(self._channel)
         return self._stub
 

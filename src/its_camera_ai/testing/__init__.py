@@ -3,7 +3,8 @@ loopback (``host_settings``, ``inference_host``, ``metric_value``), a recording
 AnalyticsService peer (``recording_analytics``), simulator frames written into a real ring
 like a decoder writes them (``RingFeeder``, ``sim_frames``), ``until`` for polling and a
 fault-injecting TCP proxy for chaos tests (``FaultProxy``) and a round-robin TCP balancer
-putting several service instances behind one address (``Balancer``).
+putting several service instances behind one address (``Balancer``), and a JWT issuer
+with its JWKS file (``TokenIssuer``).
 
 Part of the package so that benchmarks run without pytest and import nothing from
 ``tests/``; never imported by a service.
@@ -22,6 +23,7 @@ from its_camera_ai.testing._inference import (
     until,
 )
 from its_camera_ai.testing._proxy import FaultProxy, ProxyCounters
+from its_camera_ai.testing._tokens import TokenIssuer
 
 __all__ = [
     "SIM_SIZE",
@@ -31,6 +33,7 @@ __all__ = [
     "ProxyCounters",
     "RecordingAnalytics",
     "RingFeeder",
+    "TokenIssuer",
     "host_settings",
     "inference_host",
     "metric_value",

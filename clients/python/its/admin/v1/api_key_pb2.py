@@ -27,7 +27,7 @@ from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aits/admin/v1/api_key.proto\x12\x0cits.admin.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xba\x03\n\x06\x41piKey\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1a\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\'\n\x04role\x18\x03 \x01(\x0e\x32\x12.its.admin.v1.RoleB\x05\xe2\x41\x02\x02\x05\x12;\n\x0f\x61llowed_cameras\x18\x04 \x03(\tB\"\xe2\x41\x02\x01\x05\xfa\x41\x1a\n\x18its-camera-ai.dev/Camera\x12\x36\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x05\xe2\x41\x02\x01\x05\x12\x18\n\nkey_prefix\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x15\n\x07\x63reator\x18\x08 \x01(\tB\x04\xe2\x41\x01\x03\x12\x37\n\rlast_use_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03:A\xea\x41>\n\x18its-camera-ai.dev/ApiKey\x12\x11\x61piKeys/{api_key}*\x07\x61piKeys2\x06\x61piKey*P\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_VIEWER\x10\x01\x12\x11\n\rROLE_OPERATOR\x10\x02\x12\x0e\n\nROLE_ADMIN\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aits/admin/v1/api_key.proto\x12\x0cits.admin.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xba\x03\n\x06\x41piKey\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1a\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\'\n\x04role\x18\x03 \x01(\x0e\x32\x12.its.admin.v1.RoleB\x05\xe2\x41\x02\x02\x05\x12;\n\x0f\x61llowed_cameras\x18\x04 \x03(\tB\"\xe2\x41\x02\x01\x05\xfa\x41\x1a\n\x18its-camera-ai.dev/Camera\x12\x36\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x05\xe2\x41\x02\x01\x05\x12\x18\n\nkey_prefix\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x15\n\x07\x63reator\x18\x08 \x01(\tB\x04\xe2\x41\x01\x03\x12\x37\n\rlast_use_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03:A\xea\x41>\n\x18its-camera-ai.dev/ApiKey\x12\x11\x61piKeys/{api_key}*\x07\x61piKeys2\x06\x61piKey*b\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_VIEWER\x10\x01\x12\x11\n\rROLE_OPERATOR\x10\x02\x12\x0e\n\nROLE_ADMIN\x10\x03\x12\x10\n\x0cROLE_SERVICE\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -55,7 +55,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_APIKEY']._loaded_options = None
   _globals['_APIKEY']._serialized_options = b'\352A>\n\030its-camera-ai.dev/ApiKey\022\021apiKeys/{api_key}*\007apiKeys2\006apiKey'
   _globals['_ROLE']._serialized_start=582
-  _globals['_ROLE']._serialized_end=662
+  _globals['_ROLE']._serialized_end=680
   _globals['_APIKEY']._serialized_start=138
   _globals['_APIKEY']._serialized_end=580
 # @@protoc_insertion_point(module_scope)

@@ -34,9 +34,16 @@ class _RoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Role.ValueType],
     """VIEWER plus creating, changing and deleting cameras, and on-demand detection."""
     ROLE_ADMIN: _Role.ValueType  # 3
     """OPERATOR plus AdminService: API keys, feature flags, the audit log."""
+    ROLE_SERVICE: _Role.ValueType  # 4
+    """Machine peers: inference streaming detection batches to analytics, services reading
+    the decoder's cameras. Outside the VIEWER < OPERATOR < ADMIN order: a key with it
+    gets exactly the methods marked for services, nothing the other roles may do.
+    """
 
 class Role(_Role, metaclass=_RoleEnumTypeWrapper):
-    """What a caller may do. Roles are ordered: each includes everything the lower ones may do."""
+    """What a caller may do. VIEWER, OPERATOR and ADMIN are ordered: each includes everything
+    the lower ones may do. SERVICE stands apart (see below).
+    """
 
 ROLE_UNSPECIFIED: Role.ValueType  # 0
 """Not set; invalid on a key."""
@@ -46,6 +53,11 @@ ROLE_OPERATOR: Role.ValueType  # 2
 """VIEWER plus creating, changing and deleting cameras, and on-demand detection."""
 ROLE_ADMIN: Role.ValueType  # 3
 """OPERATOR plus AdminService: API keys, feature flags, the audit log."""
+ROLE_SERVICE: Role.ValueType  # 4
+"""Machine peers: inference streaming detection batches to analytics, services reading
+the decoder's cameras. Outside the VIEWER < OPERATOR < ADMIN order: a key with it
+gets exactly the methods marked for services, nothing the other roles may do.
+"""
 Global___Role: _TypeAlias = Role  # noqa: Y015
 
 @_typing.final

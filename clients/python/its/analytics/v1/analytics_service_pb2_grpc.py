@@ -27,9 +27,12 @@ if _version_not_supported:
 
 class AnalyticsServiceStub:
     """Ingests detections from inference servers and turns them into tracks, counts, speeds
-    and events. Internal API: StreamDetectionBatches is callable only by service identities
-    (mTLS) of inference servers, ResetCameraState only by operators and admins; not exposed
-    to other external clients.
+    and events. Internal API, not exposed to other external clients.
+
+    Roles: StreamDetectionBatches needs SERVICE (an inference server's API key, token or
+    mTLS identity; or ADMIN); a producer_id belongs to the principal that first streamed
+    under it, and another principal using it is PERMISSION_DENIED. ResetCameraState needs
+    OPERATOR (within the caller's camera scope).
     """
 
     def __init__(self, channel):
@@ -52,9 +55,12 @@ class AnalyticsServiceStub:
 
 class AnalyticsServiceServicer:
     """Ingests detections from inference servers and turns them into tracks, counts, speeds
-    and events. Internal API: StreamDetectionBatches is callable only by service identities
-    (mTLS) of inference servers, ResetCameraState only by operators and admins; not exposed
-    to other external clients.
+    and events. Internal API, not exposed to other external clients.
+
+    Roles: StreamDetectionBatches needs SERVICE (an inference server's API key, token or
+    mTLS identity; or ADMIN); a producer_id belongs to the principal that first streamed
+    under it, and another principal using it is PERMISSION_DENIED. ResetCameraState needs
+    OPERATOR (within the caller's camera scope).
     """
 
     def StreamDetectionBatches(self, request_iterator, context):
@@ -141,9 +147,12 @@ def add_AnalyticsServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class AnalyticsService:
     """Ingests detections from inference servers and turns them into tracks, counts, speeds
-    and events. Internal API: StreamDetectionBatches is callable only by service identities
-    (mTLS) of inference servers, ResetCameraState only by operators and admins; not exposed
-    to other external clients.
+    and events. Internal API, not exposed to other external clients.
+
+    Roles: StreamDetectionBatches needs SERVICE (an inference server's API key, token or
+    mTLS identity; or ADMIN); a producer_id belongs to the principal that first streamed
+    under it, and another principal using it is PERMISSION_DENIED. ResetCameraState needs
+    OPERATOR (within the caller's camera scope).
     """
 
     @staticmethod

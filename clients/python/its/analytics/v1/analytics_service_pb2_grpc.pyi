@@ -28,9 +28,12 @@ GRPC_VERSION: str
 
 class AnalyticsServiceStub:
     """Ingests detections from inference servers and turns them into tracks, counts, speeds
-    and events. Internal API: StreamDetectionBatches is callable only by service identities
-    (mTLS) of inference servers, ResetCameraState only by operators and admins; not exposed
-    to other external clients.
+    and events. Internal API, not exposed to other external clients.
+
+    Roles: StreamDetectionBatches needs SERVICE (an inference server's API key, token or
+    mTLS identity; or ADMIN); a producer_id belongs to the principal that first streamed
+    under it, and another principal using it is PERMISSION_DENIED. ResetCameraState needs
+    OPERATOR (within the caller's camera scope).
     """
 
     @_typing.overload
@@ -94,9 +97,12 @@ class AnalyticsServiceStub:
 @_typing.type_check_only
 class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
     """Ingests detections from inference servers and turns them into tracks, counts, speeds
-    and events. Internal API: StreamDetectionBatches is callable only by service identities
-    (mTLS) of inference servers, ResetCameraState only by operators and admins; not exposed
-    to other external clients.
+    and events. Internal API, not exposed to other external clients.
+
+    Roles: StreamDetectionBatches needs SERVICE (an inference server's API key, token or
+    mTLS identity; or ADMIN); a producer_id belongs to the principal that first streamed
+    under it, and another principal using it is PERMISSION_DENIED. ResetCameraState needs
+    OPERATOR (within the caller's camera scope).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -156,9 +162,12 @@ class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
 
 class AnalyticsServiceServicer:
     """Ingests detections from inference servers and turns them into tracks, counts, speeds
-    and events. Internal API: StreamDetectionBatches is callable only by service identities
-    (mTLS) of inference servers, ResetCameraState only by operators and admins; not exposed
-    to other external clients.
+    and events. Internal API, not exposed to other external clients.
+
+    Roles: StreamDetectionBatches needs SERVICE (an inference server's API key, token or
+    mTLS identity; or ADMIN); a producer_id belongs to the principal that first streamed
+    under it, and another principal using it is PERMISSION_DENIED. ResetCameraState needs
+    OPERATOR (within the caller's camera scope).
     """
 
     def StreamDetectionBatches(

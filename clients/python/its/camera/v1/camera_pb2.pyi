@@ -57,10 +57,13 @@ class Camera(_message.Message):
     """Where the video comes from. Supported schemes: rtsp, rtsps (over TCP; append "?udp"
     for RTP over UDP), http, https (MJPEG, HLS, MPEG-TS), udp and rtp (MPEG-TS), file (a
     path on the decoder host under one of its configured roots, for replay and tests) and
-    sim (the built-in traffic simulator as a live camera:
-    "sim://label?seed=7&fps=30&condition=night&width=1280&height=720"). An unsupported
-    scheme, container or codec is rejected with INVALID_ARGUMENT and reason
-    ERROR_REASON_UNSUPPORTED_SOURCE.
+    sim (the built-in traffic simulator as a live camera, naming one of its scenes:
+    "sim://road?seed=7&fps=30&condition=night&width=1280&height=720"). An unsupported
+    scheme, container or codec, or an unknown scene, is rejected with INVALID_ARGUMENT and
+    reason ERROR_REASON_UNSUPPORTED_SOURCE. Network sources must also pass the server's
+    egress policy, checked after name resolution and before every connect: cloud
+    metadata and link-local addresses are always refused, loopback and private networks
+    outside development unless allowed by configuration (PERMISSION_DENIED).
 
     The URI may carry credentials ("rtsp://user:password@host/path"). They are stored
     encrypted and never returned: in every response the password of the userinfo, and

@@ -30,9 +30,10 @@ class CameraServiceStub:
     """Manages cameras (video sources and their scene geometry) and reports the live status of
     their decoders.
 
-    Roles: reads (Get, List, GetCameraStatus, WatchCameraStatus) need VIEWER; writes
-    (Create, Update, Delete) need OPERATOR. A caller whose API key is scoped to some cameras
-    sees and changes only those (others are PERMISSION_DENIED, and List omits them).
+    Roles: reads (Get, List, GetCameraStatus, WatchCameraStatus) need VIEWER (or a service
+    identity); writes (Create, Update, Delete) need OPERATOR. A caller scoped to some
+    cameras (an API key's allowed_cameras, a token's camera claim) sees and changes only
+    those (others are PERMISSION_DENIED; List and Watch omit them).
     Errors follow its.common.v1.ErrorReason.
     """
 
@@ -73,9 +74,10 @@ class CameraServiceAsyncStub(CameraServiceStub):
     """Manages cameras (video sources and their scene geometry) and reports the live status of
     their decoders.
 
-    Roles: reads (Get, List, GetCameraStatus, WatchCameraStatus) need VIEWER; writes
-    (Create, Update, Delete) need OPERATOR. A caller whose API key is scoped to some cameras
-    sees and changes only those (others are PERMISSION_DENIED, and List omits them).
+    Roles: reads (Get, List, GetCameraStatus, WatchCameraStatus) need VIEWER (or a service
+    identity); writes (Create, Update, Delete) need OPERATOR. A caller scoped to some
+    cameras (an API key's allowed_cameras, a token's camera claim) sees and changes only
+    those (others are PERMISSION_DENIED; List and Watch omit them).
     Errors follow its.common.v1.ErrorReason.
     """
 
@@ -112,9 +114,10 @@ class CameraServiceServicer:
     """Manages cameras (video sources and their scene geometry) and reports the live status of
     their decoders.
 
-    Roles: reads (Get, List, GetCameraStatus, WatchCameraStatus) need VIEWER; writes
-    (Create, Update, Delete) need OPERATOR. A caller whose API key is scoped to some cameras
-    sees and changes only those (others are PERMISSION_DENIED, and List omits them).
+    Roles: reads (Get, List, GetCameraStatus, WatchCameraStatus) need VIEWER (or a service
+    identity); writes (Create, Update, Delete) need OPERATOR. A caller scoped to some
+    cameras (an API key's allowed_cameras, a token's camera claim) sees and changes only
+    those (others are PERMISSION_DENIED; List and Watch omit them).
     Errors follow its.common.v1.ErrorReason.
     """
 

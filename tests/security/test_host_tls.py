@@ -1,0 +1,111 @@
+"""A whole host behind mTLS: client certificates verified and mapped to principals, the
+units calling each other over the same TLS port, and certificate-less clients refused.
+
+In-process, the minimum stays TLS 1.2: the 1.3 minimum needs gRPC's cipher setting before
+gRPC is imported (``test_tls.py`` proves it in a process of its own).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from its.camera.v1 import camera_pb2, camera_service_pb2, camera_service_pb2_grpc
+from its.query.v1 import query_service_pb2, query_service_pb2_grpc
+from its_camera_ai.security import DevCertificates, mint_dev_certificates
+from tests.security.conftest import SecureHost, start_secure_host
+
+pytestmark = pytest.mark.security
+
+_INFERENCE = "spiffe://its-camera-ai/inference"
+
+
+@pytest.fixture
+async def mtls(
+    postgres_dsn: str, tmp_path: Path
+) -> AsyncIterator[tuple[SecureHost, DevCertificates]]:
+    certs = mint_dev_certificates(tmp_path / "certs")
+    peer_cert, peer_key = certs.clients["query"]
+    served = await start_secure_host(
+        postgres_dsn,
+        tmp_path,
+        with_inference=False,
+        tls={
+            "cert_file": certs.server_cert,
+            "key_file": certs.server_key,
+            "client_ca_file": certs.ca_cert,
+            "require_client_cert": True,
+            "min_version": "1.2",
+            "client_roles": {_INFERENCE: "service"},
+        },
+        peer_tls={
+            "enabled": True,
+            "ca_file": certs.ca_cert,
+            "cert_file": peer_cert,
+            "key_file": peer_key,
+        },
+    )
+    try:
+        yield served, certs
+    finally:
+        await served.host.stop()
+
+
+def _channel(target: str, certs: DevCertificates, client: str | None) -> grpc.aio.Channel:
+    cert, key = certs.clients[client] if client else (None, None)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=certs.ca_cert.read_bytes(),
+        private_key=key.read_bytes() if key else None,
+        certificate_chain=cert.read_bytes() if cert else None,
+    )
+    return grpc.aio.secure_channel(target, credentials)
+
+
+async def _code(call: object) -> grpc.StatusCode:
+    try:
+        await call  # type: ignore[misc]
+    except grpc.aio.AioRpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+async def test_client_certificates_are_principals_and_units_call_each_other_over_mtls(
+    mtls: tuple[SecureHost, DevCertificates],
+) -> None:
+    served, certs = mtls
+    create = camera_service_pb2.CreateCameraRequest(
+        camera_id="gate", camera=camera_pb2.Camera(source_uri="sim://road", enabled=False)
+    )
+    listing = camera_service_pb2.ListCamerasRequest()
+
+    # A mapped certificate is a service principal without any token.
+    async with _channel(served.target, certs, "inference") as channel:
+        cameras = camera_service_pb2_grpc.CameraServiceStub(channel)
+        assert await _code(cameras.ListCameras(listing)) is grpc.StatusCode.OK
+        assert await _code(cameras.CreateCamera(create)) is grpc.StatusCode.PERMISSION_DENIED
+
+    # An unmapped one authenticates the connection only: its calls need a credential.
+    async with _channel(served.target, certs, "operator") as channel:
+        cameras = camera_service_pb2_grpc.CameraServiceStub(channel)
+        assert await _code(cameras.ListCameras(listing)) is grpc.StatusCode.UNAUTHENTICATED
+        token = served.metadata("operator")
+        assert await _code(cameras.CreateCamera(create, metadata=token)) is grpc.StatusCode.OK
+        # The query unit reaches the decoder unit through the TLS port (its directory
+        # lists the new camera), presenting its certificate and the host's own key.
+        query = query_service_pb2_grpc.QueryServiceStub(channel)
+        stats = query.GetCameraStats(
+            query_service_pb2.GetCameraStatsRequest(name="cameras/gate/stats"),
+            metadata=served.metadata("viewer"),
+        )
+        assert await _code(stats) is grpc.StatusCode.OK
+
+    # No certificate, or plaintext: no connection at all.
+    async with _channel(served.target, certs, None) as channel:
+        cameras = camera_service_pb2_grpc.CameraServiceStub(channel)
+        assert await _code(cameras.ListCameras(listing, timeout=5)) is grpc.StatusCode.UNAVAILABLE
+    async with grpc.aio.insecure_channel(served.target) as channel:
+        cameras = camera_service_pb2_grpc.CameraServiceStub(channel)
+        assert await _code(cameras.ListCameras(listing, timeout=5)) is grpc.StatusCode.UNAVAILABLE
