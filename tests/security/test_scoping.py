@@ -15,7 +15,8 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from its.analytics.v1 import analytics_service_pb2, analytics_service_pb2_grpc
 from its.camera.v1 import camera_pb2, camera_service_pb2, camera_service_pb2_grpc
-from its.common.v1 import time_range_pb2
+from its.common.v1 import frame_pb2, time_range_pb2
+from its.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from its.query.v1 import query_service_pb2, query_service_pb2_grpc
 from tests.security.conftest import SecureHost, start_secure_host
 
@@ -245,3 +246,13 @@ async def test_a_stream_of_every_camera_carries_only_the_scoped_ones(scoped: Sec
         await asyncio.wait_for(reader, 10)
     assert len(seen) == 1
     assert seen[0].startswith("cameras/a/events/ev-a")
+
+
+async def test_detect_on_another_cameras_frames_is_refused(secure_host: SecureHost) -> None:
+    scoped_a = secure_host.metadata("operator", subject="alice", cameras=["a"])
+    async with grpc.aio.insecure_channel(secure_host.target) as channel:
+        inference = inference_service_pb2_grpc.InferenceServiceStub(channel)
+        request = inference_service_pb2.DetectRequest(
+            camera="cameras/b", frame=frame_pb2.FrameReference(ring_name="its-ring-b")
+        )
+        await _denied(inference.Detect(request, metadata=scoped_a))

@@ -28,6 +28,7 @@ from its_camera_ai.common import (
     InternalError,
     InvalidArgumentError,
     NotFoundError,
+    PermissionDeniedError,
     UnavailableError,
     parse_camera_name,
 )
@@ -41,6 +42,7 @@ from its_camera_ai.inference._batching import (
 from its_camera_ai.inference._feeds import Feeds, to_detection_protos
 from its_camera_ai.inference._pixels import ImageError, decode_image
 from its_camera_ai.inference.models import DetectionModel, Detections, Engine
+from its_camera_ai.security import current_principal
 
 __all__ = ["InferenceServicer", "model_resource"]
 
@@ -178,6 +180,10 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         if not request.camera:
             raise InvalidArgumentError.for_field("camera", "is required with frame")
         camera_id = parse_camera_name(request.camera, "camera")
+        if not current_principal().may_see(camera_id):
+            raise PermissionDeniedError(
+                f"camera {request.camera!r} is outside the cameras this caller may access"
+            )
         for field, ok in (
             ("frame.ring_name", bool(ref.ring_name)),
             ("frame.slot_index", ref.slot_index >= 0),
