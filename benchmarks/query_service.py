@@ -81,29 +81,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import contextlib
 import dataclasses
-import datetime
 import itertools
 import json
 import math
 import os
-import platform
 import random
 import re
-import shlex
-import shutil
 import signal
-import socket
 import sys
-import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
+import _harness as harness
 import asyncpg
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -128,8 +121,6 @@ from its_camera_ai.analytics import (
     commit_json,
     event_row,
 )
-from its_camera_ai.analytics.server import MIGRATIONS
-from its_camera_ai.common import MigrationSet, apply_migrations
 from its_camera_ai.scene import Direction
 
 _NS = 1_000_000_000
@@ -142,7 +133,6 @@ _HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 _CONCURRENCY = (1, 100, 1000)
 _MAX_CHANNELS = 16
 _CALL_TIMEOUT_S = 30.0
-_STOP_GRACE_S = 10.0
 _REDIS_URL = "redis://127.0.0.1:6379/0"
 # What each measured target calls, and its label in the report.
 _TARGETS = {
@@ -157,33 +147,6 @@ Row = tuple[Any, ...]
 
 
 # -- small helpers ----------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _machine() -> str:
-    text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    models = re.findall(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
-    model = models[0].strip() if models else platform.processor() or "unknown CPU"
-    cpus = len(os.sched_getaffinity(0))
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (
-        f"{model}, {len(models) or os.cpu_count()} logical CPUs ({cpus} usable), "
-        f"Python {platform.python_version()}, grpcio {grpc.__version__}, "
-        f"load average at the end {load}"
-    )
-
-
-def _percentile(sorted_values: Sequence[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
-    return float(sorted_values[index])
 
 
 def _write_text(path: str, text: str) -> None:
@@ -212,75 +175,6 @@ def _parent_watch(parent: int) -> None:
                 os._exit(3)
 
     asyncio.get_running_loop().create_task(watch())
-
-
-class Progress:
-    """One line on stderr for the whole run: planned steps, the current one, and the ETA
-    (remaining planned seconds, scaled by how far the finished steps overran their plan)."""
-
-    def __init__(self, plan: list[tuple[str, float]], stream: TextIO = sys.stderr) -> None:
-        self._plan = plan
-        self._stream = stream
-        self._tty = stream.isatty()
-        self._index = -1
-        self._started = time.monotonic()
-        self._step_started = self._started
-        self._planned_done = 0.0
-        self._spent_done = 0.0
-        self._label = ""
-        self._last_plain = 0.0
-
-    def begin(self, label: str) -> None:
-        self.end()
-        self._index = min(self._index + 1, len(self._plan) - 1)
-        self._label = label
-        self._step_started = time.monotonic()
-        self.render(force=True)
-
-    def end(self) -> None:
-        if self._index >= 0 and self._label:
-            self._planned_done += self._plan[self._index][1]
-            self._spent_done += time.monotonic() - self._step_started
-            self._label = ""
-
-    def render(self, *, force: bool = False) -> None:
-        now = time.monotonic()
-        total = sum(seconds for _, seconds in self._plan) or 1.0
-        planned_now = self._plan[self._index][1] if 0 <= self._index < len(self._plan) else 0.0
-        in_step = now - self._step_started if self._label else 0.0
-        done = self._planned_done + min(in_step, planned_now * 0.95)
-        scale = (
-            min(3.0, max(0.5, self._spent_done / self._planned_done)) if self._planned_done else 1
-        )
-        eta = max(0.0, (total - done) * scale)
-        bar = "#" * round(30 * done / total)
-        line = (
-            f"[{bar:<30}] {100 * done / total:3.0f}% {self._label[:48]:<48} "
-            f"elapsed {_clock(now - self._started)} ETA {_clock(eta)}"
-        )
-        if self._tty:
-            self._stream.write("\r" + line)
-            self._stream.flush()
-        elif force or now - self._last_plain >= 15.0:
-            self._stream.write(line + "\n")
-            self._stream.flush()
-            self._last_plain = now
-
-    def close(self) -> None:
-        self.end()
-        if self._tty:
-            self._stream.write("\n")
-            self._stream.flush()
-
-    async def tick(self) -> None:
-        while True:
-            self.render()
-            await asyncio.sleep(0.5)
-
-
-def _clock(seconds: float) -> str:
-    seconds = round(seconds)
-    return f"{seconds // 60}:{seconds % 60:02d}"
 
 
 # -- the database: create, seed, drop ---------------------------------------------------------
@@ -363,11 +257,6 @@ FROM seed_rows, generate_series(1, volume) AS k WHERE scope = 'line'
 """
 
 
-def _admin_dsn_for(dsn: str, name: str) -> str:
-    head, _, query = dsn.partition("?")
-    return head.rsplit("/", 1)[0] + f"/{name}" + (f"?{query}" if query else "")
-
-
 def _seed_events(now_ns: int, rng: random.Random) -> list[Row]:
     """About 15 incidents per camera and hour over the last day; the latest may be open."""
     kinds = (
@@ -401,13 +290,9 @@ def _seed_events(now_ns: int, rng: random.Random) -> list[Row]:
 
 async def _seed(dsn: str, now_ns: int) -> dict[str, int]:
     """Migrations, then 24 h of bins, crossings and events up to the last whole minute."""
+    await harness.apply_schema(dsn)
     conn = await asyncpg.connect(dsn)
     try:
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
-        try:
-            await apply_migrations(pool, [MigrationSet("core", "its_camera_ai.common"), MIGRATIONS])
-        finally:
-            await pool.close()
         last_minute = now_ns // (60 * _NS) - 1
         quarter = now_ns // _QUARTER_NS * 15  # first minute of the current 900 s bin
         await conn.execute("SELECT setseed(0.42)")
@@ -617,8 +502,8 @@ async def _writer_main(config: dict[str, Any]) -> None:
     tx = sorted(stats.tx_ms)
     summary = {
         "commits": stats.commits, "events": stats.events, "late_ticks": stats.late_ticks,
-        "tx_p50_ms": _percentile(tx, 0.5) if tx else None,
-        "tx_p99_ms": _percentile(tx, 0.99) if tx else None,
+        "tx_p50_ms": harness.percentile(tx, 0.5) if tx else None,
+        "tx_p99_ms": harness.percentile(tx, 0.99) if tx else None,
         "failures": failures,
     }  # fmt: skip
     _write_text(config["stats_path"], json.dumps(summary))
@@ -639,7 +524,7 @@ class RunSpec:
 
 
 @dataclasses.dataclass
-class RunResult:
+class RunResult(harness.Measured):
     target: str
     concurrency: int
     calls: int
@@ -654,14 +539,6 @@ class RunResult:
     completed: int = 0  # answered calls, warm-up included (for the CPU per call)
     cpu_us: float | None = None  # the server processes' CPU per answered call
     commits_s: float | None = None  # commit announcements each query process applied, /s
-
-    @property
-    def rate(self) -> float:
-        return self.calls / self.seconds if self.seconds else 0.0
-
-    @property
-    def error_count(self) -> int:
-        return sum(self.errors.values())
 
 
 def _span(start_ns: int, end_ns: int) -> time_range_pb2.TimeRange:
@@ -758,95 +635,19 @@ async def _client(spec: RunSpec) -> RunResult:
     latencies.sort()
     return RunResult(
         target=spec.target, concurrency=spec.concurrency, calls=len(latencies),
-        seconds=spec.seconds, p50_ms=_percentile(latencies, 0.5) / 1e6,
-        p99_ms=_percentile(latencies, 0.99) / 1e6, errors=dict(errors), check=check,
+        seconds=spec.seconds, p50_ms=harness.percentile(latencies, 0.5) / 1e6,
+        p99_ms=harness.percentile(latencies, 0.99) / 1e6, errors=dict(errors), check=check,
         completed=completed[0],
     )  # fmt: skip
 
 
 # -- the orchestrator: processes, measurements, report --------------------------------------------
 
-_ROOT = Path(__file__).resolve().parent.parent
 _SELF = Path(__file__).resolve()
-
-
-class ServiceFailed(RuntimeError):
-    """A process of the benchmark exited or never became ready; the message has its log."""
-
-
-class Processes:
-    """Every process the benchmark started; ``stop_all`` ends them (SIGTERM, then SIGKILL)."""
-
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir = log_dir
-        self._running: list[tuple[str, asyncio.subprocess.Process]] = []
-
-    async def spawn(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None
-                    ) -> asyncio.subprocess.Process:  # fmt: skip
-        with (self.log_dir / f"{name}.log").open("ab") as log:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdout=log, stderr=asyncio.subprocess.STDOUT, env=env, cwd=_ROOT,
-                start_new_session=True,  # Ctrl-C reaches the benchmark only; it stops them
-            )  # fmt: skip
-        self._running.append((name, proc))
-        return proc
-
-    def log_tail(self, name: str, lines: int = 30) -> str:
-        path = self.log_dir / f"{name}.log"
-        text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    async def stop(self, proc: asyncio.subprocess.Process) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), _STOP_GRACE_S)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-        self._running = [(n, p) for n, p in self._running if p is not proc]
-
-    async def stop_all(self) -> None:
-        for _, proc in reversed(list(self._running)):
-            await self.stop(proc)
 
 
 def _python() -> list[str]:
     return [sys.executable, str(_SELF)]
-
-
-def _service_command() -> list[str]:
-    script = Path(sys.executable).parent / "its-camera-ai"  # .venv/bin/its-camera-ai
-    if script.exists():
-        return [str(script), "serve", "query"]
-    return [sys.executable, "-m", "its_camera_ai", "serve", "query"]
-
-
-async def _http_get(port: int, path: str) -> tuple[int, str]:
-    def get() -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
-                return reply.status, reply.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, ""
-        except OSError:
-            return 0, ""
-
-    return await asyncio.to_thread(get)
-
-
-async def _wait_http_ready(procs: Processes, name: str, proc: asyncio.subprocess.Process,
-                           port: int, timeout_s: float = 90.0) -> None:  # fmt: skip
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.returncode is not None:
-            raise ServiceFailed(f"{name} exited ({proc.returncode}):\n{procs.log_tail(name)}")
-        status, _ = await _http_get(port, "/health")
-        if status == 200:
-            return
-        await asyncio.sleep(0.25)
-    raise ServiceFailed(f"{name}: not SERVING after {timeout_s:.0f} s:\n{procs.log_tail(name)}")
 
 
 async def _wait_grpc_serving(port: int, service: str, timeout_s: float = 30.0) -> None:
@@ -880,23 +681,12 @@ _HANDLED_LINE = re.compile(
 _INVALIDATIONS_LINE = re.compile(r"^query_cache_invalidations_total\s+(\S+)", re.MULTILINE)
 
 
-def _cpu_seconds(pids: Sequence[int]) -> float:
-    """User + system CPU time of these processes so far (0 for one that is gone)."""
-    total = 0.0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1]
-            utime, stime = stat.split()[11:13]  # fields 14 and 15 of proc(5)
-            total += (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
-    return total
-
-
 async def _counters(http_ports: Sequence[int]) -> dict[tuple[str, str], float]:
     """``query_cache_requests_total`` by (level, result), summed over the workers, and the
     QueryService calls each worker completed, by ("worker", index)."""
     totals: dict[tuple[str, str], float] = collections.defaultdict(float)
     for i, port in enumerate(http_ports):
-        status, text = await _http_get(port, "/metrics")
+        status, text = await harness.http_get(port, "/metrics")
         if status != 200:
             continue
         for level, result, value in _CACHE_LINE.findall(text):
@@ -926,8 +716,8 @@ class Bench:
     """What the measurements need: the processes, ports, plan and the results so far."""
 
     args: argparse.Namespace
-    procs: Processes
-    progress: Progress
+    procs: harness.Processes
+    progress: harness.Progress
     echo_port: int = 0
     echo_pids: list[int] = dataclasses.field(default_factory=list)
     query_pids: list[int] = dataclasses.field(default_factory=list)
@@ -944,22 +734,9 @@ class Bench:
 
 async def _run_client(spec: RunSpec) -> RunResult:
     """One measurement in a fresh client process."""
-    proc = await asyncio.create_subprocess_exec(
-        *_python(), "--client", json.dumps(dataclasses.asdict(spec)),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=_ROOT,
-        start_new_session=True,
-    )  # fmt: skip
-    try:
-        out, err = await proc.communicate()
-    except asyncio.CancelledError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-        raise
-    if proc.returncode != 0:
-        where = f"{spec.target} c={spec.concurrency}"
-        raise ServiceFailed(f"client {where} failed:\n{err.decode()[-3000:]}")
-    return RunResult(**json.loads(out.decode().splitlines()[-1]))
+    argv = [*_python(), "--client", json.dumps(dataclasses.asdict(spec))]
+    last = await harness.run_child(argv, f"client {spec.target} c={spec.concurrency}")
+    return RunResult(**json.loads(last))
 
 
 async def _measure(bench: Bench, target: str, concurrency: int, *, workers: int = 1) -> RunResult:
@@ -973,9 +750,9 @@ async def _measure(bench: Bench, target: str, concurrency: int, *, workers: int 
     suffix = f" x{workers} workers" if workers > 1 else ""
     bench.progress.begin(f"{_TARGETS[target]} c={concurrency}{suffix}")
     before = {} if echo else await _counters(bench.http_ports)
-    cpu, started = _cpu_seconds(pids), time.monotonic()
+    cpu, started = harness.cpu_seconds(pids), time.monotonic()
     result = await _run_client(spec)
-    cpu, wall = _cpu_seconds(pids) - cpu, time.monotonic() - started
+    cpu, wall = harness.cpu_seconds(pids) - cpu, time.monotonic() - started
     result.cpu_us = cpu / result.completed * 1e6 if result.completed else None
     if not echo:
         after = await _counters(bench.http_ports)
@@ -1002,17 +779,10 @@ async def _rounds(bench: Bench, targets: Sequence[str], *, workers: int = 1) -> 
 
 
 def _service_env(bench: Bench, grpc_port: int, http_port: int, *, reuse: bool) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ITS_")}
+    env = harness.service_env(bench.args.bench_dsn, grpc_port, http_port)
     env.update({
-        "ITS_DATABASE__DSN": bench.args.bench_dsn,
         "ITS_REDIS__URL": bench.args.redis_url,
         "ITS_ANALYTICS__REDIS_PREFIX": bench.args.redis_prefix,
-        "ITS_GRPC__HOST": "127.0.0.1",
-        "ITS_GRPC__PORT": str(grpc_port),
-        "ITS_HTTP__HOST": "127.0.0.1",
-        "ITS_HTTP__PORT": str(http_port),
-        "ITS_QUERY__DECODER_TARGET": f"127.0.0.1:{_free_port()}",  # nothing listens there
-        "ITS_LOGGING__LEVEL": "WARNING",
     })  # fmt: skip
     if reuse:
         env["ITS_GRPC__REUSE_PORT"] = "true"
@@ -1022,15 +792,16 @@ def _service_env(bench: Bench, grpc_port: int, http_port: int, *, reuse: bool) -
 async def _start_query(bench: Bench, workers: int) -> list[asyncio.subprocess.Process]:
     """``workers`` query processes on one gRPC port (SO_REUSEPORT beyond one), each with its
     own HTTP side port; returns when every one answers /health."""
-    bench.query_port, bench.http_ports = _free_port(), [_free_port() for _ in range(workers)]
+    bench.query_port = harness.free_port()
+    bench.http_ports = [harness.free_port() for _ in range(workers)]
     started = []
     for i, http_port in enumerate(bench.http_ports):
         env = _service_env(bench, bench.query_port, http_port, reuse=workers > 1)
         name = f"query-{workers}w-{i}"
-        proc = await bench.procs.spawn(name, _service_command(), env)
+        proc = await bench.procs.spawn(name, harness.service_command(), env)
         started.append(proc)
         bench.query_pids = [p.pid for p in started]
-        await _wait_http_ready(bench.procs, name, proc, http_port)
+        await harness.wait_http_ready(bench.procs, name, proc, http_port)
     await _wait_grpc_serving(bench.query_port, _QUERY_SERVICE)
     return started
 
@@ -1158,17 +929,14 @@ def _checks_and_errors(results: Sequence[RunResult]) -> list[str]:
 
 def _report(bench: Bench, elapsed_s: float) -> str:
     args, w = bench.args, bench.writer
-    exe = Path(sys.executable)
-    shown = os.path.relpath(exe, _ROOT) if exe.is_relative_to(_ROOT) else str(exe)
-    command = shlex.join([shown, "benchmarks/query_service.py", *sys.argv[1:]])
     total = bench.cache_total
     l1, l2 = _hits({}, total, "l1"), _hits({}, total, "l2")
     commits_s = w.get("commits", 0) / w["seconds"] if w.get("seconds") else 0.0
     lines = [
-        "## Query service under a dashboard workload (`benchmarks/query_service.py`)", "",
-        f"Command: `{command}` (whole run {_clock(elapsed_s)} min:s)", "",
-        f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC. Machine: {_machine()}.",
-        "",
+        *harness.report_head(
+            "## Query service under a dashboard workload (`benchmarks/query_service.py`)",
+            _SELF, elapsed_s,
+        ),
         f"Data: 8 cameras x 24 h: {bench.seeded.get('analytics_bins', 0):,} bins (60 s and 900 s),"
         f" {bench.seeded.get('analytics_crossings', 0):,} crossings,"
         f" {bench.seeded.get('analytics_events', 0):,} events, seeded in {bench.seed_s:.0f} s."
@@ -1235,7 +1003,7 @@ async def _scale_out(bench: Bench, single: list[asyncio.subprocess.Process]) -> 
     bench.progress.begin(f"start {workers} query workers (SO_REUSEPORT)")
     try:
         await _start_query(bench, workers)
-    except ServiceFailed as exc:
+    except harness.ServiceFailed as exc:
         refused = re.search(r"reuse_port[^\n]*", str(exc))
         why = refused.group(0) if refused else str(exc).splitlines()[0]
         bench.notes.append(f"scale-out skipped: {workers} workers could not share a port: {why}")
@@ -1252,7 +1020,7 @@ async def _run(bench: Bench) -> None:
     bench.seeded = await _seed(args.bench_dsn, time.time_ns())
     bench.seed_s = time.monotonic() - started
     bench.progress.begin("start echo server, query service, writer")
-    bench.echo_port = _free_port()
+    bench.echo_port = harness.free_port()
     echo = await procs.spawn("echo", [*_python(), "--echo-server", str(bench.echo_port)])
     bench.echo_pids = [echo.pid]
     single = await _start_query(bench, 1)
@@ -1265,7 +1033,7 @@ async def _run(bench: Bench) -> None:
     writer_started = time.monotonic()
     await asyncio.sleep(1.0)  # the writer's first commits land before the first measurement
     if writer.returncode is not None:
-        raise ServiceFailed(f"writer exited:\n{procs.log_tail('writer')}")
+        raise harness.ServiceFailed(f"writer exited:\n{procs.log_tail('writer')}")
     bench.results = await _rounds(bench, ("health", *_QUERY_RPCS))
     bench.cache_total = await _counters(bench.http_ports)
     if args.workers > 1:
@@ -1281,46 +1049,19 @@ async def _run(bench: Bench) -> None:
 
 
 async def _orchestrate(args: argparse.Namespace) -> str:
-    """Run everything; clean up (processes, database) whatever happens."""
-    log_dir = Path(tempfile.mkdtemp(prefix="its-bench-query-"))
-    bench = Bench(args, Processes(log_dir), Progress(_plan(args)))
-    ticker = asyncio.create_task(bench.progress.tick())
-    task = asyncio.current_task()
-    assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    name = f"its_bench_query_{uuid.uuid4().hex[:8]}"
-    args.bench_dsn = _admin_dsn_for(args.dsn, name)
-    args.redis_prefix = f"its:bench:{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(args.dsn)
-    started, keep_logs = time.monotonic(), bool(args.keep_logs)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
+    """Run everything; the session cleans up (processes, database) whatever happens."""
+    plan = [seconds for _, seconds in _plan(args)]
+    async with harness.open_session(args.dsn, "query", plan, keep_files=args.keep_logs) as run:
+        args.bench_dsn = run.dsn
+        args.redis_prefix = f"its:bench:{uuid.uuid4().hex[:8]}"
+        bench = Bench(args, run.procs, run.progress)
         await _run(bench)
-        bench.notes += _log_problems(bench.procs.log_dir)
-        return _report(bench, time.monotonic() - started)
-    except Exception:
-        keep_logs = True  # a failure: the processes' logs say why (interrupted: nothing to see)
-        raise
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip cleanup
-        ticker.cancel()
-        bench.progress.close()
-        await bench.procs.stop_all()
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-        if keep_logs:
-            print(f"logs of the benchmark's processes: {log_dir}", file=sys.stderr)
-        else:
-            shutil.rmtree(log_dir, ignore_errors=True)
+        bench.notes += _log_problems(run.tmp)
+        return _report(bench, time.monotonic() - run.started)
 
 
 def _arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument(
-        "--dsn",
-        default="postgresql://postgres@127.0.0.1:5432/postgres",
-        help="admin database; a fresh one is created next to it and dropped",
-    )
+    parser = harness.argument_parser(__doc__)
     parser.add_argument("--redis-url", default=_REDIS_URL)
     parser.add_argument("--quick", action="store_true", help="2 s per row, 0.5 s warm-up")
     parser.add_argument("--seconds", type=float, help="measured seconds per row (default 10)")
@@ -1337,8 +1078,6 @@ def _arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=1,
         help="also measure N query processes on one port (SO_REUSEPORT)",
     )
-    parser.add_argument("--markdown", type=Path, help="also write the report to this file")
-    parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs")
     internal = parser.add_mutually_exclusive_group()  # the benchmark's own subprocesses
     internal.add_argument("--echo-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     internal.add_argument("--writer", metavar="JSON", help=argparse.SUPPRESS)
@@ -1359,15 +1098,7 @@ def main() -> None:
         result = asyncio.run(_client(RunSpec(**json.loads(args.client))))
         print(json.dumps(dataclasses.asdict(result)))
     else:
-        try:
-            report = asyncio.run(_orchestrate(args))
-        except ServiceFailed as exc:
-            sys.exit(f"benchmark failed: {exc}")
-        except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, SIGTERM
-            sys.exit("interrupted; processes stopped, database dropped")
-        print(report)
-        if args.markdown:
-            args.markdown.write_text(report, encoding="utf-8")
+        harness.run_and_report(_orchestrate(args), args.markdown)
 
 
 if __name__ == "__main__":
