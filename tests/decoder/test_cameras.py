@@ -507,3 +507,38 @@ async def test_a_source_sealed_under_a_missing_key_parks_its_camera(
     finally:
         await channel.close()
         await host.stop()
+
+
+async def test_huge_masks_filters_and_orders_are_invalid_argument_not_exhausted(
+    decoder: Decoder,
+) -> None:
+    """Echoed request strings are cut: status details travel in trailing metadata, which a
+    client refuses past 16 KiB (RESOURCE_EXHAUSTED instead of the error it was)."""
+    await decoder.create("huge", "sim://road", enabled=False)
+    long = "x" * 100_000
+    calls = [
+        decoder.stub.UpdateCamera(
+            camera_service_pb2.UpdateCameraRequest(
+                camera=camera_pb2.Camera(name="cameras/huge"),
+                update_mask=field_mask_pb2.FieldMask(paths=[long]),
+            )
+        ),
+        decoder.stub.UpdateCamera(
+            camera_service_pb2.UpdateCameraRequest(
+                camera=camera_pb2.Camera(name="cameras/huge"),
+                update_mask=field_mask_pb2.FieldMask(paths=[f"p{i}" * 400 for i in range(1000)]),
+            )
+        ),
+        decoder.stub.ListCameras(camera_service_pb2.ListCamerasRequest(order_by=long)),
+        decoder.stub.ListCameras(camera_service_pb2.ListCamerasRequest(filter=f"{long} = 1")),
+        decoder.stub.ListCameras(
+            camera_service_pb2.ListCamerasRequest(filter=f"enabled = true {long}")
+        ),
+    ]
+    for call in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        status = rpc_status.from_call(caught.value)  # type: ignore[arg-type]
+        assert status is not None
+        assert status.ByteSize() < 4096

@@ -47,6 +47,7 @@ from its_camera_ai.common._errors import (
     UnauthenticatedError,
     UnavailableError,
     UnimplementedError,
+    quoted,
 )
 from its_camera_ai.common._interceptors import dependency_error
 from its_camera_ai.common._listing import (
@@ -159,5 +160,6 @@ __all__ = [
     "load_settings",
     "page_token_after",
     "parse_camera_name",
+    "quoted",
     "serve",
 ]

@@ -35,6 +35,7 @@ __all__ = [
     "UnauthenticatedError",
     "UnavailableError",
     "UnimplementedError",
+    "quoted",
     "reason_name",
 ]
 
@@ -48,6 +49,19 @@ DEFAULT_RETRY_DELAY_SECONDS = 1.0
 def reason_name(reason: int) -> str:
     """The wire form of an ``ErrorReason``: its enum name without the ``ERROR_REASON_`` prefix."""
     return errors_pb2.ErrorReason.Name(reason).removeprefix("ERROR_REASON_")  # type: ignore[arg-type]
+
+
+# Request strings quoted in error messages are cut to this many characters: status details
+# travel in trailing metadata, which clients refuse past 16 KiB, turning a 100 KB echo into
+# RESOURCE_EXHAUSTED instead of the error it was.
+_QUOTE_LIMIT = 64
+
+
+def quoted(value: str) -> str:
+    """``value`` for an error message: repr'd, cut to a bounded prefix when it is long."""
+    if len(value) <= _QUOTE_LIMIT:
+        return repr(value)
+    return f"{value[:_QUOTE_LIMIT]!r}... ({len(value)} characters)"
 
 
 @dataclass(frozen=True, slots=True)

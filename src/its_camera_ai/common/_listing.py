@@ -29,7 +29,7 @@ from enum import Enum
 from typing import Any
 
 from its.common.v1 import error_reason_pb2
-from its_camera_ai.common._errors import InvalidArgumentError
+from its_camera_ai.common._errors import InvalidArgumentError, quoted
 
 __all__ = ["FieldKind", "ListField", "ListQuery", "ListingSpec", "SortKey", "page_token_after"]
 
@@ -130,7 +130,7 @@ class _Parser:
         sql = self.conjunction()
         extra = self.peek()
         if extra is not None:
-            raise _filter_error(f"unexpected {extra[1]!r}")
+            raise _filter_error(f"unexpected {quoted(extra[1])}")
         return sql
 
     def conjunction(self) -> str:
@@ -173,10 +173,10 @@ class _Parser:
         spec = self.fields.get(name) if kind == "word" else None
         if spec is None:
             known = ", ".join(self.fields)
-            raise _filter_error(f"{name!r} is not a filterable field (use {known})")
+            raise _filter_error(f"{quoted(name)} is not a filterable field (use {known})")
         kind, operator = self.take()
         if kind != "op" or operator not in (*_COMPARISONS, ":"):
-            raise _filter_error(f"expected a comparison after {name!r}")
+            raise _filter_error(f"expected a comparison after {quoted(name)}")
         value_token = self.take()
         if operator == ":" and value_token == ("word", "*"):
             return self.presence(name, spec)
@@ -184,10 +184,10 @@ class _Parser:
         placeholder = f"${len(self.params)}"
         if operator == ":":
             if spec.kind is not FieldKind.TEXT:
-                raise _filter_error(f"':' (contains) applies to text fields, not {name!r}")
+                raise _filter_error(f"':' (contains) applies to text fields, not {quoted(name)}")
             return f"(strpos({spec.column}, {placeholder}) > 0)"
         if spec.kind is FieldKind.BOOL and operator not in ("=", "!="):
-            raise _filter_error(f"{name!r} takes = or !=")
+            raise _filter_error(f"{quoted(name)} takes = or !=")
         return f"({spec.column} {_COMPARISONS[operator]} {placeholder})"
 
     def presence(self, name: str, spec: ListField) -> str:
@@ -195,7 +195,8 @@ class _Parser:
         if not spec.nullable:
             unsettable = ", ".join(n for n, f in self.fields.items() if f.nullable) or "none"
             raise _filter_error(
-                f"{name!r} is always set: ':*' applies to fields that may be unset ({unsettable})"
+                f"{quoted(name)} is always set: ':*' applies to fields that may be unset"
+                f" ({unsettable})"
             )
         return f"({spec.column} IS NOT NULL)"
 
@@ -207,28 +208,28 @@ def _value(name: str, spec: ListField, token: tuple[str, str]) -> Any:
         try:
             text = json.loads(text)
         except ValueError:
-            raise _filter_error(f"bad escape in the value for {name!r}") from None
+            raise _filter_error(f"bad escape in the value for {quoted(name)}") from None
     elif kind != "word":
-        raise _filter_error(f"expected a value for {name!r}")
+        raise _filter_error(f"expected a value for {quoted(name)}")
     if spec.kind is FieldKind.BOOL:
         if text not in ("true", "false"):
-            raise _filter_error(f"{name!r} is true or false")
+            raise _filter_error(f"{quoted(name)} is true or false")
         return text == "true"
     if spec.kind is FieldKind.TIMESTAMP:
         try:
             moment = datetime.fromisoformat(text)
         except ValueError:
-            raise _filter_error(f"{name!r} takes an RFC 3339 timestamp") from None
+            raise _filter_error(f"{quoted(name)} takes an RFC 3339 timestamp") from None
         if moment.tzinfo is None:
-            raise _filter_error(f"{name!r}: the timestamp needs a time zone (e.g. Z)")
+            raise _filter_error(f"{quoted(name)}: the timestamp needs a time zone (e.g. Z)")
         return moment
     if spec.kind is FieldKind.INTEGER:
         if _INTEGER.fullmatch(text) is None or int(text) not in _INT64:
-            raise _filter_error(f"{name!r} takes a 64-bit integer")
+            raise _filter_error(f"{quoted(name)} takes a 64-bit integer")
         return int(text)
     if spec.kind is FieldKind.ENUM:
         if text not in spec.names:
-            raise _filter_error(f"{name!r} is one of {', '.join(spec.names)}")
+            raise _filter_error(f"{quoted(name)} is one of {', '.join(spec.names)}")
         return spec.names[text]
     return text
 
@@ -303,7 +304,7 @@ class ListingSpec:
     def __post_init__(self) -> None:
         for name, source in self.orders.items():
             if source.nullable and source.kind is not FieldKind.TIMESTAMP:
-                raise ValueError(f"order field {name!r}: only timestamps may be unset")
+                raise ValueError(f"order field {quoted(name)}: only timestamps may be unset")
 
     def compile(
         self,
@@ -344,13 +345,16 @@ class ListingSpec:
             if not words or len(words) > 2 or words[0] not in self.orders:
                 known = ", ".join(self.orders)
                 raise InvalidArgumentError.for_field(
-                    "order_by", f"{part!r}: order by {known}, each optionally followed by ' desc'"
+                    "order_by",
+                    f"{quoted(part)}: order by {known}, each optionally followed by ' desc'",
                 )
             if len(words) == 2 and words[1] not in ("asc", "desc"):
-                raise InvalidArgumentError.for_field("order_by", f"{part!r}: 'asc' or 'desc'")
+                raise InvalidArgumentError.for_field("order_by", f"{quoted(part)}: 'asc' or 'desc'")
             source = self.orders[words[0]]
             if any(k.column == source.column for k in keys):
-                raise InvalidArgumentError.for_field("order_by", f"{words[0]!r} is listed twice")
+                raise InvalidArgumentError.for_field(
+                    "order_by", f"{quoted(words[0])} is listed twice"
+                )
             keys.append(SortKey(source, descending=len(words) == 2 and words[1] == "desc"))
         for column in self.tie_breakers:
             if all(k.column != column for k in keys):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from its.camera.v1 import camera_pb2
 from its.common.v1 import error_reason_pb2
-from its_camera_ai.common import FieldViolation, InvalidArgumentError, is_resource_id
+from its_camera_ai.common import FieldViolation, InvalidArgumentError, is_resource_id, quoted
 from its_camera_ai.decoder._uri import SourceUri, UriError, parse_source_uri
 from its_camera_ai.scene import (
     ID_RULE,
@@ -64,6 +64,9 @@ def check_camera_id(camera_id: str, field: str) -> str:
     return camera_id
 
 
+_MAX_VIOLATIONS_SHOWN = 10
+
+
 def check_update_mask(paths: Sequence[str], field: str = "update_mask") -> frozenset[str]:
     """The fields an update replaces; "*" means every writable field."""
     if not paths:
@@ -76,15 +79,22 @@ def check_update_mask(paths: Sequence[str], field: str = "update_mask") -> froze
     for path in paths:
         head = path.split(".", 1)[0]
         if head in _OUTPUT_ONLY:
-            violations.append(FieldViolation(field, f"{path!r} cannot be changed"))
+            violations.append(FieldViolation(field, f"{quoted(path)} cannot be changed"))
         elif head not in WRITABLE_FIELDS:
-            violations.append(FieldViolation(field, f"{path!r} is not a field of Camera"))
+            violations.append(FieldViolation(field, f"{quoted(path)} is not a field of Camera"))
         elif path != head:
             violations.append(
-                FieldViolation(field, f"{path!r}: sub-paths are not supported, use {head!r}")
+                FieldViolation(
+                    field, f"{quoted(path)}: sub-paths are not supported, use {quoted(head)}"
+                )
             )
     if violations:
-        raise InvalidArgumentError(f"{field}: invalid paths", violations)
+        # A bounded answer however many paths were sent (trailing metadata is capped).
+        shown = violations[:_MAX_VIOLATIONS_SHOWN]
+        if len(violations) > len(shown):
+            more = len(violations) - len(shown)
+            shown.append(FieldViolation(field, f"and {more} more invalid paths"))
+        raise InvalidArgumentError(f"{field}: invalid paths", shown)
     return frozenset(paths)
 
 

@@ -31,6 +31,7 @@ from its_camera_ai.common import (
     PermissionDeniedError,
     UnavailableError,
     parse_camera_name,
+    quoted,
 )
 from its_camera_ai.inference._batching import (
     REQUEST_LANE,
@@ -81,19 +82,6 @@ def model_resource(
     )
 
 
-# How much of a request's string an error quotes. A status's message and details travel in
-# trailing metadata, which clients refuse past 16 KiB: a huge name echoed whole turned the
-# answer into RESOURCE_EXHAUSTED instead of the error it was.
-_QUOTE_LIMIT = 64
-
-
-def _quoted(value: str) -> str:
-    """``value`` for an error message: repr'd, cut to a bounded prefix when it is long."""
-    if len(value) <= _QUOTE_LIMIT:
-        return repr(value)
-    return f"{value[:_QUOTE_LIMIT]!r}... ({len(value)} characters)"
-
-
 def _duration(ns: int) -> duration_pb2.Duration:
     return duration_pb2.Duration(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000)
 
@@ -104,7 +92,7 @@ def _stale(reference: frame_pb2.FrameReference) -> FailedPreconditionError:
     ring_name = reference.ring_name.lstrip("/")
     return FailedPreconditionError(
         f"frame {reference.frame_sequence} is no longer in slot {reference.slot_index} of ring "
-        f"{_quoted(ring_name)}: the decoder overwrote it (read references promptly)",
+        f"{quoted(ring_name)}: the decoder overwrote it (read references promptly)",
         reason=error_reason_pb2.ERROR_REASON_STALE_FRAME_REFERENCE,
         metadata={
             "ring_name": ring_name,
@@ -144,7 +132,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
             raise InvalidArgumentError.for_field("name", 'is required ("models/{model}")')
         if request.name not in self._names:
             raise NotFoundError(
-                f"model {_quoted(request.name)} is not loaded here (this server runs "
+                f"model {quoted(request.name)} is not loaded here (this server runs "
                 f"{self._resource.name!r}, also known as 'models/default')"
             )
         return inference_service_pb2.GetModelResponse(model=self._resource)
@@ -182,7 +170,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         camera_id = parse_camera_name(request.camera, "camera")
         if not current_principal().may_see(camera_id):
             raise PermissionDeniedError(
-                f"camera {request.camera!r} is outside the cameras this caller may access"
+                f"camera {quoted(request.camera)} is outside the cameras this caller may access"
             )
         for field, ok in (
             ("frame.ring_name", bool(ref.ring_name)),
@@ -197,12 +185,12 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         ring = self._feeds.ring_of(camera_id)
         if ring is None:
             raise FailedPreconditionError(
-                f"camera {request.camera!r} has no ring on this server",
+                f"camera {quoted(request.camera)} has no ring on this server",
                 reason=error_reason_pb2.ERROR_REASON_FRAME_RING_NOT_FOUND,
             )
         if ref.ring_name.lstrip("/") != ring.lstrip("/"):
             raise FailedPreconditionError(
-                f"ring {_quoted(ref.ring_name)} is not the ring of {request.camera!r} on this"
+                f"ring {quoted(ref.ring_name)} is not the ring of {quoted(request.camera)} on this"
                 " server",
                 reason=error_reason_pb2.ERROR_REASON_FRAME_REFERENCE_FOREIGN,
             )
@@ -255,7 +243,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
                 "on-demand detection is switched off (feature flag featureFlags/on-demand-detect)"
             )
         if request.model and request.model not in self._names:
-            raise NotFoundError(f"model: {_quoted(request.model)} is not loaded on this server")
+            raise NotFoundError(f"model: {quoted(request.model)} is not loaded on this server")
         threshold = self._threshold(request)
         which = request.WhichOneof("input")
         if which is None:
