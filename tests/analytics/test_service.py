@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -252,3 +254,32 @@ async def test_stopping_ends_idle_producer_streams_without_waiting_the_drain(
     finally:
         connected.set()
         await channel.close()
+
+
+async def test_a_stream_cancelled_while_waiting_leaves_no_unretrieved_task(
+    analytics: Analytics,
+) -> None:
+    """A client gone while analytics waits for its next batch (a reset connection): the
+    pending read must not surface later as "Task exception was never retrieved"."""
+    loop = asyncio.get_running_loop()
+    unretrieved: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: unretrieved.append(context))
+    try:
+        for _ in range(3):
+            requests: asyncio.Queue[Any] = asyncio.Queue()
+
+            async def feed(queue: asyncio.Queue[Any] = requests) -> AsyncIterator[Any]:
+                while (request := await queue.get()) is not None:
+                    yield request
+
+            stub = analytics_service_pb2_grpc.AnalyticsServiceStub(analytics.channel)
+            call = stub.StreamDetectionBatches(feed())
+            await asyncio.sleep(0.2)  # the server waits for the first batch
+            call.cancel()
+            await asyncio.sleep(0.2)
+        gc.collect()
+        await asyncio.sleep(0.1)
+    finally:
+        loop.set_exception_handler(previous)
+    assert not [c for c in unretrieved if "never retrieved" in str(c.get("message"))]

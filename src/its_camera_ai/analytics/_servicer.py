@@ -71,6 +71,11 @@ def _check(batch: detection_batch_pb2.DetectionBatch) -> str:
     return camera_id
 
 
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class AnalyticsServicer(analytics_service_pb2_grpc.AnalyticsServiceServicer):
     def __init__(self, ingestor: Ingestor, owners: ProducerOwners) -> None:
         self._ingestor = ingestor
@@ -144,6 +149,7 @@ class AnalyticsServicer(analytics_service_pb2_grpc.AnalyticsServiceServicer):
         (then UNAVAILABLE, even while waiting for the next request)."""
         requests = aiter(request_iterator)
         closing = asyncio.ensure_future(self._closing.wait())
+        read: asyncio.Future[analytics_service_pb2.StreamDetectionBatchesRequest] | None = None
         try:
             while not self._closing.is_set():
                 read = asyncio.ensure_future(anext(requests))
@@ -162,3 +168,9 @@ class AnalyticsServicer(analytics_service_pb2_grpc.AnalyticsServiceServicer):
             )
         finally:
             closing.cancel()
+            if read is not None:
+                # Closed while waiting (the call cancelled, its connection reset): the read
+                # still pending ends on its own later; mark its outcome seen, else asyncio
+                # logs "Task exception was never retrieved" for its StopAsyncIteration.
+                read.cancel()
+                read.add_done_callback(_consume)
