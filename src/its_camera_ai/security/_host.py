@@ -10,6 +10,7 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 from prometheus_client import CollectorRegistry
@@ -43,15 +44,14 @@ __all__ = ["HostSecurity"]
 _log = logging.getLogger(__name__)
 
 
-def _secret(value: str | None, path_setting: str, path: object) -> str | None:
-    """A secret from the variable itself or from a mounted file (its first line)."""
+def _secret(value: str | None, path_setting: str, path: Path | None) -> str | None:
+    """A secret from the variable itself or from a mounted file (its whole text, stripped)."""
     if value is not None:
         return value
     if path is None:
         return None
     try:
-        with open(str(path), encoding="utf-8") as file:
-            text = file.read().strip()
+        text = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise ConfigError(f"{path_setting} {path}: cannot read: {exc.strerror}") from exc
     if not text:
