@@ -113,6 +113,9 @@ async def test_a_camera_handed_back_and_forth_loses_no_batch(
         chunks = [batches[i : i + 4] for i in range(0, len(batches), 4)]
         for turn, chunk in enumerate(chunks):
             acks += await stream((a, b)[turn % 2].channel, chunk)
+        counted = sum(
+            metric_value(h.host, "analytics_state_conflicts_total", path="live") for h in (a, b)
+        )
 
     assert [ack.acknowledged_sequence for ack in acks] == [b.sequence for b in batches]
     assert sum(ack.accepted_frames for ack in acks) == len(frames)
@@ -120,6 +123,7 @@ async def test_a_camera_handed_back_and_forth_loses_no_batch(
     assert await producer_mark(postgres_dsn, "inference-0/handover") == batches[-1].sequence
     # Every chunk after the first two found its instance's engine behind the store.
     assert _messages(caplog, _APPLIED_AGAIN) == len(chunks) - 2
+    assert counted == len(chunks) - 2
 
 
 async def _send(
@@ -219,6 +223,7 @@ async def test_spool_replayed_after_another_instance_advanced_the_camera_counts_
         await until(lambda: metric_value(a.host, "analytics_spool_entries") == 0, "replayed")
         drained_s = time.monotonic() - healed
         replayed = metric_value(a.host, "analytics_spool_replayed_total", result="applied")
+        rebased = metric_value(a.host, "analytics_state_conflicts_total", path="replay")
     print(f"\n{spooled} spooled batches computed by a stale engine, each applied again on the"
           f" stored state: spool drained {drained_s:.2f} s after PostgreSQL was back")  # fmt: skip
 
@@ -226,6 +231,7 @@ async def test_spool_replayed_after_another_instance_advanced_the_camera_counts_
     assert sum(ack.accepted_frames for ack in acks) == len(frames)
     assert replayed == spooled
     assert _messages(caplog, _REBASED) == spooled
+    assert rebased == spooled
     assert await stored(postgres_dsn) == reference(frames, synth.road_scene())
     assert await producer_mark(postgres_dsn, "inference-0/spool") == batches[-1].sequence
 

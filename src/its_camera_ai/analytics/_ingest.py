@@ -254,6 +254,7 @@ class Ingestor:
             except StaleStateError:
                 # Another instance advanced the camera past this engine, which is dropped:
                 # the batch again, on the stored state.
+                self._metrics.state_conflicts.labels("live").inc()
                 _log.info("camera state moved on elsewhere: applying the batch again",
                           extra={"camera": camera_id, "revision": camera.revision})  # fmt: skip
                 continue
@@ -374,6 +375,7 @@ class Ingestor:
                        extra={"camera": camera_id, "frames": len(batch.frames)})  # fmt: skip
             return BatchWrite(write.producer_id, write.sequence, camera_id, [], [], [], None,
                               None, write.arrival_ns, write.source)  # fmt: skip
+        self._metrics.state_conflicts.labels("replay").inc()
         engine = await self._engine(camera_id, scene, stored, write.arrival_ns)
         run = _run(engine, batch, scene, write.arrival_ns, stored.revision, write.source)
         # Frames behind that state's clock (duplicate, late, time backwards) were

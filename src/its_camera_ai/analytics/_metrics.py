@@ -82,6 +82,14 @@ class AnalyticsMetrics:
             "Camera engine states discarded by AnalyticsService.ResetCameraState.",
             registry=registry,
         )
+        self.state_conflicts = Counter(
+            "analytics_state_conflicts_total",
+            "Batches whose camera state another analytics instance had moved on: applied"
+            " again on the stored state, by path (live, replay). Steady growth means two"
+            " instances keep taking one camera's stream from each other.",
+            ["path"],
+            registry=registry,
+        )
         self.retention_deleted = Counter(
             "analytics_retention_deleted_rows_total",
             "Rows deleted by retention.",
