@@ -10,9 +10,8 @@ import http.server
 import select
 import socket
 import threading
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +25,12 @@ from grpc_status import rpc_status
 
 from its.camera.v1 import camera_pb2, camera_service_pb2, camera_service_pb2_grpc
 from its.camera.v1 import camera_status_pb2 as status_pb2
+from its_camera_ai.client import metadata_interceptors
 from its_camera_ai.common import DecoderSettings, EgressSettings, ServiceHost, Settings
 from its_camera_ai.decoder import EgressPolicy
 from its_camera_ai.decoder.server import decoder_unit
 from its_camera_ai.testing import TokenIssuer
-from tests.decoder.conftest import new_key
+from tests.decoder.conftest import Decoder, new_key
 
 pytestmark = pytest.mark.security
 
@@ -70,27 +70,15 @@ ALWAYS_REFUSED = {
 }
 
 
-@dataclass
-class Served:
-    host: ServiceHost
-    stub: camera_service_pb2_grpc.CameraServiceStub
-    metadata: tuple[tuple[str, str], ...]
-
-    async def create(self, camera_id: str, uri: str, **fields: object) -> camera_pb2.Camera:
-        camera = camera_pb2.Camera(source_uri=uri, **fields)  # type: ignore[arg-type]
-        reply = await self.stub.CreateCamera(
-            camera_service_pb2.CreateCameraRequest(camera=camera, camera_id=camera_id),
-            metadata=self.metadata,
-        )
-        return reply.camera
+class Served(Decoder):
+    """The decoder tests' client, on a channel that carries the credential."""
 
     async def update_source(self, camera_id: str, uri: str) -> camera_pb2.Camera:
         reply = await self.stub.UpdateCamera(
             camera_service_pb2.UpdateCameraRequest(
                 camera=camera_pb2.Camera(name=f"cameras/{camera_id}", source_uri=uri),
                 update_mask=field_mask_pb2.FieldMask(paths=["source_uri"]),
-            ),
-            metadata=self.metadata,
+            )
         )
         return reply.camera
 
@@ -100,27 +88,8 @@ class Served:
         return caught.value
 
     async def camera_count(self) -> int:
-        reply = await self.stub.ListCameras(
-            camera_service_pb2.ListCamerasRequest(), metadata=self.metadata
-        )
+        reply = await self.stub.ListCameras(camera_service_pb2.ListCamerasRequest())
         return len(reply.cameras)
-
-    async def wait_for(
-        self,
-        camera_id: str,
-        done: Callable[[status_pb2.CameraStatus], bool],
-        within: float = 15.0,
-    ) -> status_pb2.CameraStatus:
-        deadline = time.monotonic() + within
-        while True:
-            reply = await self.stub.GetCameraStatus(
-                camera_service_pb2.GetCameraStatusRequest(name=f"cameras/{camera_id}/status"),
-                metadata=self.metadata,
-            )
-            if done(reply.status):
-                return reply.status
-            assert time.monotonic() < deadline, f"status never got there: {reply.status}"
-            await asyncio.sleep(0.05)
 
 
 @asynccontextmanager
@@ -156,9 +125,12 @@ async def serve(
     metadata: tuple[tuple[str, str], ...] = ()
     if environment != "dev":
         metadata = (("authorization", f"Bearer {issuer.mint('egress-admin', 'admin')}"),)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{host.grpc_port}")
+    channel = grpc.aio.insecure_channel(
+        f"127.0.0.1:{host.grpc_port}", interceptors=metadata_interceptors(metadata)
+    )
     try:
-        yield Served(host, camera_service_pb2_grpc.CameraServiceStub(channel), metadata)
+        stub = camera_service_pb2_grpc.CameraServiceStub(channel)
+        yield Served(host, stub, decoder, dsn)
     finally:
         await channel.close()
         await host.stop()

@@ -15,10 +15,11 @@ pytestmark = pytest.mark.security
 
 
 async def _detect_code(
-    inference: inference_service_pb2_grpc.InferenceServiceStub, token: object
+    inference: inference_service_pb2_grpc.InferenceServiceStub,
+    token: tuple[tuple[str, str], ...],
 ) -> grpc.StatusCode:
     try:
-        await inference.Detect(inference_service_pb2.DetectRequest(), metadata=token)  # type: ignore[arg-type]
+        await inference.Detect(inference_service_pb2.DetectRequest(), metadata=token)
     except grpc.aio.AioRpcError as exc:
         return exc.code()
     return grpc.StatusCode.OK

@@ -111,9 +111,6 @@ class HostSecurity:
                     " this gRPC build ignores GRPC_SSL_CIPHER_SUITES"
                 )
 
-    def open_methods(self) -> frozenset[str]:
-        return OPEN_METHODS
-
     async def open(self, database: Database | None, redis: Redis | RedisCluster | None) -> None:
         """Start what needs the dependencies: the key set, the API keys, the feature flags,
         the audit writer."""
