@@ -102,6 +102,39 @@ def test_production_requires_a_database_dsn(monkeypatch: pytest.MonkeyPatch) -> 
     assert "db-primary" not in str(settings.model_dump())
 
 
+def test_connection_strings_from_mounted_secret_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "dsn").write_text("postgresql://its:s3cret@db-primary/its\n")
+    (tmp_path / "redis").write_text("rediss://:s3cret@cache:6380/0")
+    monkeypatch.setenv("ITS_DATABASE__DSN_FILE", str(tmp_path / "dsn"))
+    monkeypatch.setenv("ITS_REDIS__URL_FILE", str(tmp_path / "redis"))
+    settings = load_settings(environment="production", config_dir=REPO / "config")
+    assert settings.database.dsn is not None
+    assert settings.database.dsn.get_secret_value() == "postgresql://its:s3cret@db-primary/its"
+    assert settings.redis.url is not None
+    assert settings.redis.url.get_secret_value() == "rediss://:s3cret@cache:6380/0"
+    assert "s3cret" not in str(settings.model_dump())
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "problem"),
+    [
+        ("database:\n  dsn_file: {missing}\n", r"dsn_file '.*missing' cannot be read"),
+        ("database:\n  dsn_file: {empty}\n", r"dsn_file '.*empty' is empty"),
+        (
+            "redis:\n  url: redis://x\n  url_file: {empty}\n",
+            "url and url_file are exclusive",
+        ),
+    ],
+)
+def test_bad_secret_files_are_named(tmp_path: Path, yaml_text: str, problem: str) -> None:
+    (tmp_path / "empty").write_text("\n")
+    text = yaml_text.format(missing=tmp_path / "missing", empty=tmp_path / "empty")
+    with pytest.raises(ConfigError, match=problem):
+        load_settings(write(tmp_path, text))
+
+
 @pytest.mark.parametrize("environment", ["dev", "staging"])
 def test_shipped_configs_are_valid(environment: str) -> None:
     assert (

@@ -7,11 +7,15 @@ gRPC is imported (``test_tls.py`` proves it in a process of its own).
 
 from __future__ import annotations
 
+import asyncio
+import time
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from its.camera.v1 import camera_pb2, camera_service_pb2, camera_service_pb2_grpc
 from its.query.v1 import query_service_pb2, query_service_pb2_grpc
@@ -109,3 +113,26 @@ async def test_client_certificates_are_principals_and_units_call_each_other_over
     async with grpc.aio.insecure_channel(served.target) as channel:
         cameras = camera_service_pb2_grpc.CameraServiceStub(channel)
         assert await _code(cameras.ListCameras(listing, timeout=5)) is grpc.StatusCode.UNAVAILABLE
+
+
+async def test_certificate_expiry_is_exported_for_the_alert(
+    mtls: tuple[SecureHost, DevCertificates],
+) -> None:
+    served, _ = mtls
+    url = f"http://127.0.0.1:{served.host.http_port}/metrics"
+
+    def scrape() -> str:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text: str = response.read().decode()
+            return text
+
+    expiries = {
+        sample.labels["certificate"]: sample.value
+        for family in text_string_to_metric_families(await asyncio.to_thread(scrape))
+        if family.name == "tls_certificate_expiry_timestamp_seconds"
+        for sample in family.samples
+    }
+    assert set(expiries) == {"server", "client_ca", "peer_client", "peer_ca"}
+    # mint_dev_certificates issues for one year.
+    year_ahead = time.time() + 365 * 86400
+    assert all(abs(expires - year_ahead) < 2 * 86400 for expires in expiries.values())

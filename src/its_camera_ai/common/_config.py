@@ -94,22 +94,56 @@ class TracingSettings(_Section):
     sample_ratio: float = Field(1.0, ge=0.0, le=1.0)
 
 
+def _secret_from_file(data: Any, key: str) -> Any:
+    """``data`` with ``key`` read from the file ``{key}_file`` names (a mounted secret).
+
+    Read once at load: the services hold one connection string per run. The whole file,
+    less a trailing newline, so a DSN written by ``echo`` works.
+    """
+    if not isinstance(data, dict) or data.get(f"{key}_file") is None:
+        return data
+    if data.get(key) is not None:
+        raise ValueError(f"{key} and {key}_file are exclusive: set one")
+    path = Path(data[f"{key}_file"])
+    try:
+        value = path.read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{key}_file {str(path)!r} cannot be read ({exc})") from None
+    if not value:
+        raise ValueError(f"{key}_file {str(path)!r} is empty")
+    return {**data, key: value}
+
+
 class DatabaseSettings(_Section):
     # A libpq-style DSN; several hosts (``postgresql://a,b/db?target_session_attrs=read-write``)
     # for replicas. None: start the embedded PostgreSQL in ``embedded_data_dir``.
     dsn: SecretStr | None = None
+    # The DSN from a mounted secret file instead (Kubernetes secrets as files).
+    dsn_file: Path | None = None
     embedded_data_dir: Path = Path("var/postgres")
     pool_min_size: int = Field(1, ge=0)
     pool_max_size: int = Field(10, ge=1)
     connect_timeout_seconds: float = Field(5.0, gt=0)
     command_timeout_seconds: float = Field(10.0, gt=0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _dsn_from_file(cls, data: Any) -> Any:
+        return _secret_from_file(data, "dsn")
+
 
 class RedisSettings(_Section):
     # redis://[:password@]host:port/db, rediss:// for TLS. None: run without Redis.
     url: SecretStr | None = None
+    # The URL (it may hold a password) from a mounted secret file instead.
+    url_file: Path | None = None
     cluster: bool = False
     socket_timeout_seconds: float = Field(2.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _url_from_file(cls, data: Any) -> Any:
+        return _secret_from_file(data, "url")
 
 
 class DecoderSettings(_Section):

@@ -75,6 +75,11 @@ class ServerTlsSettings(_Section):
     # such a client is the principal "service:{identity}" without any token. Identities
     # not listed here authenticate the connection only; their calls still need a token.
     client_roles: dict[str, RoleName] = {}
+    # Identities of edge proxies (Envoy) that verify callers' JWTs themselves: from such a
+    # peer, and only from it, the verified claims in ``x-jwt-payload`` and the client
+    # address in ``x-forwarded-for`` are believed. Never also in client_roles: a request
+    # the edge forwards without a token must not inherit the edge's own role.
+    edge_proxies: tuple[str, ...] = ()
 
     @property
     def enabled(self) -> bool:
@@ -91,6 +96,15 @@ class ServerTlsSettings(_Section):
             raise ValueError("client_ca_file and require_client_cert go together (mTLS)")
         if self.client_roles and self.client_ca_file is None:
             raise ValueError("client_roles needs client_ca_file")
+        if self.edge_proxies and self.client_ca_file is None:
+            raise ValueError(
+                "edge_proxies needs client_ca_file: an edge is known by its certificate"
+            )
+        if both := sorted(set(self.edge_proxies) & set(self.client_roles)):
+            raise ValueError(
+                f"edge_proxies and client_roles share {both}: a request the edge forwards"
+                " without a token would run with the edge's role"
+            )
         return self
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
@@ -34,6 +34,7 @@ from its_camera_ai.security._principal import Role
 from its_camera_ai.security._ratelimit import RateLimiter
 from its_camera_ai.security._tls import (
     accepts_tls12,
+    certificate_expiries,
     channel_credentials,
     channel_options,
     server_credentials,
@@ -83,6 +84,15 @@ class HostSecurity:
             security.peer_api_key_file,
         )
         peer_tls = security.peer_tls
+        expiry = Gauge(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When the certificate this process serves or calls with expires (the earliest in"
+            " its file), by role: server, client_ca, peer_client, peer_ca",
+            ["certificate"],
+            registry=registry,
+        )
+        for role, expires in certificate_expiries(security.tls, peer_tls).items():
+            expiry.labels(role).set(expires)
         credentials = channel_credentials(peer_tls) if peer_tls.enabled else None
         options = tuple(channel_options(peer_tls)) if peer_tls.enabled else ()
         self._remote = PeerAccess(
@@ -132,6 +142,8 @@ class HostSecurity:
                 identity: Role.parse(role) for identity, role in security.tls.client_roles.items()
             },
             anonymous_role=None if anonymous is None else Role.parse(anonymous),
+            edge_proxies=security.tls.edge_proxies,
+            claims=security.jwt,
         )
         self.interceptor = SecurityInterceptor(
             authenticator,

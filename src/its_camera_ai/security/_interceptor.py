@@ -7,7 +7,10 @@ statuses), so each call runs as a verified ``Principal``:
    or the host's own in-memory key its units use to call each other in one process), or a
    client certificate whose identity ``security.tls.client_roles`` maps to a role, or
    nothing (the anonymous role, if any). A credential that is present but wrong is refused,
-   never downgraded to anonymous.
+   never downgraded to anonymous. Behind an edge proxy that verifies JWTs itself (Envoy's
+   ``jwt_authn``), the verified claims arrive in ``x-jwt-payload``; they, and the client
+   address in ``x-forwarded-for``, are believed only from a peer whose certificate
+   identity is listed in ``security.tls.edge_proxies``.
 2. The access table (``_access.py``) for the method; then the principal's rate limit.
 3. The call runs with the principal in a context variable (``current_principal``); calls
    of audited methods, and every refusal of steps 1-2, are written to the audit log.
@@ -15,10 +18,15 @@ statuses), so each call runs as a verified ``Principal``:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import inspect
+import ipaddress
+import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -31,15 +39,16 @@ from its_camera_ai.common._errors import (
     UnauthenticatedError,
 )
 from its_camera_ai.common._interceptors import rewrap
+from its_camera_ai.common._security_settings import JwtSettings
 from its_camera_ai.security._access import Access, access_for, is_allowed, service_of
 from its_camera_ai.security._api_keys import ApiKeyStore
 from its_camera_ai.security._audit import AuditEntry, AuditLog, AuditNote, Outcome, begin_note
-from its_camera_ai.security._jwt import JwtVerifier
+from its_camera_ai.security._jwt import JwtVerifier, claims_expiry, principal_of_claims
 from its_camera_ai.security._principal import ANONYMOUS_ACTOR, Principal, Role, bind_principal
 from its_camera_ai.security._ratelimit import RateLimiter
 from its_camera_ai.security._tls import peer_identity
 
-__all__ = ["INTERNAL_KEY_PREFIX", "Authenticator", "SecurityInterceptor"]
+__all__ = ["FORWARDED_CLAIMS_HEADER", "INTERNAL_KEY_PREFIX", "Authenticator", "SecurityInterceptor"]
 
 _log = logging.getLogger(__name__)
 
@@ -48,6 +57,10 @@ INTERNAL_KEY_PREFIX = "itsi_"
 _BEARER = re.compile(r"^Bearer +(\S+)$", re.IGNORECASE)
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 _REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+# Envoy's jwt_authn ``forward_payload_header``: the verified token's claims, base64url JSON.
+FORWARDED_CLAIMS_HEADER = "x-jwt-payload"
+_FORWARDED_FOR = "x-forwarded-for"
+_MAX_FORWARDED_CLAIMS_CHARS = 16 * 1024
 _Behaviour = Callable[..., Any]
 
 
@@ -68,12 +81,19 @@ class Authenticator:
         api_keys: ApiKeyStore | None = None,
         client_roles: Mapping[str, Role] | None = None,
         anonymous_role: Role | None = None,
+        edge_proxies: Sequence[str] = (),
+        claims: JwtSettings | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._internal_key = internal_key.encode()
         self._internal = Principal(internal_actor, Role.SERVICE)
         self._jwt = jwt
         self._api_keys = api_keys
         self._client_roles = dict(client_roles or {})
+        self._edge_proxies = frozenset(edge_proxies)
+        # How forwarded claims name the role and camera scope, as for tokens checked here.
+        self._claims = claims or JwtSettings()
+        self._clock = clock
         self._anonymous = (
             None if anonymous_role is None else Principal(ANONYMOUS_ACTOR, anonymous_role)
         )
@@ -83,8 +103,18 @@ class Authenticator:
     ) -> Principal:
         authorization = metadata.get("authorization")
         api_key = metadata.get("x-api-key")
-        if authorization is not None and api_key is not None:
-            raise UnauthenticatedError("send one credential: authorization or x-api-key")
+        forwarded = metadata.get(FORWARDED_CLAIMS_HEADER)
+        if (authorization, api_key, forwarded).count(None) < 2:
+            raise UnauthenticatedError(
+                f"send one credential: authorization, x-api-key or {FORWARDED_CLAIMS_HEADER}"
+            )
+        if forwarded is not None:
+            if not self.is_edge(context):
+                raise UnauthenticatedError(
+                    f"{FORWARDED_CLAIMS_HEADER} is believed only from an edge proxy"
+                    " (security.tls.edge_proxies)"
+                )
+            return self._forwarded(forwarded)
         if authorization is not None:
             return await self._bearer(authorization)
         if api_key is not None:
@@ -99,6 +129,28 @@ class Authenticator:
         raise UnauthenticatedError(
             "no credential: send 'authorization: Bearer <JWT>' or 'x-api-key: <key>'"
         )
+
+    def is_edge(self, context: grpc.aio.ServicerContext[Any, Any]) -> bool:
+        """Whether the caller is an edge proxy (its certificate names a listed identity)."""
+        return bool(self._edge_proxies) and peer_identity(context) in self._edge_proxies
+
+    def _forwarded(self, payload: str) -> Principal:
+        """The principal of claims an edge proxy verified (it checked signature and issuer)."""
+        if len(payload) > _MAX_FORWARDED_CLAIMS_CHARS:
+            raise UnauthenticatedError(f"{FORWARDED_CLAIMS_HEADER} is too long")
+        try:
+            # base64url, with or without padding (Envoy's pad_forward_payload_header).
+            raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+            claims = json.loads(raw)
+        except (binascii.Error, ValueError):
+            raise UnauthenticatedError(
+                f"{FORWARDED_CLAIMS_HEADER} is not base64url-encoded JSON"
+            ) from None
+        if not isinstance(claims, dict):
+            raise UnauthenticatedError(f"{FORWARDED_CLAIMS_HEADER} is not a JSON object")
+        # The edge checked the times too; checking again costs nothing and bounds replay.
+        claims_expiry(claims, self._claims, self._clock())
+        return principal_of_claims(claims, self._claims)
 
     async def _bearer(self, authorization: str) -> Principal:
         match = _BEARER.match(authorization)
@@ -118,10 +170,22 @@ class Authenticator:
         return await self._api_keys.verify(secret)
 
 
-def _client_address(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+def _client_address(
+    context: grpc.aio.ServicerContext[Any, Any], metadata: Mapping[str, str], *, from_edge: bool
+) -> str:
     # grpc's peer is "ipv4:1.2.3.4:5", "ipv6:[::1]:5" or "unix:/path".
     peer = context.peer() or ""
-    return peer.partition(":")[2] if peer.startswith(("ipv4:", "ipv6:")) else peer
+    address = peer.partition(":")[2] if peer.startswith(("ipv4:", "ipv6:")) else peer
+    if not from_edge or _FORWARDED_FOR not in metadata:
+        return address
+    # The edge appends the address it saw to whatever the client sent: only the last
+    # entry is the edge's word, the rest is the client's claim.
+    forwarded = metadata[_FORWARDED_FOR].rpartition(",")[2].strip()
+    try:
+        ipaddress.ip_address(forwarded)
+    except ValueError:
+        return address
+    return f"{forwarded} (via {address})"
 
 
 def _outcome(exc: BaseException | None, context: grpc.aio.ServicerContext[Any, Any]) -> Outcome:
@@ -186,7 +250,9 @@ class SecurityInterceptor(grpc.aio.ServerInterceptor):
                 action=method.lstrip("/"),
                 outcome=outcome,
                 resource=note.resource if note else "",
-                client_address=_client_address(context),
+                client_address=_client_address(
+                    context, metadata, from_edge=self._authenticator.is_edge(context)
+                ),
                 trace_id=trace.group(1) if trace else "",
                 details=details,
             )

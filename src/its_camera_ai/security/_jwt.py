@@ -40,7 +40,7 @@ from its_camera_ai.common._errors import UnauthenticatedError
 from its_camera_ai.common._security_settings import JwtSettings
 from its_camera_ai.security._principal import Principal, Role
 
-__all__ = ["JwtVerifier"]
+__all__ = ["JwtVerifier", "claims_expiry", "principal_of_claims"]
 
 _log = logging.getLogger(__name__)
 
@@ -183,6 +183,48 @@ def _number(claims: Mapping[str, Any], name: str) -> float:
     return float(value)
 
 
+def claims_expiry(claims: Mapping[str, Any], settings: JwtSettings, now: float) -> float:
+    """The token's ``exp``, once exp, nbf and iat hold at ``now`` (within the leeway)."""
+    leeway = settings.leeway_seconds
+    expires = _number(claims, "exp")
+    if expires <= now - leeway:
+        raise _expired()
+    if "nbf" in claims and _number(claims, "nbf") > now + leeway:
+        raise UnauthenticatedError("bearer token is not valid yet (nbf is in the future)")
+    if "iat" in claims and _number(claims, "iat") > now + leeway:
+        raise UnauthenticatedError("bearer token was issued in the future (iat)")
+    return expires
+
+
+def principal_of_claims(claims: Mapping[str, Any], settings: JwtSettings) -> Principal:
+    """Who verified ``claims`` name: ``sub``, the role claim and the optional camera scope."""
+    subject = claims.get("sub")
+    if not isinstance(subject, str) or not subject:
+        raise UnauthenticatedError("bearer token subject (sub) is empty or missing")
+    role_name = claims.get(settings.role_claim)
+    if not isinstance(role_name, str):
+        raise UnauthenticatedError(
+            f"bearer token has no {settings.role_claim!r} claim naming a role"
+        )
+    try:
+        role = Role.parse(role_name)
+    except ValueError:
+        known = ", ".join(r.name.lower() for r in Role)
+        raise UnauthenticatedError(
+            f"bearer token claim {settings.role_claim!r} names an unknown role "
+            f"{_shown(role_name, 32)} (known: {known})"
+        ) from None
+    cameras = claims.get(settings.cameras_claim)
+    if cameras is not None and (
+        not isinstance(cameras, list) or not all(isinstance(c, str) for c in cameras)
+    ):
+        raise UnauthenticatedError(
+            f"bearer token claim {settings.cameras_claim!r} must be a list of camera ids"
+        )
+    kind = "service" if role is Role.SERVICE else "user"
+    return Principal.scoped(f"{kind}:{subject}", role, cameras)
+
+
 class JwtVerifier:
     """Verifies bearer JWTs from the issuer ``settings`` names and returns who is calling.
 
@@ -242,8 +284,8 @@ class JwtVerifier:
             raise RuntimeError("JwtVerifier.verify() before start()")
         key = await self._signing_key(token)
         claims = self._decode(token, key)
-        expires = self._check_times(claims)
-        principal = self._principal(claims)
+        expires = claims_expiry(claims, self._settings, self._clock())
+        principal = principal_of_claims(claims, self._settings)
         if len(self._cache) >= _CACHE_ENTRIES:
             del self._cache[next(iter(self._cache))]
         self._cache[token] = (principal, expires)
@@ -288,7 +330,7 @@ class JwtVerifier:
                 algorithms=[key.algorithm],
                 audience=settings.audience,
                 issuer=settings.issuer,
-                # The times are checked against the injected clock (_check_times).
+                # The times are checked against the injected clock (claims_expiry).
                 options={
                     "require": ["exp", "iss", "aud", "sub"],
                     "verify_exp": False,
@@ -317,47 +359,6 @@ class JwtVerifier:
                 f"bearer token is invalid ({type(error).__name__})"
             ) from None
         return claims
-
-    def _check_times(self, claims: Mapping[str, Any]) -> float:
-        """The token's ``exp``, once exp, nbf and iat hold (within the leeway)."""
-        now = self._clock()
-        leeway = self._settings.leeway_seconds
-        expires = _number(claims, "exp")
-        if expires <= now - leeway:
-            raise _expired()
-        if "nbf" in claims and _number(claims, "nbf") > now + leeway:
-            raise UnauthenticatedError("bearer token is not valid yet (nbf is in the future)")
-        if "iat" in claims and _number(claims, "iat") > now + leeway:
-            raise UnauthenticatedError("bearer token was issued in the future (iat)")
-        return expires
-
-    def _principal(self, claims: Mapping[str, Any]) -> Principal:
-        settings = self._settings
-        subject = claims["sub"]
-        if not isinstance(subject, str) or not subject:
-            raise UnauthenticatedError("bearer token subject (sub) is empty")
-        role_name = claims.get(settings.role_claim)
-        if not isinstance(role_name, str):
-            raise UnauthenticatedError(
-                f"bearer token has no {settings.role_claim!r} claim naming a role"
-            )
-        try:
-            role = Role.parse(role_name)
-        except ValueError:
-            known = ", ".join(r.name.lower() for r in Role)
-            raise UnauthenticatedError(
-                f"bearer token claim {settings.role_claim!r} names an unknown role "
-                f"{_shown(role_name, 32)} (known: {known})"
-            ) from None
-        cameras = claims.get(settings.cameras_claim)
-        if cameras is not None and (
-            not isinstance(cameras, list) or not all(isinstance(c, str) for c in cameras)
-        ):
-            raise UnauthenticatedError(
-                f"bearer token claim {settings.cameras_claim!r} must be a list of camera ids"
-            )
-        kind = "service" if role is Role.SERVICE else "user"
-        return Principal.scoped(f"{kind}:{subject}", role, cameras)
 
     async def _fetch(self) -> dict[str, _Key]:
         settings = self._settings

@@ -196,6 +196,28 @@ def channel_options(tls: ClientTlsSettings) -> list[tuple[str, str]]:
     return [("grpc.ssl_target_name_override", tls.server_name)]
 
 
+def certificate_expiries(server: ServerTlsSettings, peer: ClientTlsSettings) -> dict[str, float]:
+    """When each configured certificate file's first certificate to expire does (seconds
+    since the epoch), by role: ``server``, ``client_ca``, ``peer_client``, ``peer_ca``.
+
+    Read with the files the process serves with: gRPC loads them once at start, so this
+    is what expires, even if a rotated file was mounted since (rotation needs a restart).
+    """
+    files = {
+        "server": (server.cert_file, "security.tls.cert_file"),
+        "client_ca": (server.client_ca_file, "security.tls.client_ca_file"),
+    }
+    if peer.enabled:
+        files["peer_client"] = (peer.cert_file, "security.peer_tls.cert_file")
+        files["peer_ca"] = (peer.ca_file, "security.peer_tls.ca_file")
+    expiries: dict[str, float] = {}
+    for role, (path, field) in files.items():
+        if path is not None:
+            _, certificates = _certificates(path, field)
+            expiries[role] = min(c.not_valid_after_utc.timestamp() for c in certificates)
+    return expiries
+
+
 def peer_identity(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
     """The caller's verified client certificate identity: its first URI or DNS subject
     alternative name, else its subject CN; None without a client certificate.
