@@ -3,8 +3,9 @@
     .venv/bin/python scripts/security_scan.py            # what CI runs
     .venv/bin/python scripts/security_scan.py --strict   # also fail when nothing could be audited
 
-bandit: any finding of high severity in ``src/`` fails (lower ones are printed by
-``bandit -r src`` for review). pip-audit: any known vulnerability in an installed
+bandit: any finding of high severity in ``src/`` or the client package
+(``clients/python/its_camera_ai_client``) fails (lower ones are printed by ``bandit -r src``
+for review). pip-audit: any known vulnerability in an installed
 distribution fails. pip-audit asks PyPI's JSON API for advisories; where that service is not
 reachable (a mirror that serves only the simple index, as on this project's build machines)
 it reports every package as "not found on PyPI": the scan then says the packages were not
@@ -25,7 +26,17 @@ BIN = Path(sys.executable).parent
 
 def _bandit() -> bool:
     result = subprocess.run(
-        [str(BIN / "bandit"), "-q", "-r", "src", "--severity-level", "high", "-f", "json"],
+        [
+            str(BIN / "bandit"),
+            "-q",
+            "-r",
+            "src",
+            "clients/python/its_camera_ai_client",
+            "--severity-level",
+            "high",
+            "-f",
+            "json",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -506,5 +506,5 @@ def test_stubs_import_without_the_repo_on_sys_path(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, (
-        f"{result.stderr}\nrun `.venv/bin/pip install -e . --no-deps` after generating"
+        f"{result.stderr}\nrun `.venv/bin/pip install --no-deps -e clients/python` after generating"
     )

@@ -1,13 +1,12 @@
-"""Thin typed client helpers for the ITS Camera AI gRPC APIs.
+"""The CLI's client helpers, on the client distribution (``its_camera_ai_client``).
 
-The generated stubs live in the ``its`` package (``its.camera.v1.camera_service_pb2_grpc``
-and so on); this module gives them a channel with the project's service config: a default
-deadline on unary RPCs, none on long-lived streams, and transparent retries on
-``UNAVAILABLE`` (the one code that means "nothing happened, try again"), and of reads on
-``CANCELLED`` too (what a draining gRPC server answers calls it never started).
+That distribution owns the channel: the service config (a deadline on unary calls, retries
+of reads and idempotent writes on ``UNAVAILABLE``, of reads on ``CANCELLED`` too), keepalive,
+message sizes, the credential sent with every call, TLS and typed errors; ``SERVICES``,
+``aio_channel``, ``metadata_interceptors`` and ``service_config`` are its, re-exported.
 
 ``add_connection_arguments``/``channel_from_arguments`` give a command line ``--target``, a
-credential (a JWT or an API key, sent with every call) and TLS.
+credential (a JWT or an API key) and TLS.
 
 ``reports_main`` is ``its-camera-ai counts|summary|events``: QueryService answers as tables.
 """

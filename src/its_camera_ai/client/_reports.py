@@ -239,6 +239,9 @@ def reports_main(command: str, argv: Sequence[str]) -> int:
     args = _parser(command).parse_args(list(argv))
     try:
         print(asyncio.run(_report(command, args)))
+    except ValueError as exc:  # options that cannot make a connection
+        print(f"its-camera-ai {command}: {exc}", file=sys.stderr)
+        return 2
     except grpc.aio.AioRpcError as exc:
         print(f"its-camera-ai {command}: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1

@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from its_camera_ai.client._channel import metadata_interceptors
+from its_camera_ai_client import metadata_interceptors
 
 __all__ = ["PLAINTEXT", "PeerAccess"]
 
