@@ -161,13 +161,16 @@ async def test_unknown_camera_and_bad_detections_reject_or_repair_frames(
     assert rejected == 16
 
 
-async def test_engine_tunables_from_yaml_reach_the_engine(
+async def test_engine_tunables_from_yaml_reach_the_engine_and_its_gauges(
     postgres_dsn: str, decoder: str, tmp_path: Path
 ) -> None:
     config = tmp_path / "analytics.yaml"
     config.write_text(
         f"analytics:\n  spool_dir: {tmp_path / 'spool'}\n  decoder_target: {decoder}\n"
+        "  spool_max_bytes: 5000000\n"
         "  engine:\n    max_detections: 3\n"
+        "    drift_baseline_detections: 1\n    drift_window_detections: 1\n"
+        "    drift_chunk_detections: 1\n"
     )
     settings = load_settings(config, config_dir=tmp_path)
     host = ServiceHost(host_settings(postgres_dsn), [analytics_unit(settings.analytics)])
@@ -187,6 +190,17 @@ async def test_engine_tunables_from_yaml_reach_the_engine(
             "analytics_detection_issues_total", {"issue": "over_limit"}
         )
         assert over_limit == 2  # 5 detections, the configured cap of 3
+        # What the spool and drift alerts read: the capacity, and each camera's KL once
+        # its (here one-detection) window is full.
+        metrics = host.runtime.metrics
+        assert metrics.get_sample_value("analytics_spool_max_bytes") == 5_000_000
+        await stream(channel, to_batches(traffic(2.0), "p-drift")[:2])
+        for distribution in ("class", "score"):
+            kl = metrics.get_sample_value(
+                "analytics_drift_kl", {"camera": synth.CAMERA, "distribution": distribution}
+            )
+            assert kl is not None
+            assert kl >= 0
     finally:
         await channel.close()
         await host.stop()

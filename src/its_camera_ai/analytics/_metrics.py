@@ -8,10 +8,29 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from its_camera_ai.analytics._records import CameraStats
+
 __all__ = ["AnalyticsMetrics"]
 
 # One batch's transaction (or spool fsync); the to-analytics budget is 5 ms p99.
 _WRITE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
+
+
+def _spool_gauges(registry: CollectorRegistry) -> tuple[Gauge, Gauge, Gauge]:
+    """The spool's size, entries and capacity: the spool alerts divide the first by the last."""
+    return (
+        Gauge("analytics_spool_bytes", "Size of the local spool file.", registry=registry),
+        Gauge(
+            "analytics_spool_entries",
+            "Batches in the local spool waiting for PostgreSQL.",
+            registry=registry,
+        ),
+        Gauge(
+            "analytics_spool_max_bytes",
+            "The spool's capacity (analytics.spool_max_bytes): past it, batches are refused.",
+            registry=registry,
+        ),
+    )
 
 
 class AnalyticsMetrics:
@@ -56,12 +75,12 @@ class AnalyticsMetrics:
             ["outcome"],
             registry=registry,
         )
-        self.spool_bytes = Gauge(
-            "analytics_spool_bytes", "Size of the local spool file.", registry=registry
-        )
-        self.spool_entries = Gauge(
-            "analytics_spool_entries",
-            "Batches in the local spool waiting for PostgreSQL.",
+        self.spool_bytes, self.spool_entries, self.spool_max_bytes = _spool_gauges(registry)
+        self.drift_kl = Gauge(
+            "analytics_drift_kl",
+            "KL divergence of the detector's recent output from its baseline, by camera and"
+            " distribution (class mix, score); absent until the drift window first fills.",
+            ["camera", "distribution"],
             registry=registry,
         )
         self.replayed = Counter(
@@ -95,6 +114,13 @@ class AnalyticsMetrics:
             "Rows deleted by retention.",
             registry=registry,
         )
+
+    def camera_changed(self, stats: CameraStats) -> None:
+        """The per-camera gauges, from the statistics a batch left its engine with."""
+        self.tracks_active.labels(stats.camera).set(stats.active_tracks)
+        for distribution, kl in (("class", stats.drift_kl_class), ("score", stats.drift_kl_score)):
+            if kl is not None:
+                self.drift_kl.labels(stats.camera, distribution).set(kl)
 
     def spool_changed(self, entries: int, size: int) -> None:
         self.spool_entries.set(entries)

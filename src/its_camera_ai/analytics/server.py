@@ -59,6 +59,7 @@ def analytics_unit(settings: AnalyticsServiceSettings | None = None) -> ServiceU
         )
         assert runtime.database is not None  # needs_database=True
         metrics = AnalyticsMetrics(runtime.metrics)
+        metrics.spool_max_bytes.set(config.spool_max_bytes)
         breaker = functools.partial(CircuitBreaker, registry=runtime.metrics,
                                     failure_threshold=config.breaker_failure_threshold,
                                     reset_timeout_seconds=config.breaker_reset_seconds)  # fmt: skip
@@ -97,6 +98,7 @@ def analytics_unit(settings: AnalyticsServiceSettings | None = None) -> ServiceU
             fanout=fanout,
             metrics=metrics,
             engine_settings=config.engine,
+            traced=bool(runtime.settings.tracing.otlp_endpoint),
         )
         tasks = [asyncio.create_task(writer.run_replay(config.replay_interval_seconds))]
         if config.retention_days is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry, Gauge
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
@@ -121,6 +122,11 @@ class ServiceUnit:
     migrations: tuple[MigrationSet, ...] = ()
 
 
+def _thread_count() -> int:
+    # Every OS thread, not only Python's: a leak of native threads shows here too.
+    return len(os.listdir("/proc/self/task"))
+
+
 class ServiceHost:
     def __init__(self, settings: Settings, units: Sequence[ServiceUnit]) -> None:
         if not units:
@@ -133,6 +139,11 @@ class ServiceHost:
             metrics=CollectorRegistry(),
             units=tuple(unit.name for unit in self.units),
         )
+        Gauge(
+            "process_threads",
+            "OS threads of this process (gRPC's, torch's and decoder workers included).",
+            registry=self.runtime.metrics,
+        ).set_function(_thread_count)
         # Imported here: the security package is built on this one (errors, settings).
         from its_camera_ai.security._host import HostSecurity  # noqa: PLC0415
 

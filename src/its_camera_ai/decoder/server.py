@@ -25,6 +25,7 @@ from its_camera_ai.decoder._servicer import CameraServicer
 from its_camera_ai.decoder._status import StatusBoard
 from its_camera_ai.decoder._store import CameraStore
 from its_camera_ai.decoder._supervisor import Supervisor
+from its_camera_ai.shm import enable_metrics
 
 __all__ = ["UNIT", "decoder_unit"]
 
@@ -51,6 +52,8 @@ def decoder_unit(
         resealed = await store.reseal(keys)
         if resealed:
             _log.info("re-sealed camera sources under the primary key", extra={"count": resealed})
+        # The rings this process writes: shm_* at scrape time.
+        enable_metrics(runtime.metrics)
         board = StatusBoard(asyncio.get_running_loop())
         supervisor = Supervisor(
             decoder_settings, board, DecoderMetrics(runtime.metrics, board), egress=policy

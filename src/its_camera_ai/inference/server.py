@@ -49,6 +49,7 @@ from its_camera_ai.inference.models import (
     build_engine,
     load_detector,
 )
+from its_camera_ai.shm import enable_metrics
 
 __all__ = ["UNIT", "inference_unit", "load_model"]
 
@@ -83,6 +84,8 @@ class _Pipeline:
         self._config = config
         self._runtime = runtime
         self._resource = resource
+        # The rings this process reads: shm_* at scrape time (idempotent per registry).
+        enable_metrics(runtime.metrics)
         metrics = InferenceMetrics(runtime.metrics)
         self._producer_metrics = ProducerMetrics(runtime.metrics)
         self._producers: list[DetectionProducer] = []
