@@ -9,12 +9,16 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncpg
 import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+
+if TYPE_CHECKING:  # the security tests' harness imports this module
+    from tests.security.conftest import SecureHost
 
 # The machine's PostgreSQL and Redis (.ci/run starts them). Overridable for other setups.
 POSTGRES_ADMIN_DSN = os.environ.get(
@@ -78,3 +82,16 @@ def embedded_data_dir() -> Iterator[Path]:
         yield parent / "postgres"
     finally:
         shutil.rmtree(parent, ignore_errors=True)
+
+
+@pytest.fixture
+async def secured_host(postgres_dsn: str, tmp_path: Path) -> AsyncIterator[SecureHost]:
+    """Every unit but inference on one loopback port, outside dev: JWTs from a test issuer,
+    no anonymous callers (``tests/security/conftest.py``). For clients of the API."""
+    from tests.security.conftest import start_secure_host
+
+    served = await start_secure_host(postgres_dsn, tmp_path, with_inference=False)
+    try:
+        yield served
+    finally:
+        await served.host.stop()

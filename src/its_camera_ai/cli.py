@@ -11,7 +11,7 @@ import asyncio
 import importlib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from its_camera_ai.common import ConfigError, ItsError, ServiceUnit, load_settings, serve
@@ -29,13 +29,47 @@ SERVICES = {
     "query": "its_camera_ai.query.server",
 }
 
-# Subcommands that hand the rest of the command line to a package's own parser.
+# Subcommands that hand the rest of the command line to a package's own parser:
+# name -> (help, "module:function"). Imported only when run: each pulls in its own stack
+# (torch for shm, the renderer for sim, rich for the view).
 TOOLS = {
-    "shm": "list or clean shared-memory frame rings",
-    "sim": "traffic simulator: write a video with its truth, a detector dataset, a snapshot",
-    "counts": "traffic volume of one camera as a time series (table)",
-    "summary": "volume, speeds, occupancy, density, level of service per camera and lane",
-    "events": "incidents (stopped vehicles, wrong-way drivers, ...), newest first",
+    "up": (
+        "the whole system here: a process per service, a dev token, a sample camera",
+        "its_camera_ai.up:main",
+    ),
+    "shm": ("list or clean shared-memory frame rings", "its_camera_ai.shm:main"),
+    "sim": (
+        "traffic simulator: write a video with its truth, a detector dataset, a snapshot",
+        "its_camera_ai.sim:main",
+    ),
+    "counts": (
+        "traffic volume of one camera as a time series (table)",
+        "its_camera_ai.client:counts_main",
+    ),
+    "summary": (
+        "volume, speeds, occupancy, density, level of service per camera and lane",
+        "its_camera_ai.client:summary_main",
+    ),
+    "events": (
+        "incidents (stopped vehicles, wrong-way drivers, ...), newest first",
+        "its_camera_ai.client:events_main",
+    ),
+    "snapshot": (
+        "a camera's latest frame with tracks, lines and zones drawn on it (JPEG)",
+        "its_camera_ai.snapshot:snapshot_main",
+    ),
+    "view": (
+        "live terminal view: cameras, counts per line, incidents, latency per stage",
+        "its_camera_ai.view:view_main",
+    ),
+    "cameras": (
+        "add, list, show or remove cameras (source, lines, zones, lanes, calibration)",
+        "its_camera_ai.client:cameras_main",
+    ),
+    "loadtest": (
+        "load the query and camera APIs or the frame pipeline; replay ghz configs",
+        "its_camera_ai.loadtest:loadtest_main",
+    ),
 }
 
 
@@ -46,18 +80,9 @@ def service_units(name: str) -> list[ServiceUnit]:
 
 
 def _run_tool(name: str, argv: list[str]) -> int:
-    # Imported here: each pulls in its own stack (torch for shm, the renderer for sim).
-    if name == "shm":
-        from its_camera_ai.shm import main as shm_main  # noqa: PLC0415
-
-        return shm_main(argv)
-    if name in ("counts", "summary", "events"):
-        from its_camera_ai.client import reports_main  # noqa: PLC0415
-
-        return reports_main(name, argv)
-    from its_camera_ai.sim import main as sim_main  # noqa: PLC0415
-
-    return sim_main(argv)
+    module, function = TOOLS[name][1].split(":")
+    tool_main: Callable[[list[str]], int] = getattr(importlib.import_module(module), function)
+    return tool_main(argv)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -88,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     certs_cmd.add_argument("--overwrite", action="store_true", help="replace existing files")
 
     # Listed for --help; main() hands their arguments to the package's own parser.
-    for name, help_text in TOOLS.items():
+    for name, (help_text, _) in TOOLS.items():
         commands.add_parser(name, help=help_text, add_help=False)
     return parser
 

@@ -4,36 +4,26 @@ secured host (the CLI runs its own event loop, so in a thread beside the server'
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from its_camera_ai.client import reports_main
-from tests.security.conftest import SecureHost, start_secure_host
+from tests.security.conftest import SecureHost
 
 pytestmark = pytest.mark.security
 
 
-@pytest.fixture
-async def served(postgres_dsn: str, tmp_path: Path) -> AsyncIterator[SecureHost]:
-    served = await start_secure_host(postgres_dsn, tmp_path, with_inference=False)
-    try:
-        yield served
-    finally:
-        await served.host.stop()
-
-
 async def test_reports_use_the_credential_and_name_bad_options(
-    served: SecureHost, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    secured_host: SecureHost, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     async def report(command: str, *options: str) -> tuple[int, str, str]:
-        argv = ["--target", served.target, *options]
+        argv = ["--target", secured_host.target, *options]
         code = await asyncio.to_thread(reports_main, command, argv)
         out, err = capsys.readouterr()
         return code, out, err
 
-    code, out, _ = await report("summary", "--token", served.token("viewer"))
+    code, out, _ = await report("summary", "--token", secured_host.token("viewer"))
     assert code == 0
     assert out.startswith("camera / lane")
 

@@ -144,6 +144,16 @@ class BinStore:
 
     # -- output ----------------------------------------------------------------------------
 
+    def volumes(
+        self, scope: Scope, bin_seconds: int, bin_start_ns: int
+    ) -> dict[tuple[str, int], int]:
+        """Vehicles counted so far in one open bin, per (scope id, direction), all classes."""
+        out: dict[tuple[str, int], int] = {}
+        for key, acc in self._acc.items():
+            if key[0] == scope.value and key[4] == bin_seconds and key[5] == bin_start_ns:
+                out[key[1], key[3]] = out.get((key[1], key[3]), 0) + int(acc.v[_VOL])
+        return out
+
     def _record(self, key: _Key, acc: _Acc, final: bool) -> BinRecord:
         scope, sid, cls, direction, secs, start = key
         vals: dict[str, Any] = {}

@@ -233,6 +233,12 @@ class Ingestor:
         self._tracer = FrameTracer("its_camera_ai.analytics", enabled=traced)
         writer.set_rebase(self._rebase)
 
+    def engine(self, camera_id: str) -> CameraAnalytics | None:
+        """This instance's engine of the camera (None before its first batch here); to read
+        between batches only, on the event loop."""
+        camera = self._engines.get(camera_id)
+        return None if camera is None else camera.engine
+
     def open_stream(self, producer: str) -> None:
         self._streams[producer] += 1
 

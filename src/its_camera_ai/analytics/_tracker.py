@@ -115,6 +115,13 @@ class ByteTracker:
         known = np.isfinite(velocity[:, 0]) & (self.ground_fix[rows, _T] == self.time)
         self.ground_fix[rows[known], _V] = velocity[known]
 
+    def last_output(self) -> tuple[I64, F64, I64]:
+        """(ids, boxes x1 y1 x2 y2, classes) of the confirmed tracks the last update output,
+        as of that frame: what a picture of it shows (empty after a restore)."""
+        rows = self._out_rows
+        classes = self.votes[rows].argmax(axis=1).astype(np.int64)
+        return self.ids[rows].copy(), xywh_to_boxes(self.f.x[rows]), classes
+
     # -- the per-frame update ----------------------------------------------------------------
 
     def update(

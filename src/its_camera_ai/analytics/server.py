@@ -29,6 +29,7 @@ from its_camera_ai.analytics._ingest import Ingestor
 from its_camera_ai.analytics._metrics import AnalyticsMetrics
 from its_camera_ai.analytics._owners import ProducerOwners
 from its_camera_ai.analytics._servicer import AnalyticsServicer
+from its_camera_ai.analytics._snapshot import serve_snapshots
 from its_camera_ai.analytics._spool import Spool
 from its_camera_ai.analytics._store import Store
 from its_camera_ai.common import (
@@ -75,7 +76,6 @@ def analytics_unit(settings: AnalyticsServiceSettings | None = None) -> ServiceU
         if await asyncio.to_thread(writer.recover):
             with contextlib.suppress(*POSTGRES_DOWN):
                 await writer.replay()
-
         fanout = None
         if runtime.redis is not None:
             fanout = Fanout(
@@ -100,6 +100,7 @@ def analytics_unit(settings: AnalyticsServiceSettings | None = None) -> ServiceU
             engine_settings=config.engine,
             traced=bool(runtime.settings.tracing.otlp_endpoint),
         )
+        serve_snapshots(runtime, cameras, ingestor)
         tasks = [asyncio.create_task(writer.run_replay(config.replay_interval_seconds))]
         if config.retention_days is not None:
             tasks.append(asyncio.create_task(_retention(store, postgres, metrics, config)))

@@ -9,10 +9,12 @@ message sizes, the credential sent with every call, TLS and typed errors; ``SERV
 credential (a JWT or an API key) and TLS.
 
 ``reports_main`` is ``its-camera-ai counts|summary|events``: QueryService answers as tables.
+``cameras_main`` is ``its-camera-ai cameras add|list|show|rm`` (scene files: ``load_scene``).
 """
 
 from __future__ import annotations
 
+from its_camera_ai.client._cameras import SCENE_FIELDS, cameras_main, load_scene
 from its_camera_ai.client._channel import (
     SERVICES,
     add_connection_arguments,
@@ -21,15 +23,27 @@ from its_camera_ai.client._channel import (
     metadata_interceptors,
     service_config,
 )
-from its_camera_ai.client._reports import REPORTS, reports_main
+from its_camera_ai.client._reports import (
+    REPORTS,
+    counts_main,
+    events_main,
+    reports_main,
+    summary_main,
+)
 
 __all__ = [
     "REPORTS",
+    "SCENE_FIELDS",
     "SERVICES",
     "add_connection_arguments",
     "aio_channel",
+    "cameras_main",
     "channel_from_arguments",
+    "counts_main",
+    "events_main",
+    "load_scene",
     "metadata_interceptors",
     "reports_main",
     "service_config",
+    "summary_main",
 ]

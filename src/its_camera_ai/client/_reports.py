@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import re
 import sys
@@ -27,7 +28,7 @@ from its.common.v1 import detection_pb2, geometry_pb2, time_range_pb2
 from its.query.v1 import event_pb2, query_service_pb2, query_service_pb2_grpc, traffic_pb2
 from its_camera_ai.client._channel import add_connection_arguments, channel_from_arguments
 
-__all__ = ["REPORTS", "reports_main"]
+__all__ = ["REPORTS", "counts_main", "events_main", "reports_main", "summary_main"]
 
 REPORTS = ("counts", "summary", "events")
 if TYPE_CHECKING:  # the async stub exists in the type stubs only
@@ -246,3 +247,9 @@ def reports_main(command: str, argv: Sequence[str]) -> int:
         print(f"its-camera-ai {command}: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
     return 0
+
+
+# The commands themselves, as the CLI's tool table names them.
+counts_main = functools.partial(reports_main, "counts")
+summary_main = functools.partial(reports_main, "summary")
+events_main = functools.partial(reports_main, "events")

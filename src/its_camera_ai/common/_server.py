@@ -27,7 +27,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from its_camera_ai.common._config import ConfigError, Settings
-from its_camera_ai.common._http import HttpSidePort
+from its_camera_ai.common._http import HttpRoutes, HttpSidePort
 from its_camera_ai.common._interceptors import ErrorMappingInterceptor, RpcMetricsInterceptor
 from its_camera_ai.common._logging import configure_logging
 from its_camera_ai.common._migrations import MigrationSet, apply_migrations
@@ -38,6 +38,7 @@ from its_camera_ai.common._tracing import configure_tracing
 if TYPE_CHECKING:  # the security package is built on this one: no import at run time
     from its_camera_ai.security._api_keys import ApiKeyStore
     from its_camera_ai.security._flags import FeatureFlags
+    from its_camera_ai.security._interceptor import Authenticator
 
 __all__ = ["Runtime", "ServiceHost", "ServiceUnit", "serve"]
 
@@ -72,6 +73,10 @@ class Runtime:
     # AdminService), and the API keys the host verifies; both set by the host on start.
     flags: FeatureFlags | None = None
     api_keys: ApiKeyStore | None = None
+    # What units add to the HTTP side port, and how they authenticate its callers as the
+    # gRPC port does (the authenticator is set by the host on start).
+    http_routes: HttpRoutes = field(default_factory=HttpRoutes)
+    authenticator: Authenticator | None = None
 
     def peer_channel(self, target: str) -> grpc.aio.Channel:
         """A channel to a peer service, carrying this process's credentials for it."""
@@ -228,6 +233,7 @@ class ServiceHost:
         assert self.security.interceptor is not None
         self.runtime.flags = self.security.flags
         self.runtime.api_keys = self.security.api_keys
+        self.runtime.authenticator = self.security.authenticator
 
         interceptors: list[grpc.aio.ServerInterceptor] = [
             RpcMetricsInterceptor(self.runtime.metrics),
@@ -280,6 +286,7 @@ class ServiceHost:
                 [self.runtime.metrics, REGISTRY],
                 self.health_report,
                 metrics_token=self.security.metrics_token,
+                routes=self.runtime.http_routes,
             )
             self.http_port = await self._http.start(
                 self.settings.http.host, self.settings.http.port

@@ -294,11 +294,23 @@ class Database:
     """An asyncpg pool, plus the embedded server it runs on when no DSN was given."""
 
     def __init__(
-        self, pool: asyncpg.Pool, *, supervisor: _EmbeddedSupervisor | None = None, dsn_kind: str
+        self,
+        pool: asyncpg.Pool,
+        *,
+        supervisor: _EmbeddedSupervisor | None = None,
+        dsn_kind: str,
+        embedded_dsn: str | None = None,
     ) -> None:
         self.pool = pool
         self._supervisor = supervisor
         self.dsn_kind = dsn_kind
+        self._embedded_dsn = embedded_dsn
+
+    @property
+    def embedded_dsn(self) -> str | None:
+        """The embedded server's DSN (a Unix socket, no password), None with a configured
+        DSN: how ``its-camera-ai up`` hands the one server it supervises to its services."""
+        return self._embedded_dsn
 
     @property
     def is_embedded(self) -> bool:
@@ -354,7 +366,12 @@ class Database:
                 await supervisor.stop()
             # The DSN may carry a password: never echo it.
             raise UnavailableError(f"cannot connect to PostgreSQL: {type(exc).__name__}") from exc
-        return cls(pool, supervisor=supervisor, dsn_kind="embedded" if supervisor else "dsn")
+        return cls(
+            pool,
+            supervisor=supervisor,
+            dsn_kind="embedded" if supervisor else "dsn",
+            embedded_dsn=dsn if supervisor else None,
+        )
 
     async def ping(self) -> bool:
         try:

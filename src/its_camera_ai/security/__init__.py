@@ -1,5 +1,6 @@
 """Who may do what: principals and roles, authentication (JWT, API keys, mTLS), the
-per-RPC access table, rate limits, the audit log, TLS and feature flags.
+per-RPC access table, rate limits, the audit log, TLS and feature flags; and the
+development identity provider (``TokenIssuer``) of ``its-camera-ai up`` and the tests.
 
 Everything here belongs to the shared runtime: a service never authenticates on its own,
 the ``ServiceHost`` wires it around every RPC.
@@ -12,6 +13,7 @@ from its_camera_ai.security._api_keys import ApiKeyStore
 from its_camera_ai.security._audit import AuditEntry, AuditLog, note_audit
 from its_camera_ai.security._certs import DevCertificates, mint_dev_certificates
 from its_camera_ai.security._flags import FEATURE_FLAGS, FeatureFlags, FlagDefinition
+from its_camera_ai.security._issuer import TokenIssuer
 from its_camera_ai.security._jwt import JwtVerifier
 from its_camera_ai.security._principal import (
     ANONYMOUS_ACTOR,
@@ -45,6 +47,7 @@ __all__ = [
     "JwtVerifier",
     "Principal",
     "Role",
+    "TokenIssuer",
     "accepts_tls12",
     "access_for",
     "channel_credentials",

@@ -73,6 +73,8 @@ class HostSecurity:
         self.interceptor: SecurityInterceptor | None = None
         self.api_keys: ApiKeyStore | None = None
         self.flags: FeatureFlags | None = None
+        # Set on open; the side port's routes authenticate with it too.
+        self.authenticator: Authenticator | None = None
         self.metrics_token = _secret(
             security.metrics_token.get_secret_value() if security.metrics_token else None,
             "security.metrics_token_file",
@@ -145,6 +147,7 @@ class HostSecurity:
             edge_proxies=security.tls.edge_proxies,
             claims=security.jwt,
         )
+        self.authenticator = authenticator
         self.interceptor = SecurityInterceptor(
             authenticator,
             RateLimiter(security.rate_limits),

@@ -4,7 +4,8 @@ AnalyticsService peer (``recording_analytics``), simulator frames written into a
 like a decoder writes them (``RingFeeder``, ``sim_frames``), ``until`` for polling and a
 fault-injecting TCP proxy for chaos tests (``FaultProxy``) and a round-robin TCP balancer
 putting several service instances behind one address (``Balancer``), and a JWT issuer
-with its JWKS file (``TokenIssuer``).
+with its JWKS file (``TokenIssuer``, which lives in ``its_camera_ai.security``: ``up``
+mints the local instance's development token with it).
 
 Part of the package so that benchmarks run without pytest and import nothing from
 ``tests/``; never imported by a service.
@@ -12,6 +13,7 @@ Part of the package so that benchmarks run without pytest and import nothing fro
 
 from __future__ import annotations
 
+from its_camera_ai.security import TokenIssuer
 from its_camera_ai.testing._balancer import Balancer, BalancerCounters
 from its_camera_ai.testing._hosts import host_settings, inference_host, metric_value
 from its_camera_ai.testing._inference import (
@@ -23,7 +25,6 @@ from its_camera_ai.testing._inference import (
     until,
 )
 from its_camera_ai.testing._proxy import FaultProxy, ProxyCounters
-from its_camera_ai.testing._tokens import TokenIssuer
 
 __all__ = [
     "SIM_SIZE",

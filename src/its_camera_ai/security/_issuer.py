@@ -1,10 +1,12 @@
-"""A JWT issuer for tests and benchmarks: a signing key, its JWKS file, and tokens.
+"""A JWT issuer: a signing key, its JWKS file, and tokens.
 
-``TokenIssuer.create(tmp_path)`` generates a key (RS256, ES256 or EdDSA), writes the public
+``TokenIssuer.create(directory)`` generates a key (RS256, ES256 or EdDSA), writes the public
 half to ``jwks.json`` as an identity provider publishes it, and mints tokens the services'
 ``JwtVerifier`` accepts; ``rotate()`` replaces the key as a provider's rotation does.
 
-A test harness, like the rest of ``its_camera_ai.testing``: never used by a service.
+The development identity provider of ``its-camera-ai up`` (the local instance's admin
+token) and of the tests and benchmarks (``its_camera_ai.testing`` re-exports it). A real
+deployment's tokens come from its own provider; no service mints any.
 """
 
 from __future__ import annotations

@@ -1,0 +1,380 @@
+"""``its-camera-ai up`` end to end: the real command as a subprocess, four real service
+processes, through the public gRPC API with the development token.
+
+Counts against ground truth: the sample camera is the simulator's street, deterministic by
+its URI, so ``sample_scene()`` stepped to the decoder's frame count gives every crossing
+that happened. The counts come from the shipped detector (held-out mAP 0.741, not truth
+boxes) running live on a shared CPU, so exact equality is not what it can honestly promise:
+the test asserts that each line's count lies between the truth crossings that are surely
+processed (more than 5 s old, after the first 2 s while inference attaches) and every
+crossing so far, each give or take ``max(2, 15 %)``. The default scene has no incident, so
+``StreamEvents`` is asserted to open and deliver (a heartbeat, or events if any).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from its.camera.v1 import camera_service_pb2
+from its.common.v1 import time_range_pb2
+from its.query.v1 import query_service_pb2
+from its_camera_ai.up import SAMPLE_CAMERA, sample_camera, sample_scene
+from its_camera_ai_client import UnauthenticatedError, connect_async
+
+START_WITHIN_S = 150.0
+STOP_WITHIN_S = 60.0
+# Scene time the sample runs before its counts are read.
+COUNTED_SCENE_S = 25.0
+SAMPLE_FPS = 10
+MOTOR = ("car", "truck", "bus", "motorcycle")
+SERVICE_FAMILY = {
+    "decoder": "decoder_",
+    "analytics": "analytics_",
+    "inference": "inference_",
+    "query": "query_",
+}
+
+
+@dataclass(frozen=True)
+class Proc:
+    """A process seen in /proc: its pid, command line and the start time telling it from a
+    later process given the same pid."""
+
+    pid: int
+    command: tuple[str, ...]
+    started: str
+
+    @classmethod
+    def read(cls, pid: int) -> Proc | None:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return None
+        fields = stat.rpartition(")")[2].split()
+        if fields[0] == "Z":
+            return None  # ended, not yet reaped
+        return cls(pid, tuple(part.decode() for part in command if part), fields[19])
+
+    @property
+    def parent(self) -> int:
+        return int(Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()[1])
+
+    def running(self) -> bool:
+        again = Proc.read(self.pid)
+        return again is not None and again.started == self.started
+
+    def kill(self) -> None:
+        os.kill(self.pid, signal.SIGKILL)
+
+
+def _children_of(pid: int) -> list[Proc]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (proc := Proc.read(int(entry))) is not None:
+            try:
+                if proc.parent == pid:
+                    found.append(proc)
+            except OSError:
+                continue
+    return found
+
+
+def _free_port_block(size: int = 8) -> int:
+    """A base port with ``size`` consecutive ports free on loopback."""
+    for _ in range(200):
+        base = random.randrange(20_000, 60_000)
+        try:
+            for port in range(base, base + size):
+                with closing(socket.socket()) as probe:
+                    probe.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise AssertionError("no block of free ports")
+
+
+class Up:
+    """``up --no-view`` as a child process, its output in a file."""
+
+    def __init__(self, data_dir: Path, cwd: Path, environment: dict[str, str], *args: str):
+        self.data_dir = data_dir
+        self.base_port = _free_port_block()
+        self.output = cwd / "up.out"
+        command = [sys.executable, "-m", "its_camera_ai", "up", "--no-view"]
+        command += ["--data-dir", str(data_dir), "--base-port", str(self.base_port), *args]
+        with self.output.open("wb") as out:
+            self.process = subprocess.Popen(
+                command, cwd=cwd, env=environment, stdout=out, stderr=subprocess.STDOUT
+            )
+
+    def text(self) -> str:
+        return self.output.read_text()
+
+    def wait_for(self, pattern: str, within: float) -> re.Match[str]:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if (found := re.search(pattern, self.text())) is not None:
+                return found
+            assert self.process.poll() is None, f"up exited:\n{self.text()}"
+            time.sleep(0.25)
+        raise AssertionError(f"no {pattern!r} within {within} s:\n{self.text()}")
+
+    @property
+    def info(self) -> dict[str, object]:
+        document: dict[str, object] = json.loads((self.data_dir / "up.json").read_text())
+        return document
+
+    def target(self, kind: str, service: str) -> str:
+        section = self.info[kind]
+        assert isinstance(section, dict)
+        return str(section[service])
+
+    def children(self) -> dict[str, Proc]:
+        """The service processes by unit name."""
+        found = {}
+        for child in _children_of(self.process.pid):
+            if "serve" in child.command:
+                found[child.command[child.command.index("serve") + 1]] = child
+        return found
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGINT)
+        return self.process.wait(STOP_WITHIN_S)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            for child in self.children().values():
+                child.kill()
+            self.process.kill()
+            self.process.wait()
+
+
+def _environment(**settings: str) -> dict[str, str]:
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("ITS_")}
+    return {**inherited, "ITS_GRPC__DRAIN_SECONDS": "2", **settings}
+
+
+@pytest.fixture
+def up_factory() -> Iterator[list[Up]]:
+    started: list[Up] = []
+    yield started
+    for instance in started:
+        instance.kill()
+
+
+def _metrics(target: str) -> str:
+    with urllib.request.urlopen(f"http://{target}/metrics", timeout=5) as reply:
+        text: str = reply.read().decode()
+        return text
+
+
+def _metric(text: str, name: str, labels: str = "") -> float:
+    pattern = rf"^{re.escape(name)}(?:\{{{re.escape(labels)}\}})? (\S+)$"
+    found = re.search(pattern, text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def _frames_rendered(up: Up) -> int:
+    text = _metrics(up.target("http", "decoder"))
+    labels = f'camera="{SAMPLE_CAMERA}"'
+    decoded = _metric(text, "decoder_frames_decoded_total", labels)
+    return int(decoded + _metric(text, "decoder_frames_dropped_total", labels))
+
+
+async def _line_counts(target: str, token: str) -> dict[str, int]:
+    now = int(time.time())
+    window = time_range_pb2.TimeRange(
+        start_time=timestamp_pb2.Timestamp(seconds=now - 3600),
+        end_time=timestamp_pb2.Timestamp(seconds=now + 60),
+    )
+    counts = {}
+    async with connect_async(target, token=token) as client:
+        for line in sample_camera().lines:
+            reply = await client.query.GetTrafficCounts(
+                query_service_pb2.GetTrafficCountsRequest(
+                    camera=f"cameras/{SAMPLE_CAMERA}",
+                    time_range=window,
+                    bin_size=duration_pb2.Duration(seconds=60),
+                    line_id=line.id,
+                )
+            )
+            counts[line.id] = sum(b.volume for b in reply.bins)
+    return counts
+
+
+def _truth(frames: int) -> tuple[dict[str, int], dict[str, int]]:
+    """Per line: motor-vehicle crossings surely processed by now, and all so far."""
+    scene = sample_scene()
+    for _ in range(frames):
+        scene.step()
+    now_s = frames / SAMPLE_FPS
+    sure: dict[str, int] = {}
+    every: dict[str, int] = {}
+    for crossing in scene.crossings:
+        if crossing.cls not in MOTOR or crossing.time_s > now_s:
+            continue
+        line = crossing.line.lower()
+        every[line] = every.get(line, 0) + 1
+        if 2.0 <= crossing.time_s <= now_s - 5.0:
+            sure[line] = sure.get(line, 0) + 1
+    return sure, every
+
+
+async def _first_stream_message(target: str, token: str) -> query_service_pb2.StreamEventsResponse:
+    async with connect_async(target, token=token) as client:
+        stream = client.query.StreamEvents(query_service_pb2.StreamEventsRequest())
+        async with asyncio.timeout(15):
+            async for message in stream:
+                stream.cancel()
+                return message
+    raise AssertionError("StreamEvents ended without a message")
+
+
+async def _refused_without_the_right_token(target: str) -> None:
+    async with connect_async(target, token="not-a-jwt") as client:
+        with pytest.raises(UnauthenticatedError):
+            await client.query.ListEvents(query_service_pb2.ListEventsRequest(parent="cameras/-"))
+
+
+def _check_counts(up: Up, token: str) -> None:
+    deadline = time.monotonic() + COUNTED_SCENE_S + 60
+    while _frames_rendered(up) < COUNTED_SCENE_S * SAMPLE_FPS:
+        assert time.monotonic() < deadline, "the sample camera does not deliver frames"
+        time.sleep(1)
+    frames = _frames_rendered(up)
+    counts = asyncio.run(_line_counts(up.target("grpc", "query"), token))
+    sure, every = _truth(frames)
+    print(f"\nafter {frames} frames: counted {counts}, truth sure {sure}, all {every}")
+    assert every, "the sample scene had no crossing to count"
+    for line, total in every.items():
+        slack = max(2, round(0.15 * total))
+        assert sure.get(line, 0) - slack <= counts[line] <= total + slack, (line, counts, every)
+
+
+def _check_metrics(up: Up) -> None:
+    for service, family in SERVICE_FAMILY.items():
+        text = _metrics(up.target("http", service))
+        assert re.search(rf"^{family}\w+", text, re.MULTILINE), f"no {family}* on {service}"
+    inference = _metrics(up.target("http", "inference"))
+    assert _metric(inference, "latency_capture_to_detections_seconds_count") > 0
+
+
+def _check_restart(up: Up) -> None:
+    killed = up.children()["inference"]
+    killed.kill()
+    up.wait_for(r"inference \(pid \d+\) ended with signal SIGKILL .*; restart 1 in", 10)
+    deadline = time.monotonic() + 90
+    while True:
+        assert time.monotonic() < deadline, f"inference never came back:\n{up.text()}"
+        restarted = up.children().get("inference")
+        if restarted is not None and restarted.pid != killed.pid:
+            try:
+                text = _metrics(up.target("http", "inference"))
+            except OSError:
+                text = ""
+            if _metric(text, "inference_frames_total", 'source="ring"') > 0:
+                return
+        time.sleep(1)
+
+
+def _check_clean_stop(up: Up, children: dict[str, Proc]) -> None:
+    prefix = str(up.info["ring_prefix"])
+    assert up.stop() == 0, up.text()
+    # Reverse start order, each stopped by its SIGTERM.
+    order = re.findall(r"^(\w+) stopped \(exit code 0\)$", up.text(), re.MULTILINE)
+    assert order == ["query", "inference", "analytics", "decoder"], up.text()
+    for child in children.values():
+        assert not child.running(), f"{child.command} outlived up"
+    assert not [entry for entry in os.listdir("/dev/shm") if prefix in entry]
+    assert not (up.data_dir / "up.json").exists()
+
+
+@pytest.mark.timeout(400)
+def test_up_runs_counts_restarts_and_stops_cleanly(
+    postgres_dsn: str, tmp_path: Path, up_factory: list[Up]
+) -> None:
+    environment = _environment(
+        ITS_DATABASE__DSN=postgres_dsn, ITS_QUERY__STREAM_HEARTBEAT_SECONDS="1"
+    )
+    up = Up(tmp_path / "data", tmp_path, environment)
+    up_factory.append(up)
+    up.wait_for(r"ready in [\d.]+ s", START_WITHIN_S)
+    assert f"sample camera '{SAMPLE_CAMERA}': created" in up.text()
+    token_file = up.data_dir / "token"
+    assert f"export ITS_TOKEN=$(cat {token_file})" in up.text()
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    token = token_file.read_text().strip()
+    assert set(up.children()) == set(SERVICE_FAMILY)
+
+    asyncio.run(_refused_without_the_right_token(up.target("grpc", "query")))
+    _check_counts(up, token)
+    # The ring crossed processes: the decoder's ring, read by inference (its semaphore).
+    prefix = str(up.info["ring_prefix"])
+    assert f"sem.its-ring-{prefix}{SAMPLE_CAMERA}.r0" in os.listdir("/dev/shm")
+    message = asyncio.run(_first_stream_message(up.target("grpc", "query"), token))
+    assert message.change_type != query_service_pb2.EVENT_CHANGE_TYPE_UNSPECIFIED
+    assert message.resume_token
+    _check_metrics(up)
+    _check_restart(up)
+    _check_clean_stop(up, up.children())
+
+
+@pytest.mark.timeout(300)
+def test_up_on_the_embedded_database_owns_it_and_stops_it(
+    embedded_data_dir: Path, tmp_path: Path, up_factory: list[Up]
+) -> None:
+    # Outside pytest's 0700 tree: the embedded server runs as another user.
+    data_dir = embedded_data_dir.parent / "up"
+    up = Up(data_dir, tmp_path, _environment(), "--no-sample")
+    up_factory.append(up)
+    up.wait_for(r"ready in [\d.]+ s", START_WITHIN_S)
+    assert f"embedded PostgreSQL in {data_dir / 'postgres'}" in up.text()
+    postmasters = [p for p in _children_of(up.process.pid) if p.command[0].endswith("postgres")]
+    assert len(postmasters) == 1, "up owns the one embedded server"
+    # Every service reaches it: query reads events, the decoder lists cameras.
+    token = (data_dir / "token").read_text().strip()
+
+    async def read() -> None:
+        async with connect_async(up.target("grpc", "query"), token=token) as client:
+            await client.query.ListEvents(query_service_pb2.ListEventsRequest(parent="cameras/-"))
+        async with connect_async(up.target("grpc", "decoder"), token=token) as client:
+            listed = await client.cameras.ListCameras(camera_service_pb2.ListCamerasRequest())
+            assert not listed.cameras
+
+    asyncio.run(read())
+    children = up.children()
+    assert up.stop() == 0, up.text()
+    assert not postmasters[0].running(), "the embedded server outlived up"
+    assert not [c.command for c in children.values() if c.running()]
+
+
+def test_up_refuses_a_port_block_that_does_not_fit(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "its_camera_ai", "up", "--no-view", "--base-port", "65530"],
+        check=False,
+        cwd=tmp_path,
+        env=_environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--base-port: 65530 leaves no room for 8 ports" in result.stderr
