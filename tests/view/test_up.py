@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from its_camera_ai.view import DEFAULT_TARGET, Endpoints, read_up_dir, resolve_endpoints
+from its_camera_ai.client import DEFAULT_TARGET, Endpoints, read_up_dir, resolve_endpoints
 
 
 def _write(directory: Path, credential: str | None = "a.jwt.token", **changes: object) -> None:

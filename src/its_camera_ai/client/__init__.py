@@ -23,6 +23,13 @@ from its_camera_ai.client._channel import (
     metadata_interceptors,
     service_config,
 )
+from its_camera_ai.client._endpoints import (
+    DEFAULT_TARGET,
+    DEFAULT_UP_DIR,
+    Endpoints,
+    read_up_dir,
+    resolve_endpoints,
+)
 from its_camera_ai.client._reports import (
     REPORTS,
     counts_main,
@@ -32,9 +39,12 @@ from its_camera_ai.client._reports import (
 )
 
 __all__ = [
+    "DEFAULT_TARGET",
+    "DEFAULT_UP_DIR",
     "REPORTS",
     "SCENE_FIELDS",
     "SERVICES",
+    "Endpoints",
     "add_connection_arguments",
     "aio_channel",
     "cameras_main",
@@ -43,7 +53,9 @@ __all__ = [
     "events_main",
     "load_scene",
     "metadata_interceptors",
+    "read_up_dir",
     "reports_main",
+    "resolve_endpoints",
     "service_config",
     "summary_main",
 ]

@@ -30,6 +30,11 @@ from google.protobuf import json_format
 
 from its.camera.v1 import camera_pb2, camera_service_pb2, camera_status_pb2
 from its_camera_ai.client._channel import add_connection_arguments, channel_from_arguments
+from its_camera_ai.client._endpoints import (
+    DEFAULT_TARGET,
+    add_up_dir_argument,
+    resolve_arguments,
+)
 from its_camera_ai.client._reports import _table
 from its_camera_ai_client import ApiError, AsyncClient, paginate_async
 
@@ -139,9 +144,8 @@ _COMMANDS = {"add": _add, "list": _list, "show": _show, "rm": _remove}
 
 def _parser() -> argparse.ArgumentParser:
     connection = argparse.ArgumentParser(add_help=False)
-    add_connection_arguments(connection, default_target="127.0.0.1:50051")
-    connection.set_defaults(target=None)  # unset: var/up's up.json if `up` runs here
-    connection.add_argument("--up-dir", type=Path, help="data directory of `its-camera-ai up`")
+    add_connection_arguments(connection, default_target=DEFAULT_TARGET)
+    add_up_dir_argument(connection)  # unset --target: var/up's up.json if `up` runs here
     parser = argparse.ArgumentParser(
         prog="its-camera-ai cameras",
         description=__doc__,
@@ -167,13 +171,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _command(args: argparse.Namespace) -> str:
-    from its_camera_ai.view import resolve_endpoints  # noqa: PLC0415 - rich only for the view
-
-    endpoints = resolve_endpoints(args.target, args.up_dir)
-    if args.token is None and args.api_key is None:
-        args.token, args.api_key = endpoints.token, endpoints.api_key
-    options = argparse.Namespace(**{**vars(args), "target": endpoints.cameras})
-    async with AsyncClient(channel_from_arguments(options)) as client:
+    async with AsyncClient(channel_from_arguments(resolve_arguments(args, "cameras"))) as client:
         return await _COMMANDS[args.command](client, args)
 
 

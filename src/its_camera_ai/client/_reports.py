@@ -1,7 +1,8 @@
 """``its-camera-ai counts|summary|events``: the traffic as tables, for operators.
 
-Clients of the QueryService API like any other (``--target``, default ``127.0.0.1:50051`` or
-``$ITS_QUERY_TARGET``; a credential with ``--token``/``$ITS_TOKEN`` or ``--api-key``/
+Clients of the QueryService API like any other (``--target`` or ``$ITS_QUERY_TARGET``, else the
+query process of ``its-camera-ai up`` running from here (``var/up``, or ``--up-dir``) with its
+token, else ``127.0.0.1:50051``; a credential with ``--token``/``$ITS_TOKEN`` or ``--api-key``/
 ``$ITS_API_KEY``, TLS with ``--tls-ca``): what they print is what an integration would read.
 Times are UTC; ``--since 2h`` is the last two hours, aligned down to the bin so that repeated
 runs (and many operators) ask the same question, which the service answers from its cache.
@@ -27,6 +28,11 @@ from google.protobuf.message import Message
 from its.common.v1 import detection_pb2, geometry_pb2, time_range_pb2
 from its.query.v1 import event_pb2, query_service_pb2, query_service_pb2_grpc, traffic_pb2
 from its_camera_ai.client._channel import add_connection_arguments, channel_from_arguments
+from its_camera_ai.client._endpoints import (
+    DEFAULT_TARGET,
+    add_up_dir_argument,
+    resolve_arguments,
+)
 
 __all__ = ["REPORTS", "counts_main", "events_main", "reports_main", "summary_main"]
 
@@ -203,9 +209,10 @@ async def _events(stub: _Stub, args: argparse.Namespace) -> str:
 
 def _parser(command: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"its-camera-ai {command}", description=__doc__)
-    add_connection_arguments(
-        parser, default_target=os.environ.get("ITS_QUERY_TARGET", "127.0.0.1:50051")
-    )
+    add_connection_arguments(parser, default_target=DEFAULT_TARGET)
+    add_up_dir_argument(parser)
+    # $ITS_QUERY_TARGET, else `up`'s query process (var/up), else the default.
+    parser.set_defaults(target=os.environ.get("ITS_QUERY_TARGET"))
     parser.add_argument("--json", action="store_true", help="print the API's JSON instead")
     if command == "counts":
         parser.add_argument("camera", help="camera id (or cameras/ID)")
@@ -230,7 +237,7 @@ def _parser(command: str) -> argparse.ArgumentParser:
 
 
 async def _report(command: str, args: argparse.Namespace) -> str:
-    async with channel_from_arguments(args) as channel:
+    async with channel_from_arguments(resolve_arguments(args, "query")) as channel:
         stub: _Stub = query_service_pb2_grpc.QueryServiceStub(channel)
         report = {"counts": _counts, "summary": _summary, "events": _events}[command]
         return await report(stub, args)

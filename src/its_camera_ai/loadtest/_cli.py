@@ -19,7 +19,13 @@ from typing import Any
 import grpc
 
 from its.camera.v1 import camera_service_pb2, camera_service_pb2_grpc
-from its_camera_ai.client import add_connection_arguments, aio_channel
+from its_camera_ai.client import (
+    DEFAULT_TARGET,
+    Endpoints,
+    add_connection_arguments,
+    aio_channel,
+    resolve_endpoints,
+)
 from its_camera_ai.loadtest._generator import LoadPlan, run_load
 from its_camera_ai.loadtest._ghz import load_ghz_config
 from its_camera_ai.loadtest._pipeline import DEFAULT_CAMERA_SOURCE, PipelineLoad
@@ -28,7 +34,6 @@ from its_camera_ai_client import TlsOptions
 
 __all__ = ["loadtest_main"]
 
-_DEFAULT_TARGET = "127.0.0.1:50051"
 _DEFAULT_METRICS = "http://127.0.0.1:8000/metrics"
 _SECONDS = re.compile(r"^(\d+(?:\.\d+)?)([smh]?)$")
 _RATE = re.compile(r"^(\d+(?:\.\d+)?)(?:/s)?$")
@@ -86,29 +91,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _common(sub: argparse.ArgumentParser) -> None:
-    add_connection_arguments(sub, default_target=_DEFAULT_TARGET)
+    add_connection_arguments(sub, default_target=DEFAULT_TARGET)
     sub.set_defaults(target=None)  # unset: from --up, else the default
     sub.add_argument("--up", type=Path, help="data directory of `its-camera-ai up` (up.json)")
     sub.add_argument("--duration", type=_seconds, default=10.0, help="30, 30s, 5m (default 10)")
     sub.add_argument("--json", type=Path, help="write the report as JSON to this file")
 
 
-def _up(args: argparse.Namespace) -> dict[str, Any]:
-    if args.up is None:
-        return {}
-    path = args.up / "up.json"
-    try:
-        up: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"--up: cannot read {path}: {exc}") from None
-    if args.token is None and args.api_key is None and up.get("token_file"):
-        args.token = Path(up["token_file"]).read_text(encoding="utf-8").strip()
-    return up
-
-
-def _target(args: argparse.Namespace, up: dict[str, Any], service: str) -> str:
-    target: str = args.target or up.get("grpc", {}).get(service) or _DEFAULT_TARGET
-    return target
+def _endpoints(args: argparse.Namespace) -> Endpoints:
+    """Where the services are (``--up``'s up.json, ``--target``, a running ``up`` here, or the
+    default), taking ``up``'s credential unless one was given."""
+    endpoints = resolve_endpoints(args.target, args.up)
+    if args.token is None and args.api_key is None:
+        args.token, args.api_key = endpoints.token, endpoints.api_key
+    return endpoints
 
 
 def _tls(args: argparse.Namespace) -> TlsOptions | None:
@@ -132,9 +128,9 @@ async def _list_cameras(args: argparse.Namespace, target: str) -> list[str]:
     return cameras
 
 
-async def _rpc_load(args: argparse.Namespace, up: dict[str, Any]) -> dict[str, Any]:
-    target = _target(args, up, "query" if args.mode == "query" else "decoder")
-    cameras = args.camera or await _list_cameras(args, _target(args, up, "decoder"))
+async def _rpc_load(args: argparse.Namespace, up: Endpoints) -> dict[str, Any]:
+    target = up.query if args.mode == "query" else up.cameras
+    cameras = args.camera or await _list_cameras(args, up.cameras)
     plan = LoadPlan(
         target=target,
         calls=plan_calls(args.rpc or GROUPS[args.mode], cameras),
@@ -153,17 +149,16 @@ async def _rpc_load(args: argparse.Namespace, up: dict[str, Any]) -> dict[str, A
     return report.as_dict()
 
 
-async def _ghz(args: argparse.Namespace, up: dict[str, Any]) -> dict[str, Any]:
+async def _ghz(args: argparse.Namespace, up: Endpoints) -> dict[str, Any]:
     configs = [load_ghz_config(path) for path in args.configs]
     variables = {"ITS_TOKEN": args.token or ""}
     if any("ITS_CAMERA" in config.placeholders() for config in configs):
-        variables["ITS_CAMERA"] = args.camera or (
-            await _list_cameras(args, _target(args, up, "decoder"))
-        )[0].removeprefix("cameras/")
+        variables["ITS_CAMERA"] = args.camera or (await _list_cameras(args, up.cameras))[
+            0
+        ].removeprefix("cameras/")
     reports = {}
     for config in configs:
-        service = "query" if "QueryService" in config.service else "decoder"
-        target = args.target or up.get("grpc", {}).get(service)
+        target = up.query if "QueryService" in config.service else up.cameras
         plan = config.plan(variables, target=target, duration_s=args.duration, tls=_tls(args))
         report = await run_load(plan)
         print(report.table(), end="\n\n")
@@ -171,12 +166,12 @@ async def _ghz(args: argparse.Namespace, up: dict[str, Any]) -> dict[str, Any]:
     return {"configs": reports}
 
 
-async def _pipeline(args: argparse.Namespace, up: dict[str, Any]) -> dict[str, Any]:
-    http = up.get("http", {})
+async def _pipeline(args: argparse.Namespace, up: Endpoints) -> dict[str, Any]:
+    http = up.http
     urls = args.metrics or [f"http://{http[s]}/metrics" for s in ("inference", "analytics")
                             if s in http] or [_DEFAULT_METRICS]  # fmt: skip
     async with PipelineLoad(
-        _target(args, up, "decoder"), urls, source=args.source, token=args.token,
+        up.cameras, urls, source=args.source, token=args.token,
         api_key=args.api_key, tls=_tls(args),
     ) as load:  # fmt: skip
         await load.add(args.cameras)
@@ -198,8 +193,7 @@ def loadtest_main(argv: Sequence[str]) -> int:
     args = _parser().parse_args(argv)
     run = {"query": _rpc_load, "cameras": _rpc_load, "ghz": _ghz, "pipeline": _pipeline}
     try:
-        up = _up(args)
-        report = asyncio.run(run[args.mode](args, up))
+        report = asyncio.run(run[args.mode](args, _endpoints(args)))
     except (ValueError, TimeoutError) as exc:
         print(f"its-camera-ai loadtest: {exc}", file=sys.stderr)
         return 2

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import urllib.error
 import urllib.parse
@@ -11,9 +10,10 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+from its_camera_ai.client import DEFAULT_UP_DIR, read_up_dir
+
 __all__ = ["snapshot_main"]
 
-_DEFAULT_UP_DIR = Path("var/up")
 _TIMEOUT_SECONDS = 10.0
 # API keys begin so (its_camera_ai.security): sent as x-api-key, anything else as a JWT.
 _API_KEY_PREFIX = "itsk_"
@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument(
         "--up-dir",
         type=Path,
-        help=f"data directory of `its-camera-ai up` (default {_DEFAULT_UP_DIR})",
+        help=f"data directory of `its-camera-ai up` (default {DEFAULT_UP_DIR})",
     )
     parser.add_argument("--out", type=Path, help="file to write (default CAMERA.jpg)")
     parser.add_argument("--token", help="JWT or API key (default: the up directory's token)")
@@ -38,22 +38,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _target(args: argparse.Namespace) -> tuple[str, str | None]:
-    """(HOST:PORT, token) from the options, or from the running system's up.json."""
+    """(HOST:PORT, credential) from the options, or from the running system's up.json."""
     if args.http is not None:
         return args.http, args.token
-    up_dir: Path = args.up_dir or _DEFAULT_UP_DIR
-    try:
-        described = json.loads((up_dir / "up.json").read_text(encoding="utf-8"))
-        address = str(described["http"]["analytics"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"--up-dir {up_dir}: no usable up.json ({exc})") from exc
-    token = args.token
-    if token is None and described.get("token_file"):
-        try:
-            token = Path(described["token_file"]).read_text(encoding="utf-8").strip() or None
-        except OSError as exc:
-            raise ValueError(f"token_file {described['token_file']}: {exc.strerror}") from exc
-    return address, token
+    up_dir: Path = args.up_dir or DEFAULT_UP_DIR
+    endpoints = read_up_dir(up_dir)
+    address = endpoints.http.get("analytics")
+    if address is None:
+        raise ValueError(f"--up-dir {up_dir}: up.json names no analytics HTTP port")
+    return address, args.token or endpoints.token or endpoints.api_key
 
 
 def _fetch(address: str, camera: str, token: str | None) -> bytes:

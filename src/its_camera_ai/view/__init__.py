@@ -7,8 +7,8 @@ up.json), p50/p99 latency per pipeline stage from their ``/metrics``.
 
 ``ViewFetcher.fetch`` gets a ``ViewSnapshot`` (plain data); ``render_view`` turns it into a
 rich renderable without a terminal; ``run_view`` refreshes it in place until ``q`` or
-Ctrl-C. ``Endpoints``/``read_up_dir``/``resolve_endpoints`` find the services (one
-``HOST:PORT``, or an ``up`` data directory), for the ``cameras`` command too.
+Ctrl-C. The services are found by ``its_camera_ai.client.resolve_endpoints`` (one
+``HOST:PORT``, or an ``up`` data directory), as every command does.
 """
 
 from __future__ import annotations
@@ -29,20 +29,10 @@ from its_camera_ai.view._model import (
 )
 from its_camera_ai.view._render import render_view
 from its_camera_ai.view._run import run_view, view_main
-from its_camera_ai.view._up import (
-    DEFAULT_TARGET,
-    DEFAULT_UP_DIR,
-    Endpoints,
-    read_up_dir,
-    resolve_endpoints,
-)
 
 __all__ = [
-    "DEFAULT_TARGET",
-    "DEFAULT_UP_DIR",
     "STAGES",
     "CameraRow",
-    "Endpoints",
     "IncidentRow",
     "LineCount",
     "MetricsSample",
@@ -51,9 +41,7 @@ __all__ = [
     "ViewFetcher",
     "ViewSnapshot",
     "histogram_quantile",
-    "read_up_dir",
     "render_view",
-    "resolve_endpoints",
     "run_view",
     "view_main",
 ]

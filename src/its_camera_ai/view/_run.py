@@ -22,10 +22,16 @@ from typing import TypeVar
 from rich.console import Console
 from rich.live import Live
 
-from its_camera_ai.client import add_connection_arguments, channel_from_arguments
+from its_camera_ai.client import (
+    DEFAULT_TARGET,
+    Endpoints,
+    add_connection_arguments,
+    channel_from_arguments,
+    read_up_dir,
+    resolve_endpoints,
+)
 from its_camera_ai.view._fetch import ViewFetcher
 from its_camera_ai.view._render import render_view
-from its_camera_ai.view._up import DEFAULT_TARGET, Endpoints, read_up_dir, resolve_endpoints
 from its_camera_ai_client import AsyncClient, TlsOptions, connect_async
 
 __all__ = ["run_view", "view_main"]

@@ -8,14 +8,23 @@ camera calls go to ``grpc.decoder`` and QueryService calls to ``grpc.query``.
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["DEFAULT_TARGET", "DEFAULT_UP_DIR", "Endpoints", "read_up_dir", "resolve_endpoints"]
+__all__ = [
+    "DEFAULT_TARGET",
+    "DEFAULT_UP_DIR",
+    "Endpoints",
+    "add_up_dir_argument",
+    "read_up_dir",
+    "resolve_arguments",
+    "resolve_endpoints",
+]
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_UP_DIR = Path("var/up")
@@ -102,3 +111,22 @@ def resolve_endpoints(target: str | None, up_dir: Path | None) -> Endpoints:
     if (DEFAULT_UP_DIR / UP_FILE).exists():
         return read_up_dir(DEFAULT_UP_DIR)
     return Endpoints.single(DEFAULT_TARGET)
+
+
+def add_up_dir_argument(parser: argparse.ArgumentParser) -> None:
+    """``--up-dir``, and ``--target`` left unset so that ``resolve_arguments`` can tell."""
+    parser.set_defaults(target=None)
+    parser.add_argument("--up-dir", type=Path, help="data directory of `its-camera-ai up`")
+
+
+def resolve_arguments(
+    args: argparse.Namespace, service: Literal["cameras", "query"]
+) -> argparse.Namespace:
+    """``args`` (from ``add_connection_arguments`` and ``add_up_dir_argument``) with
+    ``target`` set to ``service``'s address and, unless one was given, ``up``'s credential."""
+    endpoints = resolve_endpoints(args.target, args.up_dir)
+    resolved = argparse.Namespace(**vars(args))
+    resolved.target = getattr(endpoints, service)
+    if args.token is None and args.api_key is None:
+        resolved.token, resolved.api_key = endpoints.token, endpoints.api_key
+    return resolved
