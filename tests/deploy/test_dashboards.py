@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -21,71 +19,25 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-import grpc
 import pytest
 
-from its.camera.v1 import camera_pb2, camera_service_pb2, camera_service_pb2_grpc
-from its_camera_ai.security import mint_dev_certificates
-from tests.conftest import POSTGRES_ADMIN_DSN, REDIS_URL, free_port
+from scripts.dashboards import (
+    GRAFANA_VARIABLES,
+    Target,
+    dashboards,
+    has_data,
+    panels,
+    structural_problems,
+    targets,
+)
+from tests.conftest import POSTGRES_ADMIN_DSN, free_port
+from tests.deploy.deployment import CAMERA, DATA_WITHIN_S, Deployment, admin_sql
 
-DASHBOARDS = Path(__file__).resolve().parents[2] / "helm" / "its-camera-ai" / "files" / "dashboards"
-CAMERA = "simcam"
-# Grafana's variables as the test fills them in ($namespace's "All" is its allValue).
-VARIABLES = {
-    "$__rate_interval": "15s",
-    "$namespace": ".*",
-    "$camera": CAMERA,
-    "${DS_PROMETHEUS}": "prometheus",
-}
-DATA_WITHIN_S = 60.0
-
-
-@dataclass(frozen=True)
-class Target:
-    dashboard: str
-    panel: str
-    ref: str
-    expr: str
-
-    @property
-    def query(self) -> str:
-        query = self.expr
-        for variable, value in VARIABLES.items():
-            query = query.replace(variable, value)
-        return query
-
-    @property
-    def gpu_only(self) -> bool:
-        return "gpu_" in self.expr
-
-
-def dashboards() -> dict[str, dict[str, Any]]:
-    return {path.name: json.loads(path.read_text()) for path in sorted(DASHBOARDS.glob("*.json"))}
-
-
-def panels(board: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    for panel in board["panels"]:
-        yield panel
-        yield from panel.get("panels", [])  # a collapsed row holds its panels
-
-
-def targets() -> list[Target]:
-    return [
-        Target(name, panel["title"], target["refId"], target["expr"])
-        for name, board in dashboards().items()
-        for panel in panels(board)
-        for target in panel.get("targets", [])
-    ]
-
-
-def has_data(result: list[dict[str, Any]]) -> bool:
-    """At least one series with a number (a quantile of no observations is NaN)."""
-    return any(series["value"][1] != "NaN" for series in result)
+# Grafana's variables as the test fills them in: the simulated camera rather than "All".
+VARIABLES = {**GRAFANA_VARIABLES, "$camera": CAMERA}
 
 
 def target_param(target: Target) -> Any:
@@ -151,95 +103,10 @@ class Prometheus:
             self.process.wait()
 
 
-class Deployment:
-    """``its-camera-ai serve all`` on free loopback ports with its own database."""
-
-    def __init__(self, directory: Path, dsn: str) -> None:
-        self.grpc_port, self.http_port = free_port(), free_port()
-        unique = uuid.uuid4().hex[:8]
-        # TLS as in production, so that the certificate-expiry series exist.
-        self.certificates = mint_dev_certificates(directory / "certs", clients=("inference",))
-        peer_cert, peer_key = self.certificates.clients["inference"]
-        env = {
-            **os.environ,
-            "ITS_GRPC__HOST": "127.0.0.1",
-            "ITS_GRPC__PORT": str(self.grpc_port),
-            "ITS_GRPC__DRAIN_SECONDS": "1",
-            "ITS_HTTP__HOST": "127.0.0.1",
-            "ITS_HTTP__PORT": str(self.http_port),
-            "ITS_LOGGING__LEVEL": "WARNING",
-            "ITS_DATABASE__DSN": dsn,
-            "ITS_REDIS__URL": REDIS_URL,
-            # Its own channels on the shared Redis (query reads analytics' prefix).
-            "ITS_ANALYTICS__REDIS_PREFIX": f"its-dash-{unique}",
-            "ITS_DECODER__RING_PREFIX": f"d{unique}-",
-            # Batches wait for company long enough that a 10 fps camera's queued frame is
-            # replaced by its next one: real "superseded" skips for the skip panels.
-            "ITS_INFERENCE__MAX_QUEUE_DELAY_MS": "250",
-            "ITS_SECURITY__TLS__CERT_FILE": str(self.certificates.server_cert),
-            "ITS_SECURITY__TLS__KEY_FILE": str(self.certificates.server_key),
-            "ITS_SECURITY__PEER_TLS__ENABLED": "true",
-            "ITS_SECURITY__PEER_TLS__CA_FILE": str(self.certificates.ca_cert),
-            "ITS_SECURITY__PEER_TLS__CERT_FILE": str(peer_cert),
-            "ITS_SECURITY__PEER_TLS__KEY_FILE": str(peer_key),
-        }
-        self.log = directory / "serve.log"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "its_camera_ai.cli", "serve", "all"],
-            cwd=directory,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=self.log.open("wb"),
-        )
-
-    def wait_serving(self, channel: grpc.Channel) -> None:
-        deadline = time.monotonic() + DATA_WITHIN_S
-        while self.process.poll() is None and time.monotonic() < deadline:
-            try:
-                grpc.channel_ready_future(channel).result(timeout=1)
-                return
-            except grpc.FutureTimeoutError:
-                continue
-        raise AssertionError(f"serve all is not serving: {self.log.read_text()[-2000:]}")
-
-    def add_camera_and_fail_a_call(self) -> None:
-        trust = grpc.ssl_channel_credentials(self.certificates.ca_cert.read_bytes())
-        with grpc.secure_channel(f"127.0.0.1:{self.grpc_port}", trust) as channel:
-            self.wait_serving(channel)
-            cameras = camera_service_pb2_grpc.CameraServiceStub(channel)
-            source = "sim://road?width=320&height=240&fps=10"
-            cameras.CreateCamera(
-                camera_service_pb2.CreateCameraRequest(
-                    camera_id=CAMERA, camera=camera_pb2.Camera(source_uri=source, enabled=True)
-                ),
-                timeout=10,
-            )
-            # A client error, so that the errors-by-RPC panels have a series to show.
-            with pytest.raises(grpc.RpcError) as failed:
-                cameras.GetCamera(camera_service_pb2.GetCameraRequest(name="cameras/absent"))
-            assert failed.value.code() == grpc.StatusCode.NOT_FOUND
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
-async def _admin(statement: str) -> None:
-    connection = await asyncpg.connect(POSTGRES_ADMIN_DSN)
-    try:
-        await connection.execute(statement)
-    finally:
-        await connection.close()
-
-
 @pytest.fixture(scope="module")
 def prometheus() -> Iterator[Prometheus]:
     database = f"its_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(f'CREATE DATABASE "{database}"'))
+    asyncio.run(admin_sql(f'CREATE DATABASE "{database}"'))
     dsn = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0] + f"/{database}"
     # Not pytest's tmp_path: a module fixture's directory must outlive the other pytest
     # sessions of this machine, which prune the shared base directory.
@@ -255,7 +122,7 @@ def prometheus() -> Iterator[Prometheus]:
     finally:
         server.stop()
         deployment.stop()
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+        asyncio.run(admin_sql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
         shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -269,13 +136,13 @@ def results(prometheus: Prometheus) -> dict[Target, list[dict[str, Any]]]:
     while True:
         for target in awaited:
             if not has_data(found.get(target, [])):
-                found[target] = prometheus.query(target.query)
+                found[target] = prometheus.query(target.query(VARIABLES))
         if all(map(has_data, found.values())) or time.monotonic() > deadline:
             break
         time.sleep(1)
     for target in targets():
         if target not in found:
-            found[target] = prometheus.query(target.query)
+            found[target] = prometheus.query(target.query(VARIABLES))
     return found
 
 
@@ -285,7 +152,7 @@ def test_panel_target_returns_data(
 ) -> None:
     if target.gpu_only and not prometheus.query("gpu_utilization_ratio"):
         pytest.skip("GPU-only panel: no GPU here, so the services export no gpu_* metrics")
-    assert has_data(results[target]), f"no data for {target.query}: {results[target]}"
+    assert has_data(results[target]), f"no data for {target.query(VARIABLES)}: {results[target]}"
 
 
 def test_camera_variable_lists_the_simulated_camera(prometheus: Prometheus) -> None:
@@ -298,15 +165,13 @@ def test_camera_variable_lists_the_simulated_camera(prometheus: Prometheus) -> N
 
 
 def test_dashboards_are_grafana_documents_on_the_prometheus_variable() -> None:
+    assert structural_problems() == []  # unique uids and panel ids, the datasource variable
     boards = dashboards()
     assert {"system.json", "application.json", "sla.json", "camera.json"} <= set(boards)
-    assert len({b["uid"] for b in boards.values()}) == len(boards)
     for name, board in boards.items():
         assert board["__inputs"][0]["name"] == "DS_PROMETHEUS", name
         variables = {v["name"] for v in board["templating"]["list"]}
         assert {"DS_PROMETHEUS", "namespace"} <= variables, name
-        ids = [panel["id"] for panel in panels(board)]
-        assert len(ids) == len(set(ids)), f"{name}: duplicate panel ids"
         for panel in panels(board):
             if panel["type"] == "row":
                 continue
