@@ -12,7 +12,9 @@ Rows hold an event's latest state only, so changes between two reads collapse in
 event that started since the client's last read (``first_seq`` past it) but arrives as
 UPDATED or ENDED is announced first with a STARTED message (its current state, end time
 cleared): every event a stream reports begins with STARTED, unless it started before the
-stream's start point (then its first message is whatever comes next).
+stream's start point (then its first message is whatever comes next). That STARTED's
+resume token also names the event (by its ``first_seq``): a stream broken between the
+STARTED and the change it announces resumes with the change alone, not a second STARTED.
 
 The hub reads when analytics announces a commit with events (``wake``, from the Redis
 announcement) and every ``stream_poll_seconds`` anyway (no Redis, or a lost announcement).
@@ -71,15 +73,24 @@ _CHANGES = (
 _NO_END = 2**63 - 1
 
 
-def encode_token(position: int) -> str:
-    body = json.dumps([_TOKEN_VERSION, position], separators=(",", ":")).encode()
+def encode_token(position: int, started: int | None = None) -> str:
+    """The token of a message at ``position``; ``started``: the message was the STARTED
+    announcing the event first created at that position, whose change is still to come."""
+    fields = [_TOKEN_VERSION, position] if started is None else [_TOKEN_VERSION, position, started]
+    body = json.dumps(fields, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(body).decode("ascii").rstrip("=")
 
 
-def decode_token(token: str) -> int:
+def decode_token(token: str) -> tuple[int, int | None]:
+    """(position, the announced event's first position or None) of a resume token."""
     try:
-        version, position = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        if version != _TOKEN_VERSION or not isinstance(position, int) or position < 0:
+        fields = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        if not isinstance(fields, list) or len(fields) not in (2, 3):
+            raise ValueError(token)
+        version, position, *started = fields
+        if version != _TOKEN_VERSION or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in (position, *started)
+        ):
             raise ValueError(token)
     except (ValueError, TypeError, binascii.Error, UnicodeError):
         raise InvalidArgumentError.for_field(
@@ -87,7 +98,7 @@ def decode_token(token: str) -> int:
             "is malformed; stream without one and back-fill with ListEvents",
             reason=error_reason_pb2.ERROR_REASON_INVALID_PAGE_TOKEN,
         ) from None
-    return position
+    return position, (started[0] if started else None)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -122,6 +133,8 @@ class _Client:
     initial: int
     # The last row it has read (sent, or skipped by its filters).
     cursor: int
+    # The event (by first_seq) whose STARTED its resume token says it got, change pending.
+    announced: int | None = None
 
     def wants(self, row: _Row) -> bool:
         query = self.query
@@ -147,8 +160,12 @@ class _Client:
         if row.read_start > self.joined:
             started_through = max(started_through, row.read_start)
         out = []
-        if row.change.change_type != _STARTED and row.first > started_through:
-            started = _Change(change_type=_STARTED, resume_token=encode_token(before))
+        # The event the resume token says was announced: its STARTED went out already.
+        announced = row.first == self.announced
+        if announced:
+            self.announced = None
+        if row.change.change_type != _STARTED and row.first > started_through and not announced:
+            started = _Change(change_type=_STARTED, resume_token=encode_token(before, row.first))
             started.event.CopyFrom(row.change.event)
             started.event.ClearField("end_time")
             out.append(started)
@@ -251,7 +268,7 @@ class EventHub:
     ) -> AsyncIterator[_Change]:
         """The client's messages until it goes away; raises UNAVAILABLE (OVERLOADED) when it
         falls too far behind, OUT_OF_RANGE when its resume token is too old."""
-        resume = decode_token(query.resume_token) if query.resume_token else None
+        resume, announced = decode_token(query.resume_token) if query.resume_token else (None, None)
         if self._position is None:
             raise UnavailableError("event stream not ready: PostgreSQL has not answered yet")
         # Joined at the hub's position: the replay covers it and what lies before, the hub
@@ -261,7 +278,12 @@ class EventHub:
         # sent already, so the live rows start after the token.
         initial = joined if resume is None else resume
         client = _Client(
-            query, cameras, joined=joined, initial=initial, cursor=min(initial, joined)
+            query,
+            cameras,
+            joined=joined,
+            initial=initial,
+            cursor=min(initial, joined),
+            announced=announced,
         )
         if resume is not None:
             for change in await self._replay(client, joined):
