@@ -44,7 +44,7 @@ from google.protobuf import json_format
 
 from tests.api.test_grpcurl_doc import ShellReader, check, run_grpcurl
 from tests.deploy.test_dockerfile import FILL_WHEELHOUSE, WHEELHOUSE
-from tests.up.test_up import Proc, _children_of, _free_port_block
+from tests.up.processes import Proc, children_of, free_port_block
 
 REPO = Path(__file__).resolve().parents[2]
 README_BASE_PORT = 50051  # the ports the README shows: up's default block of eight
@@ -163,7 +163,7 @@ class Job:
         found: list[Proc] = []
         parents = [self.process.pid]
         while parents:
-            children = _children_of(parents.pop())
+            children = children_of(parents.pop())
             found += children
             parents += [child.pid for child in children]
         return found
@@ -332,7 +332,7 @@ def test_the_readme_quick_start_runs_on_a_fresh_clone(embedded_data_dir: Path) -
     section = run_it_section((clone / "README.md").read_text(encoding="utf-8"))
     run_it, try_it, read_it, *_ = fenced_blocks(section, "bash")
     (readme_table,) = [b for b in fenced_blocks(section, "") if b.startswith("service ")]
-    base_port = _free_port_block()
+    base_port = free_port_block()
     # ITS_DATABASE__DSN and the rest unset: up's embedded defaults, as on a fresh machine.
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("ITS_", "PIP_"))}
     environment.pop("VIRTUAL_ENV", None)

@@ -16,17 +16,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import closing
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -37,6 +33,7 @@ from its.common.v1 import time_range_pb2
 from its.query.v1 import query_service_pb2
 from its_camera_ai.up import SAMPLE_CAMERA, sample_camera, sample_scene
 from its_camera_ai_client import UnauthenticatedError, connect_async
+from tests.up.processes import Proc, children_of, free_port_block
 
 START_WITHIN_S = 150.0
 STOP_WITHIN_S = 60.0
@@ -52,71 +49,12 @@ SERVICE_FAMILY = {
 }
 
 
-@dataclass(frozen=True)
-class Proc:
-    """A process seen in /proc: its pid, command line and the start time telling it from a
-    later process given the same pid."""
-
-    pid: int
-    command: tuple[str, ...]
-    started: str
-
-    @classmethod
-    def read(cls, pid: int) -> Proc | None:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            return None
-        fields = stat.rpartition(")")[2].split()
-        if fields[0] == "Z":
-            return None  # ended, not yet reaped
-        return cls(pid, tuple(part.decode() for part in command if part), fields[19])
-
-    @property
-    def parent(self) -> int:
-        return int(Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()[1])
-
-    def running(self) -> bool:
-        again = Proc.read(self.pid)
-        return again is not None and again.started == self.started
-
-    def kill(self) -> None:
-        os.kill(self.pid, signal.SIGKILL)
-
-
-def _children_of(pid: int) -> list[Proc]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (proc := Proc.read(int(entry))) is not None:
-            try:
-                if proc.parent == pid:
-                    found.append(proc)
-            except OSError:
-                continue
-    return found
-
-
-def _free_port_block(size: int = 8) -> int:
-    """A base port with ``size`` consecutive ports free on loopback."""
-    for _ in range(200):
-        base = random.randrange(20_000, 60_000)
-        try:
-            for port in range(base, base + size):
-                with closing(socket.socket()) as probe:
-                    probe.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise AssertionError("no block of free ports")
-
-
 class Up:
     """``up --no-view`` as a child process, its output in a file."""
 
     def __init__(self, data_dir: Path, cwd: Path, environment: dict[str, str], *args: str):
         self.data_dir = data_dir
-        self.base_port = _free_port_block()
+        self.base_port = free_port_block()
         self.output = cwd / "up.out"
         command = [sys.executable, "-m", "its_camera_ai", "up", "--no-view"]
         command += ["--data-dir", str(data_dir), "--base-port", str(self.base_port), *args]
@@ -150,7 +88,7 @@ class Up:
     def children(self) -> dict[str, Proc]:
         """The service processes by unit name."""
         found = {}
-        for child in _children_of(self.process.pid):
+        for child in children_of(self.process.pid):
             if "serve" in child.command:
                 found[child.command[child.command.index("serve") + 1]] = child
         return found
@@ -347,7 +285,7 @@ def test_up_on_the_embedded_database_owns_it_and_stops_it(
     up_factory.append(up)
     up.wait_for(r"ready in [\d.]+ s", START_WITHIN_S)
     assert f"embedded PostgreSQL in {data_dir / 'postgres'}" in up.text()
-    postmasters = [p for p in _children_of(up.process.pid) if p.command[0].endswith("postgres")]
+    postmasters = [p for p in children_of(up.process.pid) if p.command[0].endswith("postgres")]
     assert len(postmasters) == 1, "up owns the one embedded server"
     # Every service reaches it: query reads events, the decoder lists cameras.
     token = (data_dir / "token").read_text().strip()
