@@ -207,6 +207,16 @@ def _check_counts(up: Up, token: str) -> None:
         assert sure.get(line, 0) - slack <= counts[line] <= total + slack, (line, counts, every)
 
 
+async def _live_stats(target: str, token: str) -> float:
+    """The sample's analysed frames per second, as the view shows it: live figures reach
+    query from analytics through up's private Redis."""
+    async with connect_async(target, token=token) as client:
+        reply = await client.query.GetCameraStats(
+            query_service_pb2.GetCameraStatsRequest(name=f"cameras/{SAMPLE_CAMERA}/stats")
+        )
+    return float(reply.stats.processed_fps)
+
+
 def _check_metrics(up: Up) -> None:
     for service, family in SERVICE_FAMILY.items():
         text = _metrics(up.target("http", service))
@@ -264,6 +274,8 @@ def test_up_runs_counts_restarts_and_stops_cleanly(
 
     asyncio.run(_refused_without_the_right_token(up.target("grpc", "query")))
     _check_counts(up, token)
+    assert "redis: private, on" in up.text()
+    assert asyncio.run(_live_stats(up.target("grpc", "query"), token)) > 0
     # The ring crossed processes: the decoder's ring, read by inference (its semaphore).
     prefix = str(up.info["ring_prefix"])
     assert f"sem.its-ring-{prefix}{SAMPLE_CAMERA}.r0" in os.listdir("/dev/shm")

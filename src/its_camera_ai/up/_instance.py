@@ -25,6 +25,7 @@ from its_camera_ai.common import Database, Settings
 from its_camera_ai.shm import clean_rings
 from its_camera_ai.up._credentials import DevCredentials, issue_dev_credentials
 from its_camera_ai.up._plan import Plan
+from its_camera_ai.up._redis import PrivateRedis, start_private_redis
 from its_camera_ai.up._sample import SAMPLE_CAMERA, create_sample_camera
 from its_camera_ai.up._supervisor import Child, Supervisor
 
@@ -71,6 +72,9 @@ class Instance:
         shared = dict(self.credentials.environment)
         if database is not None and database.embedded_dsn is not None:
             shared["ITS_DATABASE__DSN"] = database.embedded_dsn
+        redis = await self._open_redis()
+        if redis is not None:
+            shared["ITS_REDIS__URL"] = redis.url
         children = [
             Child(unit, plan.child_environment(unit, shared), plan.logs_dir / f"{unit.name}.log")
             for unit in plan.units
@@ -88,6 +92,8 @@ class Instance:
             return 0
         finally:
             await supervisor.stop()
+            if redis is not None:
+                await redis.stop()
             if database is not None:
                 await database.close()
             left = clean_rings(match=f"{plan.ring_prefix}*")
@@ -110,6 +116,17 @@ class Instance:
         database = await Database.open(embedded, application_name="its-camera-ai-up")
         self.say(f"database: embedded PostgreSQL in {self.plan.embedded_postgres_dir}")
         return database
+
+    async def _open_redis(self) -> PrivateRedis | None:
+        if self.settings.redis.url is not None:
+            self.say("redis: the configured redis.url")
+            return None
+        redis = await start_private_redis(self.plan.data_dir / "redis")
+        if redis is None:
+            self.say("redis: none (redis-server is not installed): live stats read zero")
+        else:
+            self.say(f"redis: private, on {redis.socket}")
+        return redis
 
     async def _come_up(self, supervisor: Supervisor) -> bool:
         """Wait for every child in start order, then create the sample (once inference
