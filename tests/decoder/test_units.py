@@ -184,6 +184,26 @@ def test_frame_clock_thins_evenly_and_detects_lateness() -> None:
     assert time.monotonic() - started >= 0.14
 
 
+def test_a_source_slower_than_real_time_loses_frames_but_never_stops_delivering() -> None:
+    """A paced simulator (or a live camera) whose frames take longer than their interval:
+    lag grows past max_lag. The late frame is lost and counted; the stream goes on. (It
+    once stayed late forever: three 720p simulated cameras on two busy cores never wrote a
+    first frame, so their rings never existed.)"""
+    stop = threading.Event()
+    for pace, live in ((True, False), (False, True)):
+        clock = FrameClock(target_fps=0, pace=pace, live=live, max_lag=0.03, stop=stop)
+        verdicts = []
+        for i in range(12):
+            media = i * 0.005
+            if pace:
+                clock.wait_until(media)
+            time.sleep(0.02)  # rendering or decoding: four times the frame interval
+            verdicts.append(clock.judge(media))
+        assert Verdict.LATE in verdicts, (pace, verdicts)
+        # After each loss it delivers again: never more than one late frame in a row here.
+        assert verdicts[-4:].count(Verdict.DELIVER) >= 2, (pace, verdicts)
+
+
 def test_settings_come_from_the_environment(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

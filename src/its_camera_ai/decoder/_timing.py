@@ -89,4 +89,11 @@ class FrameClock:
             # anchor so lateness is measured from here on. (A paced source keeps its
             # schedule: moving it would make the replay drift.)
             self._anchor = (media_time, now)
-        return Verdict.LATE if lag > self._max_lag else Verdict.DELIVER
+        if lag > self._max_lag:
+            # Too far behind to catch up by waiting: this frame is lost (counted), and the
+            # schedule moves to now so that the stream goes on, thinned, instead of every
+            # later frame being late too (a source slower than real time never catching
+            # up: a busy simulator, a decoder behind its camera).
+            self._anchor = (media_time, now)
+            return Verdict.LATE
+        return Verdict.DELIVER

@@ -27,7 +27,8 @@ from its_camera_ai_client import TlsOptions, aio_channel
 
 __all__ = ["DEFAULT_CAMERA_SOURCE", "PipelineLoad", "PipelineWindow"]
 
-# 640x360: 720p sim cameras never reached inference in `serve all` here (docs/benchmarks.md).
+# 640x360: the simulator renders one 720p camera at most in real time on two busy cores
+# (docs/benchmarks.md, Load tests); smaller frames measure the pipeline, not the renderer.
 DEFAULT_CAMERA_SOURCE = "sim://road?width=640&height=360&fps=30"
 _LATENCY = "latency_capture_to_detections_seconds"
 _Sample = tuple[str, frozenset[tuple[str, str]]]
