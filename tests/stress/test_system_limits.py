@@ -20,9 +20,11 @@ pytestmark = pytest.mark.stress
 
 STEPS = [int(n) for n in os.environ.get("ITS_STRESS_STEPS", "1,3,5").split(",")]
 WINDOW_S = float(os.environ.get("ITS_LOAD_SECONDS", "10"))
-# Bounded, not within budget: a processed frame older than this waited in a queue.
-OVERLOAD_P99_LIMIT_S = 0.5
-RECOVERED_P99_LIMIT_S = 0.15
+# Bounded, not within budget. The newest-frame policy keeps at most one frame per camera
+# waiting: a processed frame waits for the batch being run, then for its own; at 5 cameras
+# on two CPU cores a batch takes ~0.5 s (p50 0.5 s, p99 1.0 s measured 2026-12-05). A queue
+# would instead grow by seconds every second.
+OVERLOAD_P99_LIMIT_S = 1.5
 
 
 @pytest.mark.timeout(300 + 4 * WINDOW_S * (len(STEPS) + 1))
@@ -49,5 +51,12 @@ async def test_past_capacity_sheds_and_recovers(postgres_dsn: str, tmp_path: Pat
         assert window.frames_detected > 0
         assert window.latency_s(0.99) <= OVERLOAD_P99_LIMIT_S, window.line()
         assert not any(k.startswith("rejected") for k in window.analytics_frames), window.line()
-    assert recovered.skip_share < overloaded.skip_share / 2, recovered.line()
-    assert recovered.latency_s(0.99) <= RECOVERED_P99_LIMIT_S, recovered.line()
+    # Recovered: back to what the same load got before the overload (on two CPU cores even
+    # one 30 fps camera is past the model's rate, so "no shedding" is not the baseline).
+    before = windows[0]
+    assert before.cameras == recovered.cameras, "the first step is the load recovered to"
+    assert recovered.skip_share <= before.skip_share + 0.1, (before.line(), recovered.line())
+    assert recovered.latency_s(0.99) <= 1.5 * before.latency_s(0.99), (
+        before.line(),
+        recovered.line(),
+    )
