@@ -7,8 +7,10 @@ that happened. The counts come from the shipped detector (held-out mAP 0.741, no
 boxes) running live on a shared CPU, so exact equality is not what it can honestly promise:
 the test asserts that each line's count lies between the truth crossings that are surely
 processed (more than 5 s old, after the first 2 s while inference attaches) and every
-crossing so far, each give or take ``max(2, 15 %)``. The default scene has no incident, so
-``StreamEvents`` is asserted to open and deliver (a heartbeat, or events if any).
+crossing so far, each give or take ``max(2, 15 %)``. The sample scene raises no incident,
+so a second camera gets a wrong-way driver's detections streamed into the analytics process
+(as inference would send them), and its incident must arrive on ``StreamEvents`` from the
+query process.
 """
 
 from __future__ import annotations
@@ -25,14 +27,17 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from its.camera.v1 import camera_service_pb2
 from its.common.v1 import time_range_pb2
-from its.query.v1 import query_service_pb2
+from its.query.v1 import event_pb2, query_service_pb2
 from its_camera_ai.up import SAMPLE_CAMERA, sample_camera, sample_scene
 from its_camera_ai_client import UnauthenticatedError, connect_async
+from tests.analytics import synth
+from tests.analytics.test_service_support import camera_proto, recent_start_ns, stream, to_batches
 from tests.up.processes import Proc, children_of, free_port_block
 
 START_WITHIN_S = 150.0
@@ -40,6 +45,7 @@ STOP_WITHIN_S = 60.0
 # Scene time the sample runs before its counts are read.
 COUNTED_SCENE_S = 25.0
 SAMPLE_FPS = 10
+WRONG_WAY_CAMERA = "wrong-way"
 MOTOR = ("car", "truck", "bus", "motorcycle")
 SERVICE_FAMILY = {
     "decoder": "decoder_",
@@ -176,14 +182,36 @@ def _truth(frames: int) -> tuple[dict[str, int], dict[str, int]]:
     return sure, every
 
 
-async def _first_stream_message(target: str, token: str) -> query_service_pb2.StreamEventsResponse:
-    async with connect_async(target, token=token) as client:
-        stream = client.query.StreamEvents(query_service_pb2.StreamEventsRequest())
-        async with asyncio.timeout(15):
-            async for message in stream:
-                stream.cancel()
-                return message
-    raise AssertionError("StreamEvents ended without a message")
+async def _wrong_way_event_on_the_stream(up: Up, token: str) -> query_service_pb2.Event:
+    """A wrong-way driver streamed into analytics (as inference would) on a camera of its
+    own; the incident it raises, as StreamEvents delivers it to a client with the token."""
+    camera = camera_proto(synth.road_scene())
+    camera.source_uri, camera.enabled = "sim://road", False  # its detections come from here
+    ghost = synth.Agent(synth.piecewise([(0, 90), (90 * 3.6 / 50, 0)], -1.75))
+    cars = [synth.Agent(synth.straight(0.0, -5.25, 60.0, t_start=3.0 * i)) for i in range(5)]
+    frames = synth.frames([ghost, *cars], 16.0, fps=10.0, start_ns=recent_start_ns(16.0))
+    async with connect_async(up.target("grpc", "decoder"), token=token) as client:
+        await client.cameras.CreateCamera(
+            camera_service_pb2.CreateCameraRequest(camera=camera, camera_id=WRONG_WAY_CAMERA)
+        )
+    async with connect_async(up.target("grpc", "query"), token=token) as client:
+        events = client.query.StreamEvents(
+            query_service_pb2.StreamEventsRequest(camera=f"cameras/{WRONG_WAY_CAMERA}")
+        )
+        async with grpc.aio.insecure_channel(up.target("grpc", "analytics")) as analytics:
+            # Analytics learns the camera from the decoder's watch: probe with one frame.
+            for attempt in range(100):
+                probe = to_batches(frames[:1], f"probe-{attempt}", camera=WRONG_WAY_CAMERA)
+                if (await stream(analytics, probe))[0].accepted_frames == 1:
+                    break
+                await asyncio.sleep(0.2)
+            await stream(analytics, to_batches(frames[1:], "e2e-0", camera=WRONG_WAY_CAMERA))
+        async with asyncio.timeout(30):
+            async for message in events:
+                if message.event.type == event_pb2.EVENT_TYPE_WRONG_WAY:
+                    events.cancel()
+                    return message.event
+    raise AssertionError("StreamEvents ended without the wrong-way event")
 
 
 async def _refused_without_the_right_token(target: str) -> None:
@@ -259,9 +287,7 @@ def _check_clean_stop(up: Up, children: dict[str, Proc]) -> None:
 def test_up_runs_counts_restarts_and_stops_cleanly(
     postgres_dsn: str, tmp_path: Path, up_factory: list[Up]
 ) -> None:
-    environment = _environment(
-        ITS_DATABASE__DSN=postgres_dsn, ITS_QUERY__STREAM_HEARTBEAT_SECONDS="1"
-    )
+    environment = _environment(ITS_DATABASE__DSN=postgres_dsn)
     up = Up(tmp_path / "data", tmp_path, environment)
     up_factory.append(up)
     up.wait_for(r"ready in [\d.]+ s", START_WITHIN_S)
@@ -279,9 +305,8 @@ def test_up_runs_counts_restarts_and_stops_cleanly(
     # The ring crossed processes: the decoder's ring, read by inference (its semaphore).
     prefix = str(up.info["ring_prefix"])
     assert f"sem.its-ring-{prefix}{SAMPLE_CAMERA}.r0" in os.listdir("/dev/shm")
-    message = asyncio.run(_first_stream_message(up.target("grpc", "query"), token))
-    assert message.change_type != query_service_pb2.EVENT_CHANGE_TYPE_UNSPECIFIED
-    assert message.resume_token
+    event = asyncio.run(_wrong_way_event_on_the_stream(up, token))
+    assert event.name.startswith(f"cameras/{WRONG_WAY_CAMERA}/events/")
     _check_metrics(up)
     _check_restart(up)
     _check_clean_stop(up, up.children())
