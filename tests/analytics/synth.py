@@ -210,3 +210,11 @@ def piecewise(
         return (float(np.interp(t, ts, xs)), y)
 
     return pos
+
+
+def wrong_way_traffic(duration_s: float, start_ns: int) -> list[FrameInput]:
+    """A driver going the wrong way down the road scene's lane (from 90 m towards the
+    camera's end at 50 km/h) among five cars going the right way: one WRONG_WAY incident."""
+    ghost = Agent(piecewise([(0, 90), (90 * 3.6 / 50, 0)], -1.75))
+    cars = [Agent(straight(0.0, -5.25, 60.0, t_start=3.0 * i)) for i in range(5)]
+    return frames([ghost, *cars], duration_s, fps=10.0, start_ns=start_ns)

@@ -398,9 +398,7 @@ async def seed(host: ServiceHost, issuer: TokenIssuer, certs: DevCertificates, d
     )  # fmt: skip
     camera = camera_proto(synth.road_scene())
     camera.display_name, camera.source_uri = "A4 km 12 northbound", "rtsp://10.20.4.11/stream1"
-    ghost = synth.Agent(synth.piecewise([(0, 90), (90 * 3.6 / 50, 0)], -1.75))
-    cars = [synth.Agent(synth.straight(0.0, -5.25, 60.0, t_start=3.0 * i)) for i in range(5)]
-    frames = synth.frames([ghost, *cars], 16.0, fps=10.0, start_ns=recent_start_ns(16.0))
+    frames = synth.wrong_way_traffic(16.0, recent_start_ns(16.0))
     async with grpc.aio.secure_channel(f"localhost:{host.grpc_port}", credentials) as channel:
         await camera_service_pb2_grpc.CameraServiceStub(channel).CreateCamera(
             camera_service_pb2.CreateCameraRequest(camera=camera, camera_id=CAMERA)

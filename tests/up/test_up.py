@@ -187,9 +187,7 @@ async def _wrong_way_event_on_the_stream(up: Up, token: str) -> query_service_pb
     own; the incident it raises, as StreamEvents delivers it to a client with the token."""
     camera = camera_proto(synth.road_scene())
     camera.source_uri, camera.enabled = "sim://road", False  # its detections come from here
-    ghost = synth.Agent(synth.piecewise([(0, 90), (90 * 3.6 / 50, 0)], -1.75))
-    cars = [synth.Agent(synth.straight(0.0, -5.25, 60.0, t_start=3.0 * i)) for i in range(5)]
-    frames = synth.frames([ghost, *cars], 16.0, fps=10.0, start_ns=recent_start_ns(16.0))
+    frames = synth.wrong_way_traffic(16.0, recent_start_ns(16.0))
     async with connect_async(up.target("grpc", "decoder"), token=token) as client:
         await client.cameras.CreateCamera(
             camera_service_pb2.CreateCameraRequest(camera=camera, camera_id=WRONG_WAY_CAMERA)
