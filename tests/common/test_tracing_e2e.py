@@ -260,6 +260,24 @@ async def test_analytics_ignores_malformed_traceparents_and_follows_the_sampler(
         await _probe(collector, pipeline)
 
 
+async def _send_as_a_producer(
+    target: str, batch: detection_batch_pb2.DetectionBatch
+) -> list[analytics_service_pb2.StreamDetectionBatchesResponse]:
+    """The batch's acknowledgements, resent on UNAVAILABLE as inference does: analytics may
+    not have listed the decoder's cameras yet (both processes started together, its breaker
+    in front of the decoder may still be open)."""
+    request = analytics_service_pb2.StreamDetectionBatchesRequest(batch=batch)
+    async with grpc.aio.insecure_channel(target) as channel, asyncio.timeout(30):
+        stub = analytics_service_pb2_grpc.AnalyticsServiceStub(channel)
+        while True:
+            try:
+                return [ack async for ack in stub.StreamDetectionBatches(iter([request]))]
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+            await asyncio.sleep(0.5)
+
+
 async def _probe(collector: Receiver, pipeline: Pipeline) -> None:
     # Known to analytics (through the decoder); disabled: these are its only frames.
     await _create_camera(pipeline.decoder, "probe", _CAMERA, enabled=False)
@@ -276,10 +294,7 @@ async def _probe(collector: Receiver, pipeline: Pipeline) -> None:
         producer_id="tracing-probe", sequence=1, camera="cameras/probe", model="models/probe",
         model_version="1", frames=frames,
     )  # fmt: skip
-    async with grpc.aio.insecure_channel(pipeline.analytics) as channel:
-        stub = analytics_service_pb2_grpc.AnalyticsServiceStub(channel)
-        request = analytics_service_pb2.StreamDetectionBatchesRequest(batch=batch)
-        acks = [ack async for ack in stub.StreamDetectionBatches(iter([request]), timeout=20)]
+    acks = await _send_as_a_producer(pipeline.analytics, batch)
     # Bad trace contexts cost the frames nothing: all applied.
     assert [(a.acknowledged_sequence, a.accepted_frames) for a in acks] == [(1, len(frames))]
 

@@ -15,6 +15,8 @@ cleared): every event a stream reports begins with STARTED, unless it started be
 stream's start point (then its first message is whatever comes next). That STARTED's
 resume token also names the event (by its ``first_seq``): a stream broken between the
 STARTED and the change it announces resumes with the change alone, not a second STARTED.
+An event the replay announced (started after the token, before the join) is not announced
+again when its next change is read live.
 
 The hub reads when analytics announces a commit with events (``wake``, from the Redis
 announcement) and every ``stream_poll_seconds`` anyway (no Redis, or a lost announcement).
@@ -135,6 +137,9 @@ class _Client:
     cursor: int
     # The event (by first_seq) whose STARTED its resume token says it got, change pending.
     announced: int | None = None
+    # Events created between its resume token and its join whose STARTED it got, from the
+    # replay: their rows may have moved past the join since, to be read live.
+    replayed: set[int] = dataclasses.field(default_factory=set)
 
     def wants(self, row: _Row) -> bool:
         query = self.query
@@ -154,23 +159,32 @@ class _Client:
         before, self.cursor = self.cursor, row.position
         if not self.wants(row):
             return []
-        # Reads after the one it joined in: every event created before that read began
-        # was seen by this client in an earlier read, STARTED included.
-        started_through = self.initial
-        if row.read_start > self.joined:
-            started_through = max(started_through, row.read_start)
         out = []
         # The event the resume token says was announced: its STARTED went out already.
         announced = row.first == self.announced
         if announced:
             self.announced = None
-        if row.change.change_type != _STARTED and row.first > started_through and not announced:
+        elif row.change.change_type != _STARTED and not self._had_started(row):
             started = _Change(change_type=_STARTED, resume_token=encode_token(before, row.first))
             started.event.CopyFrom(row.change.event)
             started.event.ClearField("end_time")
             out.append(started)
+        if self.initial < row.first <= self.joined:
+            self.replayed.add(row.first)
         out.append(row.change)
         return out
+
+    def _had_started(self, row: _Row) -> bool:
+        """Whether the event of ``row`` began before the stream's start point or this client
+        got its STARTED already."""
+        if row.first <= self.initial:
+            return True
+        if row.first <= self.joined:
+            # Between the resume token and the join: the replay announced it, or nobody.
+            return row.first in self.replayed
+        # Reads after the one it joined in: every event created before that read began was
+        # seen by this client in an earlier read, STARTED included.
+        return self.joined < row.read_start and row.first <= row.read_start
 
 
 class EventHub:
