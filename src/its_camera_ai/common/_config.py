@@ -484,8 +484,11 @@ BackendName = Literal["torch", "torch-compile", "tensorrt"]
 class InferenceSettings(_Section):
     """The inference service (``ITS_INFERENCE__*``): model, backend, batching, delivery."""
 
-    # The model: a detector manifest (.json; None: the shipped detector) or an Ultralytics
-    # YOLO TorchScript export (.torchscript/.pt with yolo_* options below).
+    # The model: a shipped one by name (its_camera_ai.inference.models.SHIPPED_MODELS), or
+    # a manifest (.json: the shipped detector's format, or an adapter manifest for YOLOX /
+    # Ultralytics exports, TorchScript or ONNX), or an Ultralytics YOLO TorchScript export
+    # (.torchscript/.pt with the yolo_* options below). The manifest or export wins.
+    model: Literal["its-detector-v1", "yolox-nano-coco"] = "its-detector-v1"
     model_manifest: Path | None = None
     yolo_model: Path | None = None
     yolo_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")

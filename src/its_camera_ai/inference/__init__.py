@@ -37,7 +37,7 @@ from its_camera_ai.inference._producer import DetectionProducer, new_producer_id
 from its_camera_ai.inference._producer_accounting import ProducerMetrics, ProducerStats
 from its_camera_ai.inference._runner import BatchRunner
 from its_camera_ai.inference._servicer import InferenceServicer, model_resource
-from its_camera_ai.inference.server import inference_unit, load_model
+from its_camera_ai.inference.server import configured_model, inference_unit
 
 __all__ = [
     "MAX_IMAGE_PIXELS",
@@ -55,12 +55,12 @@ __all__ = [
     "ProducerMetrics",
     "ProducerStats",
     "Work",
+    "configured_model",
     "decode_image",
     "frame_rgb",
     "image_size",
     "inference_unit",
     "letterbox_into",
-    "load_model",
     "model_resource",
     "new_producer_id",
     "to_detection_protos",

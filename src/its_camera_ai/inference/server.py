@@ -41,23 +41,22 @@ from its_camera_ai.inference._producer_accounting import ProducerMetrics
 from its_camera_ai.inference._runner import BatchRunner
 from its_camera_ai.inference._servicer import InferenceServicer, model_resource
 from its_camera_ai.inference.models import (
-    DEFAULT_MANIFEST,
     DetectionModel,
     Engine,
     EngineSpec,
     YoloAdapter,
     build_engine,
-    load_detector,
+    load_model,
 )
 from its_camera_ai.shm import enable_metrics
 
-__all__ = ["UNIT", "inference_unit", "load_model"]
+__all__ = ["UNIT", "configured_model", "inference_unit"]
 
 _log = logging.getLogger(__name__)
 _DRAIN_SECONDS = 5.0
 
 
-def load_model(settings: InferenceSettings) -> DetectionModel:
+def configured_model(settings: InferenceSettings) -> DetectionModel:
     """The configured model on the CPU (a backend makes its own copy on its device)."""
     if settings.yolo_model is not None:
         return YoloAdapter.load(
@@ -66,7 +65,7 @@ def load_model(settings: InferenceSettings) -> DetectionModel:
             input_size=settings.yolo_input_size,
             num_classes=settings.yolo_num_classes,
         )
-    return load_detector(settings.model_manifest or DEFAULT_MANIFEST)
+    return load_model(settings.model_manifest or settings.model)
 
 
 class _Pipeline:
@@ -166,7 +165,7 @@ async def _load(config: InferenceSettings) -> tuple[DetectionModel, Engine, mode
     """The model, its engine and the Model resource reporting them; slow, off the loop."""
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
-    model = await asyncio.to_thread(load_model, config)
+    model = await asyncio.to_thread(configured_model, config)
     engine = await asyncio.to_thread(build_engine, model, EngineSpec.from_settings(config))
     resource = model_resource(model, engine, config.max_batch_size, time.time_ns())
     _log.info(

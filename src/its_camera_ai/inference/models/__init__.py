@@ -1,15 +1,18 @@
-"""The detection models the inference service runs: the shipped detector and user YOLO models.
+"""The detection models the inference service runs: the shipped detectors and user models.
 
-    from its_camera_ai.inference.models import load_detector
-    det = load_detector()                       # shipped weights; sha256 checked
+    from its_camera_ai.inference.models import load_model
+    det = load_model("yolox-nano-coco")          # a shipped model, or a manifest's path
     for d in det.detect(frames_uint8_bhwc):      # one Detections per frame
         d.boxes, d.scores, d.classes             # original pixels, [0,1], ObjectClass ids
 
-The shipped model (``its-detector-v1.{pt,json}``, in this package's folder) is a small
-anchor-free heatmap detector trained from scratch on the simulator (``its_camera_ai.sim``; see
-``its_camera_ai.inference.training``); its manifest records the input size, normalisation,
-training config, sha256 and evaluation figures. ``YoloAdapter`` runs an Ultralytics YOLO
-TorchScript export (``[B, 4+nc, N]``) behind the same ``detect``, COCO classes mapped to ours.
+Two models ship in this package's folder (``SHIPPED_MODELS``), each a weights file with its
+manifest (sha256 checked before the file is read): ``its-detector-v1``, a small anchor-free
+heatmap detector trained from scratch on the simulator (``its_camera_ai.sim``; see
+``its_camera_ai.inference.training``), and ``yolox-nano-coco``, YOLOX-nano trained on COCO
+(Apache-2.0, see NOTICE), converted from its ONNX export once by
+``scripts/convert_onnx_detector.py``. ``YoloAdapter`` runs Ultralytics and YOLOX exports
+(TorchScript, or ONNX rebuilt in torch by ``load_onnx``) behind the same ``detect``, their
+classes mapped to ours; an ``AdapterManifest`` declares a model's format and preprocessing.
 ``build_engine`` places a model's network on a backend (eager torch, ``torch.compile``,
 TensorRT), device and precision. Every problem with a model surfaces at load time as a
 ``ModelLoadError``.
@@ -52,8 +55,12 @@ from its_camera_ai.inference.models._letterbox import (
 )
 from its_camera_ai.inference.models._manifest import (
     CLASS_IDS,
+    AdapterInput,
+    AdapterManifest,
     Manifest,
+    read_adapter_manifest,
     read_manifest,
+    sha256_file,
     write_manifest,
 )
 from its_camera_ai.inference.models._network import (
@@ -64,6 +71,8 @@ from its_camera_ai.inference.models._network import (
     inference_network,
     set_memory_format,
 )
+from its_camera_ai.inference.models._onnx import load_onnx
+from its_camera_ai.inference.models._shipped import SHIPPED_MODELS, load_model
 from its_camera_ai.inference.models._yolo import COCO_TO_ITS, YoloAdapter, nms
 
 __all__ = [
@@ -71,7 +80,10 @@ __all__ = [
     "COCO_TO_ITS",
     "DEFAULT_MANIFEST",
     "PAD_VALUE",
+    "SHIPPED_MODELS",
     "STRIDE",
+    "AdapterInput",
+    "AdapterManifest",
     "BackendUnavailableError",
     "CenterNet",
     "ChecksumMismatchError",
@@ -96,12 +108,16 @@ __all__ = [
     "letterbox",
     "letterbox_any",
     "load_detector",
+    "load_model",
+    "load_onnx",
     "max_filter_3x3",
     "nms",
     "peak_boxes",
+    "read_adapter_manifest",
     "read_manifest",
     "save_detector",
     "set_memory_format",
+    "sha256_file",
     "to_float_batch",
     "unletterbox_boxes",
     "write_manifest",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -25,15 +25,21 @@ from its_camera_ai.inference.models._errors import (
 
 __all__ = [
     "CLASS_IDS",
+    "AdapterInput",
+    "AdapterManifest",
     "Decoding",
     "InputSpec",
     "Manifest",
     "Normalisation",
+    "manifest_format",
+    "read_adapter_manifest",
     "read_manifest",
     "sha256_file",
     "verified_weights",
     "write_manifest",
 ]
+
+_M = TypeVar("_M", bound=BaseModel)
 
 # Our class names -> its.common.v1.ObjectClass numbers (CAR=1 ... PERSON=6).
 CLASS_IDS: dict[str, int] = {
@@ -115,21 +121,90 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_manifest(path: str | Path) -> Manifest:
-    p = Path(path)
+class AdapterInput(_Strict):
+    """How the network wants its input: ``pixel * scale`` in ``channels`` order, letterboxed
+    (centred) with ``letterbox_pad`` grey (in [0,1] of full scale)."""
+
+    width: int = Field(gt=0, multiple_of=32)
+    height: int = Field(gt=0, multiple_of=32)
+    channels: Literal["rgb", "bgr"]
+    scale: float = Field(gt=0.0, le=255.0)
+    letterbox_pad: float = Field(ge=0.0, le=1.0)
+
+
+class AdapterManifest(_Strict):
+    """A detector from elsewhere (an Ultralytics or YOLOX export, TorchScript or ONNX) run
+    through ``YoloAdapter``: its output format and preprocessing, and which of its classes are
+    ours. ``class_map`` maps the model's class index to our class name; unmapped classes are
+    dropped."""
+
+    format: Literal["its-adapter-manifest"] = "its-adapter-manifest"
+    format_version: Literal[1] = 1
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[a-z0-9][a-z0-9.-]*$")
+    version: str = Field(min_length=1)
+    weights: str = Field(min_length=1, description="file name, relative to the manifest")
+    weights_format: Literal["torchscript", "onnx"]
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size_bytes: int = Field(gt=0)
+    output: Literal["ultralytics", "yolox"]
+    # YOLOX: the strides of its output levels, in output order.
+    strides: tuple[int, ...] = Field(default=(), max_length=8)
+    input: AdapterInput
+    num_classes: int = Field(ge=1, le=4096)
+    class_map: dict[int, str] = Field(min_length=1)
+    score_threshold: float = Field(ge=0.0, le=1.0)
+    iou_threshold: float = Field(gt=0.0, le=1.0)
+    source: str = ""
+    licence: str = ""
+    evaluation: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AdapterManifest:
+        for index, name in self.class_map.items():
+            if not 0 <= index < self.num_classes:
+                raise ValueError(f"class_map: index {index} outside 0..{self.num_classes - 1}")
+            if name not in CLASS_IDS:
+                raise ValueError(f"class_map: {name!r} is not one of {sorted(CLASS_IDS)}")
+        if (self.output == "yolox") != bool(self.strides):
+            raise ValueError("strides: required for the yolox output, and only for it")
+        if any(s <= 0 for s in self.strides):
+            raise ValueError("strides: each above 0")
+        return self
+
+
+def _read_json(p: Path) -> Any:
     if not p.is_file():
         raise WeightsNotFoundError(f"model manifest {p} does not exist")
     try:
-        raw = json.loads(p.read_text())
+        return json.loads(p.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ManifestError(f"model manifest {p} is not readable JSON: {e}") from e
+
+
+def manifest_format(path: str | Path) -> str:
+    """The ``format`` a manifest declares ("" when it declares none)."""
+    raw = _read_json(Path(path))
+    value = raw.get("format", "") if isinstance(raw, dict) else ""
+    return value if isinstance(value, str) else ""
+
+
+def _validated(path: str | Path, kind: type[_M]) -> _M:
+    p = Path(path)
     try:
-        return Manifest.model_validate(raw)
+        return kind.model_validate(_read_json(p))
     except ValidationError as e:
         raise ManifestError(f"model manifest {p} is invalid: {e}") from e
 
 
-def verified_weights(manifest_path: str | Path, manifest: Manifest) -> Path:
+def read_manifest(path: str | Path) -> Manifest:
+    return _validated(path, Manifest)
+
+
+def read_adapter_manifest(path: str | Path) -> AdapterManifest:
+    return _validated(path, AdapterManifest)
+
+
+def verified_weights(manifest_path: str | Path, manifest: Manifest | AdapterManifest) -> Path:
     """The weights file the manifest names, after checking its size and sha256."""
     base = Path(manifest_path).parent
     w = (base / manifest.weights).resolve()
@@ -147,5 +222,5 @@ def verified_weights(manifest_path: str | Path, manifest: Manifest) -> Path:
     return w
 
 
-def write_manifest(path: str | Path, manifest: Manifest) -> None:
+def write_manifest(path: str | Path, manifest: Manifest | AdapterManifest) -> None:
     Path(path).write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")

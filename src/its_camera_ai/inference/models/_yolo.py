@@ -1,19 +1,30 @@
-"""Adapter for user detectors in the Ultralytics YOLO export format (v8/v11 TorchScript).
+"""Adapter for detectors from elsewhere: Ultralytics YOLO (v8/v11) and YOLOX exports.
 
-Operators can bring a model trained on their own cameras. The format: input float
-``[B,3,H,W]`` RGB in [0,1], letterboxed with grey 114 padding; output ``[B, 4+nc, N]`` where
-rows 0-3 are the box centre x, y, width and height in input pixels and the other ``nc`` rows
-are per-class scores (already sigmoid). There is no NMS inside, so it runs here, in torch.
-COCO class ids are mapped to ours (``its.common.v1.ObjectClass``); classes with no mapping
-(dogs, traffic lights, ...) are dropped. The output shape is checked at load on a blank
-frame: a model that does not emit the declared format fails then, not at the first frame.
+Operators can bring a model trained on their own cameras, and the product ships a COCO
+YOLOX-nano. Two output formats:
+
+* ``ultralytics``: ``[B, 4+nc, N]``, rows 0-3 the box centre x, y, width and height in input
+  pixels, the other ``nc`` rows per-class scores (already sigmoid);
+* ``yolox``: ``[B, N, 5+nc]`` over the anchor points of each output level (``strides``, a
+  row-major grid per level): x, y offsets to add to the grid cell and multiply by the
+  stride, log width and height (exp, times the stride), objectness and ``nc`` class scores
+  (score = objectness x class score).
+
+The input is letterboxed (grey 114) like every model's; ``channels`` and ``pixel_scale`` say
+what the network wants from there (Ultralytics: RGB in [0,1]; YOLOX: BGR in 0-255). There
+is no NMS inside, so it runs here, in torch. The model's classes are mapped to ours
+(``its.common.v1.ObjectClass``); classes with no mapping (dogs, traffic lights, ...) are
+dropped. The output is checked at load on blank frames: a model that does not emit the
+declared format fails then, not at the first frame. ``from_manifest`` loads a model with its
+``AdapterManifest`` (sha256 checked before the file is read; TorchScript, or ONNX through
+torch).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -25,7 +36,13 @@ from its_camera_ai.inference.models._errors import (
     WeightsNotFoundError,
 )
 from its_camera_ai.inference.models._letterbox import PAD_VALUE, Letterbox, unletterbox_boxes
-from its_camera_ai.inference.models._manifest import sha256_file
+from its_camera_ai.inference.models._manifest import (
+    CLASS_IDS,
+    read_adapter_manifest,
+    sha256_file,
+    verified_weights,
+)
+from its_camera_ai.inference.models._onnx import load_onnx
 
 __all__ = ["COCO_TO_ITS", "YoloAdapter", "nms"]
 
@@ -87,12 +104,27 @@ class YoloAdapter:
         max_detections: int = 300,
         name: str = "yolo",
         digest: str = "",
+        version: str | None = None,
+        output: Literal["ultralytics", "yolox"] = "ultralytics",
+        strides: Sequence[int] = (),
+        channels: Literal["rgb", "bgr"] = "rgb",
+        pixel_scale: float = 1.0,
+        pad_value: float = PAD_VALUE,
     ) -> None:
         self.module = module.eval()
         self._network = _Predictions(self.module).eval()
         self._digest = digest
+        self._version = version
         self.input_size = input_size
         self.num_classes = num_classes
+        self.output = output
+        self.strides = tuple(strides)
+        self.channels = channels
+        self.pixel_scale = pixel_scale
+        self._pad_value = pad_value
+        if (output == "yolox") != bool(self.strides):
+            raise ModelLoadError(f"{name}: strides are required for yolox output, and only then")
+        self._grid = _anchor_grid(input_size, self.strides) if self.strides else None
         self.class_map = dict(COCO_TO_ITS if class_map is None else class_map)
         self.score_threshold = score_threshold
         self.iou_threshold = iou_threshold
@@ -130,12 +162,8 @@ class YoloAdapter:
         digest = sha256_file(p)
         if sha256 is not None and digest != sha256.lower():
             raise ChecksumMismatchError(f"YOLO model {p} has sha256 {digest}, expected {sha256}")
-        try:
-            module = torch.jit.load(str(p), map_location="cpu")  # type: ignore[no-untyped-call]
-        except (RuntimeError, ValueError) as e:
-            raise ModelLoadError(f"YOLO model {p} is not a loadable TorchScript file: {e}") from e
         return cls(
-            module,
+            _torchscript(p),
             input_size=input_size,
             num_classes=num_classes,
             class_map=class_map,
@@ -151,8 +179,36 @@ class YoloAdapter:
     def name(self) -> str:
         return self._name
 
+    @classmethod
+    def from_manifest(cls, manifest_path: str | Path) -> YoloAdapter:
+        """The model an ``AdapterManifest`` describes, its weights' sha256 checked first."""
+        manifest = read_adapter_manifest(manifest_path)
+        weights = verified_weights(manifest_path, manifest)
+        if manifest.weights_format == "onnx":
+            module: torch.nn.Module = load_onnx(weights)
+        else:
+            module = _torchscript(weights)
+        return cls(
+            module,
+            input_size=(manifest.input.width, manifest.input.height),
+            num_classes=manifest.num_classes,
+            class_map={i: CLASS_IDS[c] for i, c in manifest.class_map.items()},
+            score_threshold=manifest.score_threshold,
+            iou_threshold=manifest.iou_threshold,
+            name=manifest.name,
+            digest=manifest.sha256,
+            version=manifest.version,
+            output=manifest.output,
+            strides=manifest.strides,
+            channels=manifest.input.channels,
+            pixel_scale=manifest.input.scale,
+            pad_value=manifest.input.letterbox_pad,
+        )
+
     @property
     def version(self) -> str:
+        if self._version is not None:
+            return self._version
         return self._digest[:12] if self._digest else "unversioned"
 
     @property
@@ -169,24 +225,42 @@ class YoloAdapter:
 
     @property
     def pad_value(self) -> float:
-        return PAD_VALUE
+        return self._pad_value
 
     @property
     def network(self) -> torch.nn.Module:
         return self._network
 
     def normalise(self, batch: torch.Tensor) -> torch.Tensor:
-        return batch  # YOLO exports take [0,1] RGB as it is
+        if self.channels == "bgr":
+            batch = batch.flip(1)
+        return batch.mul_(self.pixel_scale) if self.pixel_scale != 1.0 else batch
 
     def _predictions(self, raw: Any, batch: int) -> torch.Tensor:
+        """Raw outputs -> ``[B, N, 4+nc]``: box centre and size in input pixels, then the
+        per-class scores."""
         if not isinstance(raw, torch.Tensor):
             raise OutputFormatError(f"{self.name}: output is {type(raw).__name__}, not a tensor")
-        if raw.dim() != 3 or raw.shape[0] != batch or raw.shape[1] != 4 + self.num_classes:
+        if self._grid is None:
+            if raw.dim() != 3 or raw.shape[0] != batch or raw.shape[1] != 4 + self.num_classes:
+                raise OutputFormatError(
+                    f"{self.name}: output shape {tuple(raw.shape)} is not the YOLO format "
+                    f"[B, 4+{self.num_classes}, N] = [{batch}, {4 + self.num_classes}, N]"
+                )
+            return raw.float().transpose(1, 2)
+        expected = (batch, self._grid.shape[0], 5 + self.num_classes)
+        if tuple(raw.shape) != expected:
             raise OutputFormatError(
-                f"{self.name}: output shape {tuple(raw.shape)} is not the YOLO format "
-                f"[B, 4+{self.num_classes}, N] = [{batch}, {4 + self.num_classes}, N]"
+                f"{self.name}: output shape {tuple(raw.shape)} is not the YOLOX format"
+                f" [B, anchor points, 5+{self.num_classes}] = {list(expected)} for input"
+                f" {self.input_size} and strides {list(self.strides)}"
             )
-        return raw.float()
+        raw = raw.float()
+        grid = self._grid.to(raw.device)
+        cells, strides = grid[:, :2], grid[:, 2:]
+        centre = (raw[..., :2] + cells) * strides
+        size = raw[..., 2:4].exp() * strides
+        return torch.cat((centre, size, raw[..., 5:] * raw[..., 4:5]), dim=2)
 
     def _check_output(self) -> None:
         w, h = self.input_size
@@ -195,6 +269,7 @@ class YoloAdapter:
                 out = self._network(torch.zeros(1, 3, h, w))
         except Exception as e:  # any failure on a blank frame is a broken model
             raise ModelLoadError(f"{self.name}: fails on a blank {w}x{h} input: {e}") from e
+        # (Larger batches are checked by build_engine, up to the batch size configured.)
         self._predictions(out, 1)
 
     def postprocess(
@@ -202,7 +277,7 @@ class YoloAdapter:
     ) -> list[Detections]:
         out = self._predictions(raw, len(placements)).cpu()
         results: list[Detections] = []
-        for pred, lb, thr in zip(out.transpose(1, 2), placements, score_thresholds, strict=True):
+        for pred, lb, thr in zip(out, placements, score_thresholds, strict=True):
             scores, cls = pred[:, 4:].max(dim=1)  # pred: [N, 4+nc]
             ours = self._lut[cls]
             m = (scores >= thr) & (ours > 0)
@@ -220,3 +295,26 @@ class YoloAdapter:
 
     def detect(self, images: ImageInput, score_threshold: float | None = None) -> list[Detections]:
         return detect_frames(self, self._network, images, score_threshold)
+
+
+def _torchscript(path: Path) -> torch.nn.Module:
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
+    except (RuntimeError, ValueError) as e:
+        raise ModelLoadError(f"model {path} is not a loadable TorchScript file: {e}") from e
+    assert isinstance(module, torch.nn.Module)
+    return module
+
+
+def _anchor_grid(input_size: tuple[int, int], strides: Sequence[int]) -> torch.Tensor:
+    """``[N, 4]``: each anchor point's cell (x, y) and its level's stride (twice), levels in
+    order, each a row-major grid over the input."""
+    width, height = input_size
+    levels = []
+    for stride in strides:
+        ys, xs = torch.meshgrid(
+            torch.arange(height // stride), torch.arange(width // stride), indexing="ij"
+        )
+        cells = torch.stack((xs, ys), dim=2).reshape(-1, 2).float()
+        levels.append(torch.cat((cells, torch.full_like(cells, float(stride))), dim=1))
+    return torch.cat(levels)

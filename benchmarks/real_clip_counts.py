@@ -1,0 +1,179 @@
+"""Line counts on real clips against their hand counts, for each shipped model.
+
+    python benchmarks/real_clip_counts.py [--models its-detector-v1 yolox-nano-coco]
+        [--score-threshold 0.1 ...] [--json out.json]
+
+Each clip of ``tests/data/real_clips/counts.json`` (hand counts made with the time-slice
+method; a clip outside the repository is skipped where it is absent) is decoded with PyAV,
+every frame detected by the model (batches of 8, as the service batches), and the
+detections fed, frame by frame with the clip's own timing, to the analytics engine
+(``CameraAnalytics``) with the clip's counting lines. Per line and direction: the count,
+the truth, missed (FN) and extra (FP) counts, and the error of the total. Classes are not
+compared (every vehicle of these clips is a car; a class flip shows in the class column).
+Score thresholds: the model's own unless given; several give one row each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from its_camera_ai.analytics import CameraAnalytics, FrameInput
+from its_camera_ai.inference.models import SHIPPED_MODELS, DetectionModel, load_model
+from its_camera_ai.scene import Direction, LineSpec, SceneSpec
+
+REPO = Path(__file__).resolve().parents[1]
+COUNTS = REPO / "tests/data/real_clips/counts.json"
+_BATCH = 8
+_NS = 1_000_000_000
+_DIRECTIONS = {"LEFT_TO_RIGHT": Direction.LEFT_TO_RIGHT, "RIGHT_TO_LEFT": Direction.RIGHT_TO_LEFT}
+
+
+@dataclass(frozen=True)
+class LineResult:
+    clip: str
+    line: str
+    model: str
+    threshold: float
+    # Per direction: (counted, true).
+    by_direction: dict[str, tuple[int, int]]
+    classes: dict[str, int]
+    # Frames/s of model.detect over the clip (batches of 8, letterbox to postprocess).
+    detect_fps: float
+
+    @property
+    def counted(self) -> int:
+        return sum(c for c, _ in self.by_direction.values())
+
+    @property
+    def truth(self) -> int:
+        return sum(t for _, t in self.by_direction.values())
+
+    @property
+    def missed(self) -> int:
+        return sum(max(t - c, 0) for c, t in self.by_direction.values())
+
+    @property
+    def extra(self) -> int:
+        return sum(max(c - t, 0) for c, t in self.by_direction.values())
+
+
+def _frames(path: Path) -> list[np.ndarray[Any, Any]]:
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+def _scene(clip: dict[str, Any]) -> SceneSpec:
+    return SceneSpec(
+        lines=tuple(
+            LineSpec(line["id"], tuple(line["start"]), tuple(line["end"])) for line in clip["lines"]
+        )
+    )
+
+
+def count_clip(
+    clip: dict[str, Any],
+    frames: list[np.ndarray[Any, Any]],
+    model: DetectionModel,
+    threshold: float,
+    progress: Progress,
+) -> list[LineResult]:
+    """The clip through ``model`` and the analytics engine: one result per line."""
+    task = progress.add_task(f"{clip['file']} {model.name} @{threshold}", total=len(frames))
+    engine = CameraAnalytics("clip", _scene(clip))
+    height, width = frames[0].shape[:2]
+    step_ns = round(_NS / float(clip["fps"]))
+    counted: Counter[tuple[str, Direction]] = Counter()
+    classes: dict[str, Counter[str]] = {line["id"]: Counter() for line in clip["lines"]}
+    detecting = 0.0
+    for start in range(0, len(frames), _BATCH):
+        batch = frames[start : start + _BATCH]
+        began = time.perf_counter()
+        detections = model.detect(batch, score_threshold=threshold)
+        detecting += time.perf_counter() - began
+        for offset, found in enumerate(detections):
+            index = start + offset
+            rows = np.column_stack((
+                found.boxes.numpy(), found.scores.numpy(), found.classes.numpy()
+            )).astype(np.float64)  # fmt: skip
+            outcome = engine.process(
+                FrameInput("clip", index + 1, (index + 1) * step_ns, width, height, rows)
+            )
+            for crossing in outcome.crossings:
+                counted[crossing.line_id, crossing.direction] += 1
+                classes[crossing.line_id][crossing.object_class.name.lower()] += 1
+        progress.advance(task, len(batch))
+    results = []
+    for line in clip["lines"]:
+        by_direction = {
+            name: (counted[line["id"], direction], _true(line, name))
+            for name, direction in _DIRECTIONS.items()
+        }
+        results.append(LineResult(
+            clip["file"], line["id"], model.name, threshold, by_direction,
+            dict(classes[line["id"]]), len(frames) / detecting,
+        ))  # fmt: skip
+    return results
+
+
+def _true(line: dict[str, Any], direction: str) -> int:
+    return sum(line["totals"].get(direction, {}).values())
+
+
+def _table(results: list[LineResult]) -> str:
+    rows = [
+        "| clip | line | model | score threshold | counted | truth | missed (FN) | extra (FP)"
+        " | error | per direction counted/truth | classes counted | detect frames/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        error = (r.counted - r.truth) / r.truth if r.truth else float("nan")
+        directions = ", ".join(f"{d.lower()} {c}/{t}" for d, (c, t) in r.by_direction.items())
+        rows.append(
+            f"| {r.clip} | {r.line} | {r.model} | {r.threshold:.2f} | {r.counted} | {r.truth}"
+            f" | {r.missed} | {r.extra} | {error:+.0%} | {directions} | {r.classes or '-'}"
+            f" | {r.detect_fps:.0f} |"
+        )
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=list(SHIPPED_MODELS))
+    parser.add_argument("--score-threshold", type=float, nargs="*", default=[])
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    clips = json.loads(COUNTS.read_text())["clips"]
+    present = [c for c in clips if (REPO / c["path"]).is_file()]
+    for clip in clips:
+        if clip not in present:
+            print(f"skipped {clip['file']}: {clip['path']} is absent", file=sys.stderr)
+    results: list[LineResult] = []
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TimeRemainingColumn(),
+    ) as progress:  # fmt: skip
+        for clip in present:
+            frames = _frames(REPO / clip["path"])
+            for name in args.models:
+                model = load_model(name)
+                for threshold in args.score_threshold or [model.default_score_threshold]:
+                    results += count_clip(clip, frames, model, threshold, progress)
+    print(_table(results))
+    if args.json:
+        args.json.write_text(json.dumps([r.__dict__ for r in results], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
