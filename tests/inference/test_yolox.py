@@ -164,6 +164,9 @@ def test_onnx_files_the_loader_cannot_run_fail_at_load_naming_why(tmp_path: Path
     gemm = helper.make_node("Gemm", ["output", "w"], ["extra"])
     with pytest.raises(ModelLoadError, match=r"operators \['Gemm'\] are not supported"):
         load_onnx(_focus_graph(tmp_path / "gemm.onnx", gemm))
+    same_pads = helper.make_node("Conv", ["sum", "w", "b"], ["extra"], auto_pad="SAME_UPPER")
+    with pytest.raises(ModelLoadError, match="auto_pad 'SAME_UPPER' is not supported"):
+        load_onnx(_focus_graph(tmp_path / "same.onnx", same_pads))
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"\x00not onnx at all" * 10)
     with pytest.raises(ModelLoadError, match="not a readable ONNX file"):

@@ -232,13 +232,28 @@ def load_onnx(path: Path) -> OnnxModule:
     images = [i.name for i in graph.input if i.name not in constants]
     if len(images) != 1:
         raise ModelLoadError(f"{path}: a detector has one image input, this one has {images}")
-    _check_nodes(path, nodes)
+    _check_nodes(path, nodes, constants)
     return OnnxModule(nodes, constants, images[0], [o.name for o in graph.output]).eval()
 
 
-def _check_nodes(path: Path, nodes: Sequence[_Node]) -> None:
+def _check_nodes(
+    path: Path, nodes: Sequence[_Node], constants: dict[str, np.ndarray[Any, Any]]
+) -> None:
+    """What the operators here do not implement fails now, not as wrong numbers later."""
     for node in nodes:
         attributes = node.attributes
+        if attributes.get("auto_pad", "NOTSET") != "NOTSET":
+            raise ModelLoadError(
+                f"{path}: {node.op} {node.outputs[0]}: auto_pad {attributes['auto_pad']!r} is"
+                " not supported (explicit pads are)"
+            )
+        if node.op == "Conv" and not all(name in constants for name in node.inputs[1:] if name):
+            raise ModelLoadError(
+                f"{path}: Conv {node.outputs[0]} takes its weights from the graph; only"
+                " constant weights are supported"
+            )
+        if node.op == "MaxPool" and set(attributes.get("dilations", [1])) != {1}:
+            raise ModelLoadError(f"{path}: MaxPool {node.outputs[0]}: dilations unsupported")
         if node.op == "Slice" and min(attributes.get("steps", [1])) <= 0:
             raise ModelLoadError(f"{path}: Slice {node.outputs[0]}: only positive steps")
         if node.op == "Resize" and (
