@@ -58,7 +58,6 @@ from its_camera_ai.common._listing import (
     page_token_after,
 )
 from its_camera_ai.common._logging import configure_logging
-from its_camera_ai.common._memory import release_free_heap
 from its_camera_ai.common._migrations import (
     Migration,
     MigrationError,
@@ -162,6 +161,5 @@ __all__ = [
     "page_token_after",
     "parse_camera_name",
     "quoted",
-    "release_free_heap",
     "serve",
 ]

@@ -30,7 +30,6 @@ from its_camera_ai.common._config import ConfigError, Settings
 from its_camera_ai.common._http import HttpRoutes, HttpSidePort
 from its_camera_ai.common._interceptors import ErrorMappingInterceptor, RpcMetricsInterceptor
 from its_camera_ai.common._logging import configure_logging
-from its_camera_ai.common._memory import trim_heap_periodically
 from its_camera_ai.common._migrations import MigrationSet, apply_migrations
 from its_camera_ai.common._peers import PeerAccess
 from its_camera_ai.common._storage import Database, create_redis
@@ -44,9 +43,6 @@ if TYPE_CHECKING:  # the security package is built on this one: no import at run
 __all__ = ["Runtime", "ServiceHost", "ServiceUnit", "serve"]
 
 _log = logging.getLogger(__name__)
-# A serving process hands its free heap back this often (common._memory: without it the
-# 1-hour soak grew ~2.8 MiB/h in one thread's malloc arena with no Python object behind it).
-_TRIM_HEAP_SECONDS = 60.0
 
 # The schema every service with a database shares (audit log).
 CORE_MIGRATIONS = MigrationSet(component="core", package="its_camera_ai.common")
@@ -360,10 +356,8 @@ async def serve(settings: Settings, units: Sequence[ServiceUnit]) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    trimming = asyncio.create_task(trim_heap_periodically(_TRIM_HEAP_SECONDS))
     try:
         await host.start()
         await stop.wait()
     finally:
-        trimming.cancel()
         await host.stop()
