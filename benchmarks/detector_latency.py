@@ -1,6 +1,11 @@
 """Detector CPU latency and throughput at batch 1 and 8, with its GFLOPs.
 
     python benchmarks/detector_latency.py [--threads 2] [--manifest PATH] [--seconds 10]
+    python benchmarks/detector_latency.py --models its-detector-v1 yolox-nano-coco
+
+With ``--models``: every shipped (or manifest-described) model side by side, taking turns,
+``detect`` end to end on 720p frames in fp32 and, where the CPU has bf16 instructions,
+through the bf16 engine.
 
 Measures the whole ``Detector.detect`` path (letterbox of a 640x384 uint8 frame, network,
 peak decoding, mapping back) and the network alone, median and p99 per batch, and frames/s.
@@ -16,6 +21,7 @@ is shared: run it when it is quiet, and read the p99 as an upper bound.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import statistics
@@ -34,6 +40,7 @@ from its_camera_ai.inference.models import (
     count_gflops,
     detect_frames,
     load_detector,
+    load_model,
 )
 
 
@@ -75,14 +82,44 @@ def cpu_name() -> str:
     return f"{name or platform.machine()} ({', '.join(bf16) or 'no bf16 instructions'})"
 
 
+def models_side_by_side(names: list[str], seconds: float) -> None:
+    """``detect`` of each model on 1280x720 frames, fp32 and bf16, batches of 1 and 8."""
+    rng = np.random.default_rng(0)
+    bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    models = {name: load_model(name) for name in names}
+    print("| model | input | precision | batch | median ms | p99 ms | frames/s |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    for batch in (1, 8):
+        frames = rng.integers(0, 255, (batch, 720, 1280, 3), dtype=np.uint8)
+        paths: dict[str, Callable[[], object]] = {}
+        for name, model in models.items():
+            paths[f"{name}|fp32"] = functools.partial(model.detect, frames)
+            if bf16:
+                engine = build_engine(model, EngineSpec(precision="bf16", max_batch_size=8))
+                paths[f"{name}|bf16"] = functools.partial(detect_frames, model, engine, frames)
+        for key, ts in timeit(paths, seconds).items():
+            name, precision = key.split("|")
+            w, h = models[name].input_size
+            med, p99 = statistics.median(ts), float(np.percentile(ts, 99))
+            print(
+                f"| {name} | {w}x{h} | {precision} | {batch} | {med * 1e3:.1f} | {p99 * 1e3:.1f}"
+                f" | {batch / med:.1f} |"
+            )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--manifest", default=str(DEFAULT_MANIFEST))
+    ap.add_argument("--models", nargs="+", help="shipped model names or manifests, compared")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.models:
+        print(f"{args.threads} threads, torch {torch.__version__}, {cpu_name()}")
+        models_side_by_side(args.models, args.seconds)
+        return 0
     det = load_detector(args.manifest)
     w, h = det.input_size
     gflops = count_gflops(det.model, (w, h))
