@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,8 +41,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from its_camera_ai.common import is_resource_id
+from its_camera_ai.scene import ID_RULE, Frame
+
 GUTTER = 48  # columns left of the time-slice for the frame ticks
-_ID = re.compile(r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?")  # a scene's resource-id rule
 _COLOURS = ((255, 64, 64), (64, 160, 255), (255, 200, 0), (64, 220, 120), (220, 90, 255))
 
 F64 = NDArray[np.float64]
@@ -75,11 +76,8 @@ def parse_line(text: str, index: int) -> Line:
     ident, sep, coords = text.rpartition("=")
     if not sep:
         ident = f"line{index}"
-    if not _ID.fullmatch(ident):
-        raise TimeSliceError(
-            f"--line {text!r}: id {ident!r} must be 1-63 lower-case letters, digits and"
-            " hyphens, starting with a letter and not ending with a hyphen"
-        )
+    if not is_resource_id(ident):
+        raise TimeSliceError(f"--line {text!r}: id {ident!r} {ID_RULE}")
     parts = coords.split(",")
     try:
         values = [float(p) for p in parts]
@@ -94,12 +92,13 @@ def parse_line(text: str, index: int) -> Line:
 
 
 def check_in_frame(line: Line, width: int, height: int) -> None:
-    """The scene's rule for counting lines: both ends within 0..width x 0..height."""
-    for name, x, y in (("start", line.x0, line.y0), ("end", line.x1, line.y1)):
-        if not (0 <= x <= width and 0 <= y <= height):
+    """The scene's own rule for counting lines (``its_camera_ai.scene.Frame``)."""
+    frame = Frame(width, height)
+    for name, point in (("start", (line.x0, line.y0)), ("end", (line.x1, line.y1))):
+        problem = frame.problem(point)
+        if problem:
             raise TimeSliceError(
-                f"line {line}: {name} ({x:g}, {y:g}) is outside the {width}x{height} frame"
-                f" (x must be in 0..{width}, y in 0..{height})"
+                f"line {line}: {name} {problem} (x must be in 0..{width}, y in 0..{height})"
             )
 
 

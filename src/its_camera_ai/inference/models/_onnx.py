@@ -8,8 +8,8 @@ final reshapes); those are rebuilt here, and a graph with any other operator fai
 with the operator named, never at the first frame.
 
 Exports are often made for a batch of one: a ``Reshape`` whose constant target shape starts
-with 1 keeps the input's batch size instead, so the module runs any batch (checked at load:
-a batch of two must equal two batches of one).
+with 1 keeps the input's batch size instead, so the module runs any batch (checked by the
+conversion script, and by ``build_engine`` up to the configured batch size).
 
 Parsing needs the ``onnx`` package (the ``onnx`` extra); the shipped YOLOX model is converted
 once, to TorchScript, by ``scripts/convert_onnx_detector.py``, so serving needs no ONNX.

@@ -14,7 +14,7 @@ The input is letterboxed (grey 114) like every model's; ``channels`` and ``pixel
 what the network wants from there (Ultralytics: RGB in [0,1]; YOLOX: BGR in 0-255). There
 is no NMS inside, so it runs here, in torch. The model's classes are mapped to ours
 (``its.common.v1.ObjectClass``); classes with no mapping (dogs, traffic lights, ...) are
-dropped. The output is checked at load on blank frames: a model that does not emit the
+dropped. The output is checked at load on a blank frame: a model that does not emit the
 declared format fails then, not at the first frame. ``from_manifest`` loads a model with its
 ``AdapterManifest`` (sha256 checked before the file is read; TorchScript, or ONNX through
 torch).
