@@ -92,7 +92,8 @@ class SimRun:
     votes: dict[int, Counter[int]] = field(default_factory=lambda: defaultdict(Counter))
     # (sim id, frame) -> truth speed km/h
     truth_speed: dict[tuple[int, int], float] = field(default_factory=dict)
-    # the sim id each counted crossing's track held in the frame it was counted
+    # the sim id each counted crossing's track held in the frame it was counted (or, ended
+    # there, held last)
     crossing_sid: list[int | None] = field(default_factory=list)
     # sim id -> frames in which it was detectable (not ``difficult``)
     visible: dict[int, set[int]] = field(default_factory=lambda: defaultdict(set))
@@ -127,6 +128,7 @@ def run_sim(
     rng = np.random.default_rng(seed)
     run = SimRun(duration_s, spec, size, start_ns, fps=cfg.fps)
     n = round(duration_s * cfg.fps)
+    held: dict[int, int] = {}  # engine track id -> the sim id it held last
     for _, truth in scene.frames(n, size=size):
         rows, ids = [], []
         for o in truth.objects:
@@ -154,7 +156,10 @@ def run_sim(
                 run.votes[tid][sid] += 1
                 now[tid] = sid
         run.crossings += out.crossings
-        run.crossing_sid += [now.get(c.track_id) for c in out.crossings]
+        # A track that ended in this frame (a crossing inferred as it left the picture) is
+        # the vehicle it held last.
+        run.crossing_sid += [now.get(c.track_id, held.get(c.track_id)) for c in out.crossings]
+        held.update(now)
         for e in out.events:
             run.events[e.event_id] = e
         run.crossings_truth += truth.crossings

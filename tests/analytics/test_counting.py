@@ -158,8 +158,8 @@ def test_crossing_is_measured_from_the_last_view_with_the_bottom_in_sight() -> N
     for k, (x, bottom, foot_seen) in enumerate(views, start=1):
         box = np.array([[x - 20.0, bottom - 30.0, x + 20.0, bottom]])
         t, t_ns = k / 10, synth.T0_NS + k * 100_000_000
-        yes, nan = np.array([True]), np.full((1, 2), np.nan)
-        measures.frame(t, t_ns, k, 0.1, slots, ids, car, box, yes, np.array([foot_seen]),
+        yes, no, nan = np.array([True]), np.array([False]), np.full((1, 2), np.nan)
+        measures.frame(t, t_ns, k, 0.1, slots, ids, car, box, yes, np.array([foot_seen]), no,
                        np.zeros((1, 2)), nan)  # fmt: skip
         crossings += measures.crossings_now
     assert [(c.track_id, c.direction) for c in crossings] == [(1, LTR)]

@@ -220,6 +220,7 @@ class CameraAnalytics:
             out.boxes,
             out.observed,
             out.foot_seen,
+            out.observed & ~inside,
             out.velocity,
             ground,
         )
@@ -228,7 +229,7 @@ class CameraAnalytics:
         if len(out.ended):
             ended = self.table.lookup(out.ended)
             ended = ended[ended >= 0]
-            self.measures.end_tracks(ended, cap)
+            self.measures.end_tracks(ended, t, cap)
             events += self.incidents.end_tracks(ended, cap)
             self.table.release(ended)
         self._live(cap, now_ns, out.classes)

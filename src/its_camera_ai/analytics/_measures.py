@@ -27,6 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from its_camera_ai.analytics._bins import BinStore
+from its_camera_ai.analytics._inferred import LineInference, RecentCrossings
 from its_camera_ai.analytics._records import (
     MOTOR_CLASSES,
     NUM_CLASSES,
@@ -94,6 +95,8 @@ class SceneMeasures:
         table.add("l_done", (n_lines,), np.int8, 0)
         table.add("z_in", (n_zones,), np.bool_, False)
         table.add("z_t", (n_zones,), np.float64, np.nan)
+        self.inference = LineInference(table, scene.line_segments, cfg.line_infer_s)
+        self.recent = RecentCrossings(cfg.line_infer_s)
         # (line index, direction) -> (crossing time s, class, speed km/h or NaN)
         self.last_crossing: dict[tuple[int, int], tuple[float, int, float]] = {}
         self._lengths = np.asarray(cfg.vehicle_length_m, dtype=np.float64)
@@ -114,6 +117,7 @@ class SceneMeasures:
         boxes: F64,
         observed: Bool,
         foot_seen: Bool,
+        cut: Bool,
         velocity_px: F64,
         ground: F64,
     ) -> FrameView:
@@ -148,8 +152,8 @@ class SceneMeasures:
         self.crossings_now = []
         if len(sc.spec.lines) and observed.any():
             o = observed
-            self._lines(t, t_ns, slots[o], classes[o], ref[o], heights[o], speed[o], lane[o],
-                        foot_seen[o])  # fmt: skip
+            self._lines(t, t_ns, slots[o], classes[o], boxes[o], speed[o], lane[o], foot_seen[o],
+                        cut[o])  # fmt: skip
         return v
 
     def _lanes(self, v: FrameView, dt: float, plane: F64, ref_px: F64, heights: F64) -> None:
@@ -254,13 +258,16 @@ class SceneMeasures:
         t_ns: int,
         slots: IntArr,
         classes: I64,
-        ref: F64,
-        heights: F64,
+        boxes: F64,
         speed: F64,
         lane: IntArr,
         foot_seen: Bool,
+        cut: Bool,
     ) -> None:
         sc, cfg, tab = self.scene, self.cfg, self.table
+        ref = np.column_stack([(boxes[:, 0] + boxes[:, 2]) * 0.5, boxes[:, 3]])
+        heights, widths = boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0]
+        self.inference.observe(slots, ref, widths, t, foot_seen, cut)
         d = signed_distances(ref, sc.line_segments)
         margin = np.maximum(cfg.line_margin_px, cfg.line_margin_rel * heights)[:, None]
         new = np.where(d > margin, 1, np.where(d < -margin, -1, 0)).astype(np.int8)
@@ -272,12 +279,18 @@ class SceneMeasures:
             hit = segment_crossing(anchor, (float(ref[i, 0]), float(ref[i, 1])), (ax, ay, bx, by))
             if hit is None or not 0.0 <= hit[1] <= 1.0:
                 continue  # crossed the line's extension, outside the drawn segment
-            direction = Direction.LEFT_TO_RIGHT if new[i, li] > 0 else Direction.RIGHT_TO_LEFT
             at = float(tab["l_at"][s, li])
-            t_cross = at + hit[0] * (t - at)
-            cross_ns = t_ns - round((t - t_cross) * 1e9)
-            self._count(s, li, direction, int(classes[i]), t_ns, t_cross, cross_ns,
-                        float(speed[i]), int(lane[i]))  # fmt: skip
+            point = (anchor[0] + hit[0] * (ref[i, 0] - anchor[0]),
+                     anchor[1] + hit[0] * (ref[i, 1] - anchor[1]))  # fmt: skip
+            self._count(s, li, int(new[i, li]), int(classes[i]), t, t_ns, at + hit[0] * (t - at),
+                        float(speed[i]), int(lane[i]), point, False)  # fmt: skip
+        crossed = (new != 0) & (new != side)
+        tab["l_pend"][slots] &= ~crossed
+        for i, li, to, t_cross, point in self.inference.first_seen_past(
+            slots, ref, t, foot_seen, new, margin
+        ):
+            self._count(int(slots[i]), li, to, int(classes[i]), t, t_ns, t_cross,
+                        float(speed[i]), int(lane[i]), point, True)  # fmt: skip
         upd = new != 0
         tab["l_side"][slots] = np.where(upd, new, side)
         # The anchor, where a crossing is measured from, is the last point on the track's
@@ -293,20 +306,30 @@ class SceneMeasures:
         self,
         slot: int,
         li: int,
-        direction: Direction,
+        to_side: int,
         cls: int,
+        t: float,
         t_ns: int,
         t_cross: float,
-        cross_ns: int,
         speed: float,
         lane: int,
+        point: tuple[float, float],
+        inferred: bool,
     ) -> None:
+        """A crossing of line ``li`` onto side ``to_side`` (+1: its right) at ``t_cross``,
+        found in the frame at ``t``/``t_ns``; ``inferred`` from motion (see ``_inferred``)."""
         sc, tab = self.scene, self.table
+        direction = Direction.LEFT_TO_RIGHT if to_side > 0 else Direction.RIGHT_TO_LEFT
         wanted = sc.line_directions[li]
         bit = 1 << int(direction)
         if wanted not in (Direction.NONE, direction) or tab["l_done"][slot, li] & bit:
             return
+        width = float(tab["width"][slot])
+        if self.recent.same_vehicle(li, int(direction), t_cross, point, width, inferred):
+            return
+        self.recent.add(li, int(direction), t_cross, point, inferred)
         tab["l_done"][slot, li] |= bit
+        cross_ns = t_ns - round((t - t_cross) * 1e9)
         sp = speed if math.isfinite(speed) else None
         line_id = sc.spec.lines[li].id
         self.bins.count(Scope.LINE, line_id, cls, int(direction), t_ns, sp)
@@ -318,7 +341,8 @@ class SceneMeasures:
                 passing = self.cfg.vehicle_length_m[prev[1]] / (prev[2] / 3.6)
                 values.update(gap_count=1.0, gap_sum_s=max(0.0, headway - passing))
             self.bins.add(Scope.LINE, line_id, cls, int(direction), t_ns, values)
-        self.last_crossing[(li, int(direction))] = (t_cross, cls, speed)
+        if prev is None or t_cross > prev[0]:  # an inferred crossing may come late
+            self.last_crossing[(li, int(direction))] = (t_cross, cls, speed)
         lane_id = sc.spec.lanes[lane].id if lane >= 0 else ""
         self.crossings_now.append(
             LineCrossing(line_id, int(tab["id"][slot]), ObjectClass(cls), direction, cross_ns, sp,
@@ -345,29 +369,42 @@ class SceneMeasures:
         tab["l_ax"][slots] = np.where(known, ref[:, 0:1], np.nan)
         tab["l_ay"][slots] = np.where(known, ref[:, 1:2], np.nan)
         tab["l_at"][slots] = np.where(known, birth[:, 4:5], np.nan)
+        self.inference.start(slots, birth[:, 4])
 
     # -- track ends --------------------------------------------------------------------------
 
-    def end_tracks(self, slots: IntArr, t_ns: int) -> None:
-        """Close zone stays of tracks that ended (dwell up to when they were last seen)."""
+    def end_tracks(self, slots: IntArr, t: float, t_ns: int) -> None:
+        """Tracks that ended: crossings of those that left the picture heading for a line
+        (see ``_inferred``); zone stays closed (dwell up to when they were last seen)."""
         tab = self.table
+        if len(self.scene.spec.lines):
+            for i, li, to, t_cross, point in self.inference.left_the_picture(slots):
+                s = int(slots[i])
+                self._count(s, li, to, int(tab["cls"][s]), t, t_ns, t_cross,
+                            float(tab["speed"][s]), -1, point, True)  # fmt: skip
         for s in slots.tolist():
             for j in np.flatnonzero(tab["z_in"][s]).tolist():
                 self._dwell(s, j, float(tab["seen_t"][s]), t_ns)
                 tab["z_in"][s, j] = False
 
-    def state(self) -> list[list[float | None]]:
+    def state(self) -> dict[str, Any]:
         # JSON has no NaN: an unknown speed is stored as None.
-        return [
-            [li, d, tc, c, sp if math.isfinite(sp) else None]
-            for (li, d), (tc, c, sp) in sorted(self.last_crossing.items())
-        ]
+        return {
+            "last": [
+                [li, d, tc, c, sp if math.isfinite(sp) else None]
+                for (li, d), (tc, c, sp) in sorted(self.last_crossing.items())
+            ],
+            "recent": self.recent.state(),
+        }
 
-    def restore(self, s: list[list[Any]]) -> None:
+    def restore(self, s: dict[str, Any] | list[list[Any]]) -> None:
+        # States saved before inferred crossings are the list of last crossings alone.
+        last, recent = (s, []) if isinstance(s, list) else (s["last"], s["recent"])
         self.last_crossing = {
             (int(li), int(d)): (float(tc), int(c), math.nan if sp is None else float(sp))
-            for li, d, tc, c, sp in s
+            for li, d, tc, c, sp in last
         }
+        self.recent.restore(recent)
 
 
 def _right_behind(

@@ -123,7 +123,8 @@ class TrackTable:
         for name, col in self._cols.items():
             shape, dtype, fill = self._specs[name]
             col[:] = fill
-            if len(live):
+            # A column newer than the state (saved by an older version) starts empty.
+            if len(live) and name in s["cols"]:
                 col[live] = array_from_json(s["cols"][name], dtype).reshape((len(live), *shape))
         self._slot_of = {int(self._cols["id"][sl]): int(sl) for sl in live.tolist()}
         taken = set(self._slot_of.values())

@@ -302,6 +302,10 @@ class AnalyticsEngineSettings(_Section):
     # box height, whichever is larger) for its side to change, so jitter never double counts.
     line_margin_px: float = Field(2.0, ge=0.0)
     line_margin_rel: float = Field(0.1, ge=0.0)
+    # Crossings no view shows, inferred from motion (analytics ``_inferred``): a track first
+    # seen past a line moving away from it, or leaving the picture heading for it, crossed
+    # it if its motion carries it over the drawn segment within this time. 0: never inferred.
+    line_infer_s: float = Field(1.5, ge=0.0, le=10.0)
     # Vehicle lengths (m) per ObjectClass number for gaps (headway minus passing time).
     vehicle_length_m: tuple[float, ...] = (4.5, 4.5, 12.0, 12.0, 2.2, 1.8, 0.5)
 

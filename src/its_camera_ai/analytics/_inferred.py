@@ -1,0 +1,199 @@
+"""Line crossings that no single view shows, inferred from a track's motion.
+
+A counting line near the frame's edge, a long vehicle whose rear is the last of it to come
+into the picture, a vehicle the detector finds only once it is past the line (small, far,
+against the light): each gives a track whose whole observed life lies on one side of the
+line, though the vehicle crossed it. Its motion says so:
+
+- first seen just past: a track whose first full view (bottom in sight, clear of the
+  frame's border), within ``line_infer_s`` of its birth, is on one side of a line, and which
+  then moves away from it, came across it if that move, extended backwards, meets the drawn
+  segment at most ``line_infer_s`` before the first full view;
+- last seen just before: a track whose last view was cut by the frame's border, heading for
+  a line, crossed it out of sight if its reference point's velocity at its last full view
+  carries it over the drawn segment within ``line_infer_s`` (a segment drawn beyond the
+  picture says crossings there count). Only tracks that left the picture: one that ends
+  anywhere else was lost (hidden, missed), and its vehicle may yet stop short of the line.
+
+An inferred crossing may be one the service counted already: a vehicle whose track was lost
+at the line and taken up past it by a new track. A crossing of the same line and direction
+within ``line_infer_s`` and half the vehicle's box width of an inferred one is the same
+vehicle, and only the first of the two is counted. Two crossings counted the usual way are
+never merged: each was seen on both sides of the line.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from its_camera_ai.analytics._tracks import TrackTable, true_cells
+from its_camera_ai.scene import segment_crossing, signed_distances
+
+__all__ = ["LineInference", "RecentCrossings"]
+
+F64 = NDArray[np.float64]
+IntArr = NDArray[np.intp]
+Bool = NDArray[np.bool_]
+
+# Views further apart than this start the velocity again (the track was hidden between).
+_MAX_VIEW_GAP_S = 0.5
+# Smoothing of the velocity between views: a time constant, so it does not depend on fps.
+_SMOOTHING_S = 0.25
+# A crossing is remembered this long beyond the window it can be merged in.
+_KEEP_EXTRA_S = 2.0
+
+
+class LineInference:
+    """The per-track memory both inferences need, and the inferences themselves.
+
+    Columns: when the track was born; the reference point and time of its first full view
+    (``b_xy``, ``b_t``) and which lines that view was clear of while the track's motion
+    has not yet decided about them (``l_pend``); its reference point at the last full view
+    (``f_xy``, ``f_t``) and that point's image velocity over the recent full views (``f_v``,
+    pixels per second, NaN until two views); its box width; whether its last view was cut
+    by the frame's border."""
+
+    def __init__(self, table: TrackTable, segments: F64, infer_s: float) -> None:
+        self.table, self.segments, self.infer_s = table, segments, infer_s
+        table.add("born", (), np.float64, np.nan)
+        table.add("b_xy", (2,), np.float64, np.nan)
+        table.add("b_t", (), np.float64, np.nan)
+        table.add("l_pend", (len(segments),), np.bool_, False)
+        table.add("f_xy", (2,), np.float64, np.nan)
+        table.add("f_t", (), np.float64, np.nan)
+        table.add("f_v", (2,), np.float64, np.nan)
+        table.add("width", (), np.float64, np.nan)
+        table.add("cut", (), np.bool_, False)
+
+    def start(self, slots: IntArr, born: F64) -> None:
+        """New tracks, born (first detected) at ``born``."""
+        tab = self.table
+        tab["born"][slots] = born
+        tab["b_t"][slots] = np.nan
+        tab["l_pend"][slots] = False
+
+    def observe(self, slots: IntArr, ref: F64, width: F64, t: float, full: Bool, cut: Bool) -> None:
+        """Observed tracks' views; ``full`` ones (bottom in sight) move the velocity."""
+        tab = self.table
+        tab["cut"][slots] = cut
+        tab["width"][slots] = width
+        s, p = slots[full], ref[full]
+        dt = t - tab["f_t"][s]
+        fresh = (dt > 0) & (dt <= _MAX_VIEW_GAP_S)  # NaN (no earlier view) -> False
+        step = np.full_like(p, np.nan)
+        step[fresh] = (p[fresh] - tab["f_xy"][s[fresh]]) / dt[fresh, None]
+        old = tab["f_v"][s]
+        weight = (dt / (dt + _SMOOTHING_S))[:, None]
+        smoothed = np.where(np.isnan(old), step, old + weight * (step - old))
+        tab["f_v"][s] = np.where(fresh[:, None], smoothed, np.nan)
+        tab["f_xy"][s] = p
+        tab["f_t"][s] = t
+
+    def first_seen_past(
+        self, slots: IntArr, ref: F64, t: float, full: Bool, side: NDArray[np.int8], margin: F64
+    ) -> list[tuple[int, int, int, float, tuple[float, float]]]:
+        """Observed tracks first seen clear of a line: those whose motion now shows they
+        came across it, as (row, line, new side, crossing instant, crossing point).
+
+        Judged on full views only (a box cut by the frame's border grows or shrinks as the
+        vehicle comes into the picture, which is not its motion): from the first, if it
+        came within ``line_infer_s`` of the track's birth, on the side ``side`` says it is
+        on. A track moving towards a line, or not moving clearly, is decided for good."""
+        tab = self.table
+        b_t = tab["b_t"][slots]
+        first = full & np.isnan(b_t)
+        if first.any():
+            s = slots[first]
+            tab["b_xy"][s], tab["b_t"][s] = ref[first], t
+            early = (t - tab["born"][s] <= self.infer_s) & (self.infer_s > 0)
+            tab["l_pend"][s] = (side[first] != 0) & early[:, None]
+        pend = tab["l_pend"][slots] & (full & ~first)[:, None]
+        if not pend.any():
+            return []
+        birth, seen_first = tab["b_xy"][slots], tab["b_t"][slots]
+        d_birth = signed_distances(birth, self.segments)
+        away = np.sign(d_birth) * (signed_distances(ref, self.segments) - d_birth)
+        moved = pend & (np.abs(away) >= margin)
+        late = (t - seen_first > 2 * self.infer_s)[:, None]
+        tab["l_pend"][slots] &= ~(moved | (pend & late))
+        out = []
+        for i, li in true_cells(moved & (away > 0)):
+            p, q = (float(birth[i, 0]), float(birth[i, 1])), (float(ref[i, 0]), float(ref[i, 1]))
+            hit = segment_crossing(p, q, self._segment(li))
+            if hit is None or not 0.0 <= hit[1] <= 1.0:
+                continue
+            u, b = hit[0], float(seen_first[i])
+            t_cross = b + u * (t - b)
+            if b - t_cross <= self.infer_s:
+                point = (p[0] + u * (q[0] - p[0]), p[1] + u * (q[1] - p[1]))
+                out.append((i, li, int(np.sign(d_birth[i, li])), t_cross, point))
+        return out
+
+    def left_the_picture(
+        self, slots: IntArr
+    ) -> list[tuple[int, int, int, float, tuple[float, float]]]:
+        """Ending tracks that left the picture heading for a line they crossed unseen, as
+        (row, line, new side, crossing instant, crossing point). The side they came from is
+        that of their last full view: views cut by the border, after it, may have put the
+        (cut) reference point across the line already, off the vehicle's path."""
+        tab = self.table
+        if self.infer_s <= 0:
+            return []
+        at, xy, v = tab["f_t"][slots], tab["f_xy"][slots], tab["f_v"][slots]
+        rows = (tab["cut"][slots] & np.isfinite(v).all(axis=1)).nonzero()[0]
+        from_side = np.sign(signed_distances(xy[rows], self.segments)).astype(np.int8)
+        out = []
+        for k, li in true_cells(from_side != 0):
+            i = int(rows[k])
+            p = (float(xy[i, 0]), float(xy[i, 1]))
+            q = (p[0] + float(v[i, 0]), p[1] + float(v[i, 1]))  # one second on
+            hit = segment_crossing(p, q, self._segment(li))
+            if hit is None or not 0.0 <= hit[1] <= 1.0 or not 0.0 <= hit[0] <= self.infer_s:
+                continue
+            point = (p[0] + hit[0] * (q[0] - p[0]), p[1] + hit[0] * (q[1] - p[1]))
+            out.append((i, li, -int(from_side[k, li]), float(at[i]) + hit[0], point))
+        return out
+
+    def _segment(self, li: int) -> tuple[float, float, float, float]:
+        ax, ay, bx, by = (float(x) for x in self.segments[li])
+        return ax, ay, bx, by
+
+
+class RecentCrossings:
+    """Crossings counted over the last few seconds: line, direction, instant, point, and
+    whether each was inferred. ``same_vehicle`` says whether a new one repeats one of them."""
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self.rows: list[tuple[int, int, float, float, float, bool]] = []
+
+    def same_vehicle(
+        self, line: int, direction: int, t: float, point: tuple[float, float], width: float,
+        inferred: bool,
+    ) -> bool:  # fmt: skip
+        near = 0.5 * width
+        return any(
+            li == line and d == direction and (inferred or was_inferred)
+            and abs(tc - t) <= self.window_s and math.dist(point, (x, y)) <= near
+            for li, d, tc, x, y, was_inferred in self.rows
+        )  # fmt: skip
+
+    def add(
+        self, line: int, direction: int, t: float, point: tuple[float, float], inferred: bool
+    ) -> None:
+        horizon = t - self.window_s - _KEEP_EXTRA_S
+        self.rows = [r for r in self.rows if r[2] >= horizon]
+        self.rows.append((line, direction, t, point[0], point[1], inferred))
+
+    def state(self) -> list[list[Any]]:
+        return [list(r) for r in self.rows]
+
+    def restore(self, rows: list[list[Any]]) -> None:
+        self.rows = [
+            (int(li), int(d), float(t), float(x), float(y), bool(inf))
+            for li, d, t, x, y, inf in rows
+        ]
