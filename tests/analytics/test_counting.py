@@ -183,3 +183,26 @@ def test_lane_volume_headway_and_gap() -> None:
     # Gap = headway - passing time of a 4.5 m car at 10 m/s = 2.0 - 0.45 s.
     assert line.mean_gap_s is not None
     assert abs(line.mean_gap_s - 1.55) < 0.05
+
+
+def test_a_class_flipping_vehicle_is_one_track_and_one_count_of_its_voted_class() -> None:
+    # A real detector calls the same vehicle a car, a truck or a bus from frame to frame, the
+    # truck right as it crosses: one track, one count, as what most of its views said.
+    def flipping(k: int) -> tuple[float, float, float, float]:
+        y = 200 + 5 * k
+        return (570.0, y - 40, 630.0, y)
+
+    classes = {k: (2 if 18 <= k < 22 else 3 if k % 7 == 0 else 1) for k in range(50)}
+    frames = synth.pixel_frames([(flipping, 0.9, 1)], 50)
+    for k, f in enumerate(frames):
+        f.detections[:, 5] = classes[k]  # crosses y = 300 at frame 20
+    eng = _engine(LineSpec("l", (400.0, 300.0), (800.0, 300.0)))
+    outcomes = [eng.process(f) for f in frames]
+    assert {i for o in outcomes for i in o.track_ids.tolist()} == {-1, 1}  # -1: not yet confirmed
+    crossings = [c for o in outcomes for c in o.crossings]
+    assert [(c.track_id, c.object_class) for c in crossings] == [(1, ObjectClass.CAR)]
+    counts = [r for r in eng.drain_bins(FAR_FUTURE) if r.key.bin_seconds == 60 and r.volume]
+    assert {(r.key.scope.value, r.key.object_class) for r in counts} == {
+        ("line", ObjectClass.CAR),
+        ("camera", ObjectClass.CAR),
+    }
