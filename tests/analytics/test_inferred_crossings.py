@@ -64,13 +64,13 @@ def test_a_vehicle_leaving_the_picture_just_before_a_line_is_counted() -> None:
 
 def test_an_inferred_crossing_of_a_vehicle_counted_already_is_not_counted_again() -> None:
     # Track 1 crosses at x = 600 and is lost; track 2 takes the same car up past the line,
-    # its motion saying it crossed there then: the same vehicle, not counted again. Track 3,
-    # first seen past the line a car's width along it, is another vehicle.
+    # changing lanes, its motion saying it crossed there then: the same vehicle, not counted
+    # again. Track 3, first seen past the line a car's width along it, is another vehicle.
     scene = CameraScene.build(SceneSpec(lines=(LineSpec("l", (100, 300), (1100, 300)),)))
     table = TrackTable()
     measures = SceneMeasures(scene, AnalyticsEngineSettings(), table, BinStore(synth.CAMERA, (60,)))
     views = {1: [(600, 280 + 10 * k) for k in range(5)]}
-    views[2] = [(605, 330 + 10 * k) for k in range(4)]
+    views[2] = [(610 + 4 * k, 330 + 10 * k) for k in range(4)]  # crossed at x = 598
     views[3] = [(680, 330 + 10 * k) for k in range(4)]
     counted = []
     for k in range(9):
@@ -104,3 +104,18 @@ def test_a_state_saved_before_inferred_crossings_still_restores() -> None:
     eng = CameraAnalytics.restore(old)
     crossings = [c for f in frames[10:] for c in eng.process(f).crossings]
     assert [(c.track_id, c.direction) for c in crossings] == [(1, LTR)]
+
+
+def test_a_lane_change_at_the_line_is_counted_once_on_one_of_the_lanes_lines() -> None:
+    # One line per lane, end to end. A car changes lanes as it crosses: its path meets the
+    # lanes' common line once, inside one of them. (Should the tracker lose it at the line,
+    # the next test's rule keeps a new track past the line from counting it again.)
+    lanes = (LineSpec("lane-1", (300, 300), (600, 300)), LineSpec("lane-2", (600, 300), (900, 300)))
+
+    def changing_lanes(k: int) -> tuple[float, float, float, float]:
+        x, y = 560 + 4 * k, 200 + 5 * k  # crosses y = 300 at x = 640
+        return (x - 30, y - 40, x + 30, y)
+
+    eng = CameraAnalytics(synth.CAMERA, SceneSpec(lines=lanes))
+    crossings = _crossings(eng, [changing_lanes], 60)
+    assert [(c.line_id, c.direction) for c in crossings] == [("lane-2", LTR)]
