@@ -5,6 +5,7 @@ per condition (day, dusk, night, rain, fog, glare, heavy occlusion, small object
     python scripts/evaluate_detector.py --write-manifest     # record the figures in its manifest
     python scripts/evaluate_detector.py --checkpoint var/det/ckpt.pt   # a training checkpoint
     python scripts/evaluate_detector.py --precision bf16     # as inference.precision bf16 runs
+    python scripts/evaluate_detector.py --manifest path/to/yolox-nano-its.json   # any model
 
 The held-out set (seeds 100000-100119, 5 frames each, 600 frames) is rendered into ``--data``
 if missing. Training uses seeds below 100000 only, so these are unseen scenes.
@@ -27,8 +28,10 @@ from its_camera_ai.inference.models import (
     CenterNet,
     EngineSpec,
     NetConfig,
+    YoloAdapter,
     build_engine,
-    load_detector,
+    load_model,
+    read_adapter_manifest,
     read_manifest,
     save_detector,
     write_manifest,
@@ -106,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         manifest_path = tmp / "checkpoint.json"
     else:
         manifest_path = Path(args.manifest)
-    detector = load_detector(manifest_path)
+    detector = load_model(manifest_path)  # either manifest format (a YOLOX fine-tune too)
     engine = None
     if args.precision != "fp32":
         spec = EngineSpec(precision=args.precision, max_batch_size=args.batch_size)
@@ -145,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             "per_condition": ci_result["per_condition"],
         }
         print("CI subset:\n" + format_table(ci_result))
-        m = read_manifest(manifest_path)
+        adapter = isinstance(detector, YoloAdapter)
+        m = (read_adapter_manifest if adapter else read_manifest)(manifest_path)
         write_manifest(manifest_path, m.model_copy(update={"evaluation": result}))
         print(f"figures written to {manifest_path}")
 

@@ -22,10 +22,8 @@ from pathlib import Path
 import torch
 
 from its_camera_ai.inference.models import NetConfig, save_detector
-from its_camera_ai.inference.training import TrainConfig, shard_files, train
-from its_camera_ai.sim import parse_seeds, write_dataset
-
-HELD_OUT_FROM = 100_000
+from its_camera_ai.inference.training import TrainConfig, render_missing, train
+from its_camera_ai.sim import parse_seeds
 
 
 def _wxh(size: tuple[int, int] | None) -> str:
@@ -97,22 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--zoom {args.zoom!r}: expected lo,hi, e.g. 0.75,1.35")
     if not 0 < zoom_lo <= zoom_hi:
         ap.error(f"--zoom {args.zoom!r}: need 0 < lo <= hi")
-    if max(seeds) >= HELD_OUT_FROM:
-        ap.error(f"training seeds must be < {HELD_OUT_FROM} (held-out seeds start there)")
-    missing = [
-        s for s, p in zip(seeds, shard_files(args.data, seeds), strict=True) if not p.is_file()
-    ]
-    if missing:
-        t = time.perf_counter()
-        write_dataset(
-            args.data,
-            missing,
-            args.frames_per_seed,
-            interval_s=args.interval,
-            compress=False,
-            workers=args.workers,
-        )
-        print(f"rendered {len(missing)} missing seeds in {time.perf_counter() - t:.0f} s")
+    try:
+        render_missing(args.data, seeds, args.frames_per_seed, args.interval, args.workers)
+    except ValueError as exc:
+        ap.error(f"--seeds {args.seeds}: {exc}")
     cfg = TrainConfig(
         data=args.data,
         seeds=tuple(seeds),

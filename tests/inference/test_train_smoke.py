@@ -20,26 +20,12 @@ from its_camera_ai.inference.training import (
     load_trainset,
 )
 from its_camera_ai.sim import load_shard, write_dataset
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _script_main():  # type: ignore[no-untyped-def]
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "train_detector", ROOT / "scripts/train_detector.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.main
+from tests.conftest import script_main
 
 
 def test_training_smoke(tmp_path: Path) -> None:
     data, out = tmp_path / "data", tmp_path / "model"
-    rc = _script_main()(
+    rc = script_main("train_detector")(
         [
             "--data", str(data), "--seeds", "0-1", "--frames-per-seed", "2",
             "--max-steps", "3", "--batch-size", "2", "--out", str(out), "--version", "smoke",

@@ -157,6 +157,8 @@ class AdapterManifest(_Strict):
     source: str = ""
     licence: str = ""
     evaluation: dict[str, Any] | None = None
+    # How the weights were trained further (fine-tuned), where they were: the run's config.
+    training: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> AdapterManifest:

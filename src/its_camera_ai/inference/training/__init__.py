@@ -1,10 +1,12 @@
-"""Training and evaluation of the shipped detector (``its_camera_ai.inference.models``).
+"""Training and evaluation of the shipped detectors (``its_camera_ai.inference.models``).
 
 ``train`` fits the heatmap network on simulator shards (``load_trainset``, ``augment``,
-``build_targets``); ``evaluate_detector`` scores a detector on held-out simulator scenes, mAP
-overall and per condition tag (``evaluate``: COCO-style mAP@0.5 and mAP@0.5:0.95), and holds
-the accuracy gate the shipped weights are checked against. Used by ``scripts/train_detector.py``,
-``scripts/evaluate_detector.py`` and the tests; never imported by the serving runtime.
+``build_targets``); ``finetune_yolox`` fine-tunes the shipped YOLOX-nano (COCO) on the same
+shards (``yolox_loss``: SimOTA); ``evaluate_detector`` scores a detector on held-out
+simulator scenes, mAP overall and per condition tag (``evaluate``: COCO-style mAP@0.5 and
+mAP@0.5:0.95), and holds the accuracy gate the shipped weights are checked against. Used by
+``scripts/train_detector.py``, ``scripts/finetune_yolox.py``, ``scripts/evaluate_detector.py``
+and the tests; never imported by the serving runtime.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from its_camera_ai.inference.training._data import (
     build_targets,
     jitter_colour,
     load_trainset,
+    render_missing,
     shard_files,
 )
 from its_camera_ai.inference.training._evaluate import (
@@ -47,6 +50,13 @@ from its_camera_ai.inference.training._train import (
     giou_loss,
     train,
 )
+from its_camera_ai.inference.training._yolox import (
+    SIM_TO_COCO,
+    FinetuneConfig,
+    anchor_points,
+    finetune_yolox,
+    yolox_loss,
+)
 
 __all__ = [
     "CI_SEEDS",
@@ -58,12 +68,15 @@ __all__ = [
     "HELD_OUT_SEEDS",
     "IOU_THRESHOLDS",
     "REPORTED_TAGS",
+    "SIM_TO_COCO",
+    "FinetuneConfig",
     "ImageRecord",
     "MapResult",
     "Sample",
     "TrainConfig",
     "TrainSet",
     "WeightAverage",
+    "anchor_points",
     "augment",
     "average_precision",
     "box_iou",
@@ -72,11 +85,14 @@ __all__ = [
     "class_weights",
     "evaluate",
     "evaluate_detector",
+    "finetune_yolox",
     "focal_loss",
     "format_table",
     "giou_loss",
     "jitter_colour",
     "load_trainset",
+    "render_missing",
     "shard_files",
     "train",
+    "yolox_loss",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import json
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,17 +29,22 @@ from its_camera_ai.inference.models import (
     letterbox,
     to_float_batch,
 )
-from its_camera_ai.sim import load_shard
+from its_camera_ai.sim import load_shard, write_dataset
 
 __all__ = [
+    "HELD_OUT_FROM",
     "TrainSet",
     "augment",
     "build_targets",
+    "clip_boxes",
     "jitter_colour",
     "load_trainset",
+    "render_missing",
     "shard_files",
 ]
 
+# Seeds from here on are held out for evaluation (``_evaluate.HELD_OUT_SEEDS``).
+HELD_OUT_FROM = 100_000
 # TTFNet: the Gaussian's sigma is alpha * size / 6; regression is trained on cells of the
 # beta-scaled box. 0.54 for both is the paper's value.
 _ALPHA = 0.54
@@ -60,6 +66,28 @@ def shard_files(root: str | Path, seeds: Sequence[int] | None = None) -> list[Pa
         index = json.loads((base / "index.json").read_text())
         return [base / e["file"] for e in index["shards"]]
     return [base / f"seed_{s:06d}.npz" for s in seeds]
+
+
+def render_missing(
+    root: str | Path,
+    seeds: Sequence[int],
+    frames_per_seed: int,
+    interval_s: float,
+    workers: int,
+    log: Callable[[str], None] = print,
+) -> None:
+    """Render the training shards of ``seeds`` that ``root`` lacks with the simulator (the
+    parameters of ``its-camera-ai sim dataset``). Training seeds stay below the held-out
+    ones: a ``ValueError`` says so otherwise."""
+    if max(seeds, default=0) >= HELD_OUT_FROM:
+        raise ValueError(f"training seeds must be < {HELD_OUT_FROM} (held-out seeds start there)")
+    missing = [s for s, p in zip(seeds, shard_files(root, seeds), strict=True) if not p.is_file()]
+    if missing:
+        began = time.perf_counter()
+        write_dataset(
+            root, missing, frames_per_seed, interval_s=interval_s, compress=False, workers=workers
+        )
+        log(f"rendered {len(missing)} missing seeds in {time.perf_counter() - began:.0f} s")
 
 
 def _release_free_heap() -> Callable[[], None]:
@@ -191,7 +219,7 @@ def jitter_colour(
     return x.mul_(a).add_(grey * g).add_(c).clamp_(0.0, 1.0)
 
 
-def _clip_boxes(
+def clip_boxes(
     bx: NDArray[np.float32], w: int, h: int
 ) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
     """Clip to the image; also says which boxes kept enough of themselves to be demanded."""
@@ -220,7 +248,7 @@ def build_targets(
     box = np.zeros((n, 4, oh, ow), np.float32)
     weight = np.zeros((n, 1, oh, ow), np.float32)
     for i in range(n):
-        c_boxes, ok = _clip_boxes(boxes[i], w, h)
+        c_boxes, ok = clip_boxes(boxes[i], w, h)
         keep = ok & ~difficult[i]
         for bx in c_boxes[~keep]:
             # Difficult or mostly cut off: neither a positive nor a negative.

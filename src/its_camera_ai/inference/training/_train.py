@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -48,7 +48,15 @@ from its_camera_ai.inference.training._data import (
     load_trainset,
 )
 
-__all__ = ["TrainConfig", "WeightAverage", "class_weights", "focal_loss", "giou_loss", "train"]
+__all__ = [
+    "TrainConfig",
+    "WeightAverage",
+    "class_weights",
+    "focal_loss",
+    "giou_loss",
+    "lr_at",
+    "train",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,8 +164,10 @@ class WeightAverage:
     average is not anchored to the random initialisation of a short run.
     """
 
-    def __init__(self, model: CenterNet, decay: float) -> None:
-        self.model = copy.deepcopy(model).eval()
+    def __init__(self, model: nn.Module, decay: float, replica: nn.Module | None = None) -> None:
+        # ``replica``: an identical copy to average into, for modules ``deepcopy`` cannot
+        # copy as leaves (TorchScript: load the file twice).
+        self.model = (copy.deepcopy(model) if replica is None else replica).eval()
         self.decay = decay
         self.updates = 0
         for p in self.model.parameters():
@@ -179,11 +189,12 @@ class WeightAverage:
                 avg.copy_(live)
 
 
-def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(total - cfg.warmup_steps, 1)
-    return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+def lr_at(step: int, total: int, lr: float, warmup_steps: int) -> float:
+    """Linear warm-up to ``lr`` over ``warmup_steps``, then cosine decay to 2 % of it."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    t = (step - warmup_steps) / max(total - warmup_steps, 1)
+    return lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
 
 def _initial_model(cfg: TrainConfig, log: Callable[[str], None]) -> CenterNet:
@@ -294,7 +305,7 @@ def train(
         pos += cfg.batch_size
         x, targets = _training_batch(data, idx, gen, cfg, seen)
         for g in opt.param_groups:
-            g["lr"] = _lr_at(step, total, cfg)
+            g["lr"] = lr_at(step, total, cfg.lr, cfg.warmup_steps)
         x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
         lh, lb = _optimise(model, opt, cfg, x, targets, weight_of_class)
         if average is not None:
@@ -308,11 +319,11 @@ def train(
             el = time.perf_counter() - t_train
             log(
                 f"step {step + 1}/{total} heat {smooth_h:.3f} giou {smooth_b:.3f} "
-                f"lr {_lr_at(step, total, cfg):.2e} {el:.0f} s "
+                f"lr {lr_at(step, total, cfg.lr, cfg.warmup_steps):.2e} {el:.0f} s "
                 f"(eta {el / (step + 1) * (total - step - 1):.0f} s)"
             )
     if average is not None:
-        model = average.model
+        model = cast(CenterNet, average.model)
     set_memory_format(model, torch.contiguous_format)
     model.eval()
     stats = {

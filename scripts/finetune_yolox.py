@@ -1,0 +1,137 @@
+"""Fine-tune the shipped YOLOX-nano (COCO) on simulator data, resumably, and ship it.
+
+    python scripts/finetune_yolox.py --name yolox-nano-its --steps 3000 \\
+        --checkpoint var/yolox/checkpoint.pt          # cut it and run the same line again
+    # -> src/its_camera_ai/inference/models/yolox-nano-its.pt + yolox-nano-its.json
+
+Shards of the requested seeds missing from ``--data`` are rendered first (as
+``scripts/train_detector.py`` does; seeds below the held-out 100000+). The weights start from
+``--init`` (the shipped ``yolox-nano-coco`` by default), keep COCO's 80-class head and its
+class map, and are written as TorchScript beside a manifest of the same format as the one
+they started from, with the run's config in its ``training`` record and a new sha256. How it
+trains and what keeps it good on real video: ``its_camera_ai.inference.training._yolox``.
+Score it with ``scripts/evaluate_detector.py --manifest`` (simulator held-out) and
+``benchmarks/real_clip_counts.py --models`` (real clips).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from its_camera_ai.inference.models import (
+    SHIPPED_MODELS,
+    read_adapter_manifest,
+    sha256_file,
+    write_manifest,
+)
+from its_camera_ai.inference.training import FinetuneConfig, finetune_yolox, render_missing
+from its_camera_ai.sim import parse_seeds
+
+_MODELS = Path(__file__).resolve().parents[1] / "src/its_camera_ai/inference/models"
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    defaults = FinetuneConfig(data="", init="")
+    ap.add_argument("--data", default="var/det/train", help="shard directory (rendered if missing)")
+    ap.add_argument("--seeds", default="0-799")
+    ap.add_argument("--frames-per-seed", type=int, default=10)
+    ap.add_argument("--interval", type=float, default=1.5)
+    ap.add_argument("--workers", type=int, default=2, help="processes rendering missing shards")
+    ap.add_argument("--init", type=Path, default=SHIPPED_MODELS["yolox-nano-coco"])
+    ap.add_argument("--steps", type=int, default=defaults.steps)
+    ap.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    ap.add_argument("--lr", type=float, default=defaults.lr)
+    ap.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
+    ap.add_argument(
+        "--freeze", type=int, default=defaults.freeze, help="keep the first N convolutions fixed"
+    )
+    ap.add_argument("--ema-decay", type=float, default=defaults.ema_decay)
+    ap.add_argument("--threads", type=int, default=defaults.threads)
+    ap.add_argument("--device", default=defaults.device, help="cpu, cuda, cuda:1...")
+    ap.add_argument("--checkpoint", type=Path, default=None, help="saved as it goes; resumed")
+    ap.add_argument("--checkpoint-every", type=int, default=100, help="steps")
+    ap.add_argument("--note", default=None, help="free text recorded in the manifest")
+    ap.add_argument("--out", type=Path, default=_MODELS)
+    ap.add_argument("--name", default="yolox-nano-its")
+    ap.add_argument("--version", default=time.strftime("%Y.%m.%d"))
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = _parser()
+    args = ap.parse_args(argv)
+    seeds = parse_seeds(args.seeds)
+    start = read_adapter_manifest(args.init)
+    if start.output != "yolox":
+        ap.error(f"--init {args.init}: a YOLOX model's manifest is needed, not {start.output}")
+    try:
+        render_missing(args.data, seeds, args.frames_per_seed, args.interval, args.workers)
+    except ValueError as exc:
+        ap.error(f"--seeds {args.seeds}: {exc}")
+    cfg = FinetuneConfig(
+        data=args.data,
+        init=str(Path(args.init).parent / start.weights),
+        seeds=tuple(seeds),
+        input_size=(start.input.width, start.input.height),
+        strides=start.strides,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        freeze=args.freeze,
+        ema_decay=args.ema_decay,
+        threads=args.threads,
+        device=args.device,
+    )
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps {task.fields[losses]}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns) as progress:
+        task = progress.add_task("fine-tuning", total=cfg.steps, losses="")
+
+        def advance(step: int, total: int, losses: dict[str, float]) -> None:
+            text = " ".join(f"{k} {v:.3f}" for k, v in losses.items())
+            progress.update(task, completed=step, total=total, losses=text)
+
+        model, stats = finetune_yolox(
+            cfg,
+            args.checkpoint,
+            args.checkpoint_every,
+            progress=advance,
+            log=progress.console.print,
+        )
+    args.out.mkdir(parents=True, exist_ok=True)
+    weights = args.out / f"{args.name}.pt"
+    torch.jit.save(model, str(weights))
+    record = {**cfg.to_dict(), **stats, "seeds": args.seeds, "torch": torch.__version__}
+    record.update(frames_per_seed=args.frames_per_seed, interval_s=args.interval)
+    if args.note:
+        record["note"] = args.note
+    manifest = start.model_copy(
+        update={
+            "name": args.name,
+            "version": args.version,
+            "weights": weights.name,
+            "sha256": sha256_file(weights),
+            "size_bytes": weights.stat().st_size,
+            "source": f"fine-tuned from {start.name} {start.version} ({start.source})",
+            "evaluation": None,
+            "training": record,
+        }
+    )
+    write_manifest(args.out / f"{args.name}.json", manifest)
+    print(f"wrote {weights} ({manifest.size_bytes} bytes, sha256 {manifest.sha256})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

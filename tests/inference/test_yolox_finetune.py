@@ -1,0 +1,110 @@
+"""Fine-tuning YOLOX on simulator data: the loss rewards what it should, the script runs a
+few steps end to end (resuming from its checkpoint) and ships a model the service loads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from its_camera_ai.inference.models import load_model
+from its_camera_ai.inference.training import SIM_TO_COCO, anchor_points, yolox_loss
+from tests.conftest import ROOT, script_main
+
+SIZE = (416, 416)
+STRIDES = (8, 16, 32)
+
+
+def _output_for(boxes: np.ndarray[Any, Any], *, right: bool) -> torch.Tensor:
+    """A network output [1, A, 85] whose every point predicts the box of the object whose
+    centre is nearest (``right``) or a fixed wrong one, with undecided scores (0.5)."""
+    cells, stride = anchor_points(SIZE, STRIDES)
+    centres = (cells + 0.5) * stride[:, None]
+    mids = torch.from_numpy((boxes[:, :2] + boxes[:, 2:]) / 2)
+    nearest = torch.cdist(centres, mids).argmin(1)
+    target = torch.from_numpy(boxes)[nearest] if right else torch.tensor([[0.0, 0.0, 30, 30]])
+    out = torch.full((1, len(cells), 85), 0.5)
+    out[0, :, :2] = (target[:, :2] + target[:, 2:]) / 2 / stride[:, None] - cells
+    out[0, :, 2:4] = torch.log((target[:, 2:] - target[:, :2]) / stride[:, None])
+    return out
+
+
+def _point_at(x: float, y: float, level_stride: int) -> int:
+    cells, stride = anchor_points(SIZE, STRIDES)
+    centres = (cells + 0.5) * stride[:, None]
+    d = (centres - torch.tensor([x, y])).norm(dim=1) + 1e9 * (stride != level_stride)
+    return int(d.argmin())
+
+
+def test_the_loss_fits_boxes_and_pushes_scores_the_right_way() -> None:
+    boxes = np.array([[100, 100, 180, 160], [250, 200, 300, 330]], np.float32)
+    classes = np.array([0, 5])  # a car and a person
+    cells, stride = anchor_points(SIZE, STRIDES)
+
+    def loss(out: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        return yolox_loss(out, [boxes], [classes], [np.zeros(2, bool)], SIZE, cells, stride)
+
+    assert loss(_output_for(boxes, right=True))[1]["box"] < 0.05
+    assert loss(_output_for(boxes, right=False))[1]["box"] > 0.5
+    out = _output_for(boxes, right=True).requires_grad_(True)
+    loss(out)[0].backward()  # type: ignore[no-untyped-call]
+    assert out.grad is not None
+    grad = out.grad[0]
+    # Gradient descent raises objectness at the points SimOTA gave an object (inside its
+    # box) and lowers it everywhere else; at the car's points it raises the car class (COCO
+    # "car") and lowers the person class, at the person's the other way round.
+    centres = (cells + 0.5) * stride[:, None]
+    raised = (grad[:, 4] < 0).nonzero().squeeze(1)
+    assert 2 <= len(raised) <= 20
+    inside = [
+        int(((c >= torch.from_numpy(b[:2])) & (c <= torch.from_numpy(b[2:]))).all().item())
+        for c in centres[raised]
+        for b in boxes
+    ]
+    assert sum(inside) == len(raised)
+    car_coco, person_coco = SIM_TO_COCO[0], SIM_TO_COCO[5]
+    for point in raised.tolist():
+        is_car = bool((centres[point, 0] < 200).item())
+        own, other = (car_coco, person_coco) if is_car else (person_coco, car_coco)
+        assert float(grad[point, 5 + own]) < 0 < float(grad[point, 5 + other])
+    assert float(grad[_point_at(400, 20, 8), 4]) > 0
+
+
+def test_difficult_objects_are_neither_positive_nor_negative() -> None:
+    boxes = np.array([[100, 100, 180, 160]], np.float32)
+    cells, stride = anchor_points(SIZE, STRIDES)
+    out = _output_for(boxes, right=True).requires_grad_(True)
+    loss, parts = yolox_loss(out, [boxes], [np.array([0])], [np.ones(1, bool)], SIZE, cells, stride)
+    assert (parts["box"], parts["cls"]) == (0.0, 0.0)
+    loss.backward()  # type: ignore[no-untyped-call]
+    assert out.grad is not None
+    # Its points are not pushed either way; a point far from it is pushed down.
+    assert float(out.grad[0, _point_at(140, 130, 8), 4]) == 0.0
+    assert float(out.grad[0, _point_at(400, 20, 8), 4]) > 0
+
+
+def test_finetune_smoke_resumes_and_ships_a_loadable_model(tmp_path: Path) -> None:
+    data, out, checkpoint = tmp_path / "data", tmp_path / "model", tmp_path / "ck.pt"
+    args = [
+        "--data", str(data), "--seeds", "0-1", "--frames-per-seed", "2", "--batch-size", "2",
+        "--workers", "1", "--out", str(out), "--checkpoint", str(checkpoint),
+        "--checkpoint-every", "1", "--freeze", "20", "--version", "smoke",
+    ]  # fmt: skip
+    main = script_main("finetune_yolox")
+    assert main([*args, "--steps", "2"]) == 0
+    assert main([*args, "--steps", "3"]) == 0  # cut after 2 steps, continued to 3
+    manifest = json.loads((out / "yolox-nano-its.json").read_text())
+    assert manifest["training"]["steps"] == 3
+    assert manifest["training"]["resumed_at_step"] == 2
+    assert manifest["training"]["frozen_convolutions"] == 20
+    assert (
+        manifest["class_map"]
+        == json.loads(
+            (ROOT / "src/its_camera_ai/inference/models/yolox-nano-coco.json").read_text()
+        )["class_map"]
+    )
+    model = load_model(out / "yolox-nano-its.json")  # sha256 checked
+    assert len(model.detect([np.zeros((360, 640, 3), np.uint8)])) == 1
