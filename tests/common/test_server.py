@@ -439,3 +439,39 @@ def test_serve_all_on_the_embedded_default(embedded_data_dir: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+async def test_a_stuck_shutdown_step_is_cancelled_and_named_and_the_stop_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A unit whose shutdown hook ignores its cancellation (a handler stuck in a dependency):
+    # the host still stops, its later steps still run, and the log names the stuck one.
+    ran: list[str] = []
+    release = asyncio.Event()
+
+    async def stuck() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            ran.append("cancelled")
+            await release.wait()  # ignores its cancellation until the test lets it go
+
+    async def register(server: grpc.aio.Server, runtime: Runtime) -> None:
+        async def later() -> None:
+            ran.append("later step")
+
+        runtime.on_shutdown.append(later)
+        runtime.on_shutdown.append(stuck)  # reversed order: runs first
+
+    unit = ServiceUnit(name="stuck", grpc_services=(), register=register)
+    host = ServiceHost(host_settings(), [unit])
+    await host.start()
+    began = time.monotonic()
+    with caplog.at_level(logging.ERROR):
+        await host.stop(step_timeout_s=0.5)
+    assert time.monotonic() - began < 5.0
+    release.set()
+    await asyncio.sleep(0)
+    assert ran == ["cancelled", "later step"]
+    stuck_logs = [r for r in caplog.records if r.getMessage().startswith("shutdown step stuck")]
+    assert [getattr(r, "step", None) for r in stuck_logs] == [stuck.__qualname__]

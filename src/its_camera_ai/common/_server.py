@@ -324,28 +324,52 @@ class ServiceHost:
         }
         return healthy, body
 
-    async def stop(self) -> None:
-        """Drain and stop: refuse new RPCs, let in-flight ones finish, then close everything."""
+    async def stop(self, step_timeout_s: float = 30.0) -> None:
+        """Drain and stop: refuse new RPCs, let in-flight ones finish, then close everything.
+
+        Each step (a unit's hook, closing a pool...) gets ``step_timeout_s`` beyond the drain;
+        one still running then is stuck (a task that ignores cancellation, a pool connection
+        never given back): it is cancelled and logged by name, and the stop goes on, so a
+        process asked to stop always does."""
         self._serving = False
         await self._health.enter_graceful_shutdown()
         if self._server is not None:
             for hook in reversed(self.runtime.on_stopping):
-                await hook()
-            _log.info("draining", extra={"grace_seconds": self.settings.grpc.drain_seconds})
-            await self._server.stop(self.settings.grpc.drain_seconds)
+                await _bounded(_name_of(hook), hook(), step_timeout_s)
+            drain = self.settings.grpc.drain_seconds
+            _log.info("draining", extra={"grace_seconds": drain})
+            await _bounded("grpc drain", self._server.stop(drain), drain + step_timeout_s)
             self._server = None
         for hook in reversed(self.runtime.on_shutdown):
-            await hook()
-        await self.security.close()
+            await _bounded(_name_of(hook), hook(), step_timeout_s)
+        await _bounded("security", self.security.close(), step_timeout_s)
         if self._http is not None:
-            await self._http.stop()
+            await _bounded("http side port", self._http.stop(), step_timeout_s)
         if self.runtime.redis is not None:
-            await self.runtime.redis.aclose()
+            await _bounded("redis", self.runtime.redis.aclose(), step_timeout_s)
         if self.runtime.database is not None:
-            await self.runtime.database.close()
+            await _bounded("database pool", self.runtime.database.close(), step_timeout_s)
         if self._tracer_provider is not None:
             self._tracer_provider.shutdown()
         _log.info("stopped")
+
+
+def _name_of(hook: Callable[..., Any]) -> str:
+    return str(getattr(hook, "__qualname__", repr(hook)))
+
+
+async def _bounded(step: str, work: Awaitable[Any], timeout_s: float) -> None:
+    """Await one shutdown step for at most ``timeout_s``; a stuck one is cancelled, not
+    waited for (``asyncio.wait_for`` would wait for a task that ignores its cancellation)."""
+    task = asyncio.ensure_future(work)
+    done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    if done:
+        task.result()  # its error, if any, is the caller's as before
+        return
+    task.cancel()
+    _log.error(
+        "shutdown step stuck; stopping without it", extra={"step": step, "seconds": timeout_s}
+    )
 
 
 async def serve(settings: Settings, units: Sequence[ServiceUnit]) -> None:
