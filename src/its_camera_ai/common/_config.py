@@ -492,7 +492,7 @@ class InferenceSettings(_Section):
     # a manifest (.json: the shipped detector's format, or an adapter manifest for YOLOX /
     # Ultralytics exports, TorchScript or ONNX), or an Ultralytics YOLO TorchScript export
     # (.torchscript/.pt with the yolo_* options below). The manifest or export wins.
-    model: Literal["its-detector-v1", "yolox-nano-coco"] = "its-detector-v1"
+    model: Literal["its-detector-v1", "yolox-nano-coco", "yolox-nano-its"] = "its-detector-v1"
     model_manifest: Path | None = None
     yolo_model: Path | None = None
     yolo_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")

@@ -5,12 +5,13 @@
     for d in det.detect(frames_uint8_bhwc):      # one Detections per frame
         d.boxes, d.scores, d.classes             # original pixels, [0,1], ObjectClass ids
 
-Two models ship in this package's folder (``SHIPPED_MODELS``), each a weights file with its
-manifest (sha256 checked before the file is read): ``its-detector-v1``, a small anchor-free
-heatmap detector trained from scratch on the simulator (``its_camera_ai.sim``; see
-``its_camera_ai.inference.training``), and ``yolox-nano-coco``, YOLOX-nano trained on COCO
+Three models ship in this package's folder (``SHIPPED_MODELS``), each a weights file with
+its manifest (sha256 checked before the file is read): ``its-detector-v1``, a small
+anchor-free heatmap detector trained from scratch on the simulator (``its_camera_ai.sim``; see
+``its_camera_ai.inference.training``); ``yolox-nano-coco``, YOLOX-nano trained on COCO
 (Apache-2.0, see NOTICE), converted from its ONNX export once by
-``scripts/convert_onnx_detector.py``. ``YoloAdapter`` runs Ultralytics and YOLOX exports
+``scripts/convert_onnx_detector.py``; and ``yolox-nano-its``, that network fine-tuned on the
+simulator by ``scripts/finetune_yolox.py``. ``YoloAdapter`` runs Ultralytics and YOLOX exports
 (TorchScript, or ONNX rebuilt in torch by ``load_onnx``) behind the same ``detect``, their
 classes mapped to ours; an ``AdapterManifest`` declares a model's format and preprocessing.
 ``build_engine`` places a model's network on a backend (eager torch, ``torch.compile``,

@@ -18,6 +18,9 @@ SHIPPED_MODELS: dict[str, Path] = {
     "its-detector-v1": DEFAULT_MANIFEST,
     # YOLOX-nano trained on COCO (Apache-2.0, NOTICE): real-world vehicles and people.
     "yolox-nano-coco": _HERE / "yolox-nano-coco.json",
+    # That, fine-tuned on simulator shards (scripts/finetune_yolox.py, its manifest's
+    # ``training``): counts the real clips, calls their cars trucks (docs/benchmarks.md).
+    "yolox-nano-its": _HERE / "yolox-nano-its.json",
 }
 
 
