@@ -152,8 +152,9 @@ class SceneMeasures:
         self.crossings_now = []
         if len(sc.spec.lines) and observed.any():
             o = observed
-            self._lines(t, t_ns, slots[o], classes[o], boxes[o], speed[o], lane[o], foot_seen[o],
-                        cut[o])  # fmt: skip
+            widths = boxes[o, 2] - boxes[o, 0]
+            self._lines(t, t_ns, slots[o], classes[o], ref[o], heights[o], widths, speed[o],
+                        lane[o], foot_seen[o], cut[o])  # fmt: skip
         return v
 
     def _lanes(self, v: FrameView, dt: float, plane: F64, ref_px: F64, heights: F64) -> None:
@@ -258,15 +259,15 @@ class SceneMeasures:
         t_ns: int,
         slots: IntArr,
         classes: I64,
-        boxes: F64,
+        ref: F64,
+        heights: F64,
+        widths: F64,
         speed: F64,
         lane: IntArr,
         foot_seen: Bool,
         cut: Bool,
     ) -> None:
         sc, cfg, tab = self.scene, self.cfg, self.table
-        ref = np.column_stack([(boxes[:, 0] + boxes[:, 2]) * 0.5, boxes[:, 3]])
-        heights, widths = boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0]
         self.inference.observe(slots, ref, widths, t, foot_seen, cut)
         d = signed_distances(ref, sc.line_segments)
         margin = np.maximum(cfg.line_margin_px, cfg.line_margin_rel * heights)[:, None]
