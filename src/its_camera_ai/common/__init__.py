@@ -21,6 +21,7 @@ from its_camera_ai.common._config import (
     InferenceSettings,
     LoggingSettings,
     PixelFormatName,
+    ProcessSettings,
     QueryCacheSettings,
     QueryServiceSettings,
     RedisSettings,
@@ -70,6 +71,7 @@ from its_camera_ai.common._names import (
     is_token,
     parse_camera_name,
 )
+from its_camera_ai.common._native_heap import limit_malloc_arenas, trim_native_heap
 from its_camera_ai.common._peers import PLAINTEXT, PeerAccess
 from its_camera_ai.common._pubsub import follow_channel
 from its_camera_ai.common._security_settings import (
@@ -133,6 +135,7 @@ __all__ = [
     "PeerAccess",
     "PermissionDeniedError",
     "PixelFormatName",
+    "ProcessSettings",
     "QueryCacheSettings",
     "QueryServiceSettings",
     "RateLimitSettings",
@@ -157,9 +160,11 @@ __all__ = [
     "follow_channel",
     "is_resource_id",
     "is_token",
+    "limit_malloc_arenas",
     "load_settings",
     "page_token_after",
     "parse_camera_name",
     "quoted",
     "serve",
+    "trim_native_heap",
 ]
