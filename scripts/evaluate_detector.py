@@ -46,7 +46,7 @@ from its_camera_ai.inference.training import (
     format_table,
     shard_files,
 )
-from its_camera_ai.sim import TAGS, load_shard, parse_seeds, write_dataset
+from its_camera_ai.sim import TAGS, load_shard, parse_seeds, shard_is_current, write_dataset
 
 
 def samples(paths: list[Path]) -> Iterator[Sample]:
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     if min(seeds) < 100_000:
         ap.error("held-out seeds start at 100000 (lower seeds are training scenes)")
     paths = shard_files(args.data, seeds)
-    missing = [s for s, p in zip(seeds, paths, strict=True) if not p.is_file()]
+    missing = [s for s, p in zip(seeds, paths, strict=True) if not shard_is_current(p)]
     if missing:
         write_dataset(
             args.data, missing, args.frames_per_seed, interval_s=args.interval, compress=False

@@ -25,6 +25,7 @@ from its_camera_ai.sim._config import (
     EffectsConfig,
     IncidentConfig,
     IntersectionConfig,
+    OsdConfig,
     RoadConfig,
     SceneConfig,
     TrafficConfig,
@@ -36,6 +37,7 @@ from its_camera_ai.sim._dataset import (
     load_shard,
     parse_seeds,
     random_scene_config,
+    shard_is_current,
     write_dataset,
 )
 from its_camera_ai.sim._effects import MAX_SMEAR_PX, image_motion
@@ -69,6 +71,7 @@ __all__ = [
     "IncidentTruth",
     "IntersectionConfig",
     "ObjectTruth",
+    "OsdConfig",
     "RoadConfig",
     "Scene",
     "SceneConfig",
@@ -85,6 +88,7 @@ __all__ = [
     "parse_seeds",
     "random_scene_config",
     "read_video",
+    "shard_is_current",
     "write_dataset",
     "write_png",
 ]

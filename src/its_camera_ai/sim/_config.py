@@ -8,6 +8,7 @@ construction with a pydantic ``ValidationError`` whose location names the field 
 from __future__ import annotations
 
 import math
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -22,6 +23,7 @@ __all__ = [
     "IncidentConfig",
     "IncidentKind",
     "IntersectionConfig",
+    "OsdConfig",
     "RoadConfig",
     "SceneConfig",
     "TrafficConfig",
@@ -153,6 +155,42 @@ class CountingLineConfig(_Model):
         return self
 
 
+class OsdConfig(_Model):
+    """Text a camera burns into its picture: a camera name and a running date/time stamp.
+
+    Drawn after the sensor (noise, blur) and before encoding, as cameras do; it is not an
+    object, so truth ignores it. It is there so the detector learns not to fire on it.
+    """
+
+    # The camera name line, e.g. "CAM 07 A38 NB"; lower case is drawn upper case.
+    label: str = Field(max_length=40)
+    # A "YYYY-MM-DD HH:MM:SS" line (below the label) that advances with simulated time.
+    timestamp: bool = True
+    # What the timestamp shows at frame 0.
+    start: datetime = datetime(2024, 6, 3, 8, 15, 0)
+    corner: Literal["top_left", "top_right", "bottom_left", "bottom_right"] = "top_left"
+    # Glyph height at the configured camera resolution; scaled with the rendered height.
+    height_px: int = Field(16, ge=8, le=40)
+    color: Literal["white", "yellow"] = "white"
+    # Black outline around the glyphs, a dark box behind the text, or bare text.
+    background: Literal["outline", "box", "none"] = "outline"
+
+    @field_validator("label")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        # The built-in bitmap font covers printable ASCII and nothing else.
+        bad = sorted({c for c in value if not " " <= c <= "~"})
+        if bad:
+            raise ValueError(f"must be printable ASCII; got {bad}")
+        return value
+
+    @model_validator(mode="after")
+    def _something_to_draw(self) -> OsdConfig:
+        if not self.label.strip() and not self.timestamp:
+            raise ValueError("label is blank and timestamp is off: nothing to draw")
+        return self
+
+
 class EffectsConfig(_Model):
     """Image effects on top of the condition; None means the condition's own default."""
 
@@ -165,6 +203,8 @@ class EffectsConfig(_Model):
     rain_streaks: bool = True
     # Visibility distance (m) under fog; None picks one from the seed.
     fog_visibility_m: float | None = Field(None, ge=10.0, le=2000.0)
+    # On-screen text (camera name, time stamp); None: a clean picture.
+    osd: OsdConfig | None = None
 
 
 class SceneConfig(_Model):

@@ -21,8 +21,9 @@ A shard holds N images and M boxes; boxes of image i are rows ``box_offsets[i]``
     frame        int32   (N,)    frame index within the seed's scene
     seed         int64   ()
 
-Each seed gets its own random camera, road, demand and condition, so held-out seeds are
-held-out scenes. Conditions cycle with the seed so every condition is equally represented.
+Each seed gets its own random camera, road, demand and condition (and, for a share of
+seeds, burnt-in on-screen text), so held-out seeds are held-out scenes. Conditions cycle
+with the seed so every condition is equally represented.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,7 @@ from its_camera_ai.sim._config import (
     EffectsConfig,
     IncidentConfig,
     IntersectionConfig,
+    OsdConfig,
     RoadConfig,
     SceneConfig,
     TrafficConfig,
@@ -59,11 +62,16 @@ __all__ = [
     "parse_seeds",
     "random_incidents",
     "random_scene_config",
+    "shard_is_current",
     "write_dataset",
 ]
 
 TAGS: tuple[str, ...] = (*CONDITIONS, "heavy_occlusion", "small_objects")
-FORMAT_VERSION = 1
+# 2: a share of the random scenes carries on-screen text. Every shard records the version
+# it was rendered by, so a cache of shards from an older one is rendered again, not reused.
+FORMAT_VERSION = 2
+_OSD_FRACTION = 0.6
+_OSD_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
 
 def random_incidents(
@@ -88,10 +96,36 @@ def random_incidents(
     return tuple(out)
 
 
+def _random_osd(seed: int, height: int) -> OsdConfig | None:
+    """On-screen text for a share of scenes, so the detector learns to ignore it.
+
+    Drawn from its own stream so that adding it left every other parameter of a seed as
+    it was: datasets and held-out scenes keep their cameras, roads and traffic.
+    """
+    rng = np.random.default_rng([seed, 0x05D])
+    if rng.random() >= _OSD_FRACTION:
+        return None
+    words = [
+        "".join(rng.choice(list(_OSD_CHARS), int(rng.integers(2, 8))).tolist())
+        for _ in range(int(rng.integers(1, 3)))
+    ]
+    start = datetime(2019, 1, 1) + timedelta(seconds=int(rng.integers(0, 7 * 365 * 86400)))
+    return OsdConfig(
+        label=" ".join(words),
+        timestamp=bool(rng.random() < 0.85),
+        start=start,
+        corner=rng.choice(["top_left", "top_right", "bottom_left", "bottom_right"]).item(),
+        # 10-30 px at 720 lines, as on real cameras; the font needs 8 px to stay legible.
+        height_px=int(np.clip(round(height * rng.uniform(0.014, 0.042)), 8, 40)),
+        color=rng.choice(["white", "white", "yellow"]).item(),
+        background=rng.choice(["outline", "outline", "box", "none"]).item(),
+    )
+
+
 def random_scene_config(
     seed: int, condition: str, width: int, height: int, *, seconds: float = 60.0
 ) -> SceneConfig:
-    """A varied scene: camera pose and lens, road layout, demand mix, incidents."""
+    """A varied scene: camera pose and lens, road layout, demand mix, incidents, OSD."""
     rng = np.random.default_rng([seed, 0xDA7A5E7])
     lanes = int(rng.choice([1, 2, 2, 3, 3]))
     style = rng.random()
@@ -146,7 +180,10 @@ def random_scene_config(
         pedestrian_flow_h=float(rng.uniform(40, 500)),
         class_mix=mix,
     )
-    effects = EffectsConfig(noise=int(rng.choice([1, 3, 3, 7])) if condition != "night" else 7)
+    effects = EffectsConfig(
+        noise=int(rng.choice([1, 3, 3, 7])) if condition != "night" else 7,
+        osd=_random_osd(seed, height),
+    )
     return SceneConfig.model_validate(
         {
             "seed": seed,
@@ -214,6 +251,7 @@ def _write_seed(
 ) -> dict[str, Any]:
     out, seed, frames, width, height, conditions, interval, h264, compress = args
     data = _seed_samples(seed, frames, width, height, conditions, interval, h264)
+    data["version"] = np.asarray(FORMAT_VERSION)
     name = f"seed_{seed:06d}.npz"
     if compress:
         np.savez_compressed(out / name, allow_pickle=False, **data)
@@ -321,6 +359,16 @@ class Shard:
         """Boxes, classes and difficult flags of image ``i``."""
         a, b = int(self.box_offsets[i]), int(self.box_offsets[i + 1])
         return self.boxes[a:b], self.classes[a:b], self.difficult[a:b]
+
+
+def shard_is_current(path: str | Path) -> bool:
+    """Whether ``path`` is a shard the simulator as it is now would render (False if it is
+    missing, or rendered by an older version: same seed, other pixels)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return "version" in z.files and int(z["version"]) == FORMAT_VERSION
+    except FileNotFoundError:
+        return False
 
 
 def load_shard(path: str | Path) -> Shard:

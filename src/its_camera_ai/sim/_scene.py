@@ -21,6 +21,7 @@ from its_camera_ai.sim._camera import Camera
 from its_camera_ai.sim._conditions import make_look
 from its_camera_ai.sim._config import CLASSES, SceneConfig
 from its_camera_ai.sim._incidents import Incidents
+from its_camera_ai.sim._osd import draw_osd
 from its_camera_ai.sim._render import Renderer
 from its_camera_ai.sim._traffic import Agent, TrafficSim
 from its_camera_ai.sim._truth import CountingLine, Crossing, FrameTruth, IncidentTruth, frame_tags
@@ -146,6 +147,11 @@ class Scene:
         rng = np.random.default_rng([self.config.seed, 0xF4A3E, self.frame_index])
         signals = self.signal_states()
         frame, objects = r.render(self.sim.agents, signals, rng)
+        osd = self.config.effects.osd
+        if osd is not None:
+            # Cameras add their text digitally, after the sensor's noise and blur and before
+            # encoding; its size follows the picture, so scale it to this rendering.
+            draw_osd(frame, osd, self.time_s, r.cam.height / self.config.camera.height)
         objs = tuple(objects)
         truth = FrameTruth(
             frame=self.frame_index,

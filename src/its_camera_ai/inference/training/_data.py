@@ -9,7 +9,6 @@ one seeded ``torch.Generator``: the same seed and data give the same run.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import math
 import time
@@ -22,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from numpy.typing import NDArray
 
+from its_camera_ai.common import trim_native_heap
 from its_camera_ai.inference.models import (
     PAD_VALUE,
     STRIDE,
@@ -29,7 +29,7 @@ from its_camera_ai.inference.models import (
     letterbox,
     to_float_batch,
 )
-from its_camera_ai.sim import load_shard, write_dataset
+from its_camera_ai.sim import load_shard, shard_is_current, write_dataset
 
 __all__ = [
     "HELD_OUT_FROM",
@@ -76,44 +76,32 @@ def render_missing(
     workers: int,
     log: Callable[[str], None] = print,
 ) -> None:
-    """Render the training shards of ``seeds`` that ``root`` lacks with the simulator (the
-    parameters of ``its-camera-ai sim dataset``). Training seeds stay below the held-out
-    ones: a ``ValueError`` says so otherwise."""
+    """Render the training shards of ``seeds`` that ``root`` lacks, or holds from an older
+    simulator (``shard_is_current``), with the parameters of ``its-camera-ai sim dataset``.
+    Training seeds stay below the held-out ones: a ``ValueError`` says so otherwise."""
     if max(seeds, default=0) >= HELD_OUT_FROM:
         raise ValueError(f"training seeds must be < {HELD_OUT_FROM} (held-out seeds start there)")
-    missing = [s for s, p in zip(seeds, shard_files(root, seeds), strict=True) if not p.is_file()]
+    paths = shard_files(root, seeds)
+    missing = [s for s, p in zip(seeds, paths, strict=True) if not shard_is_current(p)]
     if missing:
         began = time.perf_counter()
         write_dataset(
             root, missing, frames_per_seed, interval_s=interval_s, compress=False, workers=workers
         )
-        log(f"rendered {len(missing)} missing seeds in {time.perf_counter() - began:.0f} s")
+        seconds = time.perf_counter() - began
+        log(f"rendered {len(missing)} missing or out-of-date seeds in {seconds:.0f} s")
 
 
-def _release_free_heap() -> Callable[[], None]:
-    """``malloc_trim`` of glibc, or a no-op elsewhere.
+def load_trainset(
+    root: str | Path, size: tuple[int, int], seeds: Sequence[int] | None = None
+) -> TrainSet:
+    """Every image of a simulator dataset directory, letterboxed to ``size`` (w, h).
 
     Each shard's float temporaries (~30 MB) are freed into a heap that the kept uint8
     frames fragment; without a trim after each shard, loading 8,000 frames held 23 GB for a
     3.3 GB tensor. (Pinning the mmap threshold instead fixed loading but made every
     training step mmap its activations: 2x slower.)
     """
-    try:
-        trim = ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return lambda: None
-
-    def release() -> None:
-        trim(0)
-
-    return release
-
-
-def load_trainset(
-    root: str | Path, size: tuple[int, int], seeds: Sequence[int] | None = None
-) -> TrainSet:
-    """Every image of a simulator dataset directory, letterboxed to ``size`` (w, h)."""
-    release = _release_free_heap()
     images: list[torch.Tensor] = []
     boxes, classes, difficult = [], [], []
     for path in shard_files(root, seeds):
@@ -139,7 +127,7 @@ def load_trainset(
             classes.append(c.astype(np.int64))
             difficult.append(d.astype(bool))
         del shard, frames
-        release()
+        trim_native_heap()
     return TrainSet(torch.cat(images).contiguous(), boxes, classes, difficult)
 
 
