@@ -52,6 +52,20 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--freeze", type=int, default=defaults.freeze, help="keep the first N convolutions fixed"
     )
+    ap.add_argument(
+        "--anchor-weight",
+        type=float,
+        default=defaults.anchor_weight,
+        help="L2-SP: pull towards the starting weights (0: off)",
+    )
+    ap.add_argument(
+        "--zoom",
+        type=float,
+        nargs=2,
+        default=defaults.zoom,
+        metavar=("LOW", "HIGH"),
+        help="random zoom range of the augmentation",
+    )
     ap.add_argument("--ema-decay", type=float, default=defaults.ema_decay)
     ap.add_argument("--threads", type=int, default=defaults.threads)
     ap.add_argument("--device", default=defaults.device, help="cpu, cuda, cuda:1...")
@@ -86,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         lr=args.lr,
         warmup_steps=args.warmup_steps,
         freeze=args.freeze,
+        anchor_weight=args.anchor_weight,
+        zoom=tuple(args.zoom),
         ema_decay=args.ema_decay,
         threads=args.threads,
         device=args.device,

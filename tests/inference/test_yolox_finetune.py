@@ -4,6 +4,7 @@ few steps end to end (resuming from its checkpoint) and ships a model the servic
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,14 @@ import numpy as np
 import torch
 
 from its_camera_ai.inference.models import load_model
-from its_camera_ai.inference.training import SIM_TO_COCO, anchor_points, yolox_loss
+from its_camera_ai.inference.training import (
+    SIM_TO_COCO,
+    FinetuneConfig,
+    anchor_points,
+    finetune_yolox,
+    render_missing,
+    yolox_loss,
+)
 from tests.conftest import ROOT, script_main
 
 SIZE = (416, 416)
@@ -108,3 +116,28 @@ def test_finetune_smoke_resumes_and_ships_a_loadable_model(tmp_path: Path) -> No
     )
     model = load_model(out / "yolox-nano-its.json")  # sha256 checked
     assert len(model.detect([np.zeros((360, 640, 3), np.uint8)])) == 1
+
+
+@torch.no_grad()
+def _drift(model: torch.nn.Module, start: torch.nn.Module) -> float:
+    return sum(
+        float(((p - p0) ** 2).sum())
+        for p, p0 in zip(model.parameters(), start.parameters(), strict=True)
+    )
+
+
+def test_the_anchor_weight_holds_the_network_near_its_pretrained_weights(tmp_path: Path) -> None:
+    render_missing(tmp_path, [0], frames_per_seed=2, interval_s=1.5, workers=1, log=lambda _: None)
+    init = ROOT / "src/its_camera_ai/inference/models/yolox-nano-coco.pt"
+    free = FinetuneConfig(
+        data=str(tmp_path), init=str(init), steps=4, batch_size=2, lr=1e-2, warmup_steps=0,
+        ema_decay=0.0, threads=1,
+    )  # fmt: skip
+    start = torch.jit.load(str(init))  # type: ignore[no-untyped-call]
+    drifts = {}
+    for weight in (0.0, 100.0):
+        model, _ = finetune_yolox(replace(free, anchor_weight=weight), log=lambda _: None)
+        drifts[weight] = _drift(model, start)
+    # Adam's first step moves every weight by ~lr whatever pulls it; the anchor then pulls
+    # them back where the free run keeps going.
+    assert drifts[100.0] < 0.5 * drifts[0.0], drifts
