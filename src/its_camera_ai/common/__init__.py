@@ -21,7 +21,6 @@ from its_camera_ai.common._config import (
     InferenceSettings,
     LoggingSettings,
     PixelFormatName,
-    ProcessSettings,
     QueryCacheSettings,
     QueryServiceSettings,
     RedisSettings,
@@ -71,7 +70,6 @@ from its_camera_ai.common._names import (
     is_token,
     parse_camera_name,
 )
-from its_camera_ai.common._native_heap import limit_malloc_arenas, trim_native_heap
 from its_camera_ai.common._peers import PLAINTEXT, PeerAccess
 from its_camera_ai.common._pubsub import follow_channel
 from its_camera_ai.common._security_settings import (
@@ -135,7 +133,6 @@ __all__ = [
     "PeerAccess",
     "PermissionDeniedError",
     "PixelFormatName",
-    "ProcessSettings",
     "QueryCacheSettings",
     "QueryServiceSettings",
     "RateLimitSettings",
@@ -160,11 +157,9 @@ __all__ = [
     "follow_channel",
     "is_resource_id",
     "is_token",
-    "limit_malloc_arenas",
     "load_settings",
     "page_token_after",
     "parse_camera_name",
     "quoted",
     "serve",
-    "trim_native_heap",
 ]

@@ -33,7 +33,6 @@ __all__ = [
     "InferenceSettings",
     "LoggingSettings",
     "PixelFormatName",
-    "ProcessSettings",
     "RedisSettings",
     "Settings",
     "TracingSettings",
@@ -85,15 +84,6 @@ class HttpSettings(_Section):
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
-
-
-class ProcessSettings(_Section):
-    # glibc malloc's arenas for a serving process (0: glibc's default, 8 per core). Each
-    # arena keeps its own free pages resident; frame-moving threads spread over many of
-    # them make RSS drift upwards with nothing leaked (the soak, docs/reliability.md).
-    malloc_arena_max: int = Field(2, ge=0)
-    # How often free pages inside the arenas are given back (malloc_trim); 0: never.
-    malloc_trim_interval_s: float = Field(60.0, ge=0)
 
 
 class TracingSettings(_Section):
@@ -566,7 +556,6 @@ class Settings(BaseSettings):
     grpc: GrpcSettings = GrpcSettings()
     http: HttpSettings = HttpSettings()
     logging: LoggingSettings = LoggingSettings()
-    process: ProcessSettings = ProcessSettings()
     tracing: TracingSettings = TracingSettings()
     database: DatabaseSettings = DatabaseSettings()
     redis: RedisSettings = RedisSettings()

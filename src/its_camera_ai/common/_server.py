@@ -31,7 +31,6 @@ from its_camera_ai.common._http import HttpRoutes, HttpSidePort
 from its_camera_ai.common._interceptors import ErrorMappingInterceptor, RpcMetricsInterceptor
 from its_camera_ai.common._logging import configure_logging
 from its_camera_ai.common._migrations import MigrationSet, apply_migrations
-from its_camera_ai.common._native_heap import keep_native_heap_trimmed, limit_malloc_arenas
 from its_camera_ai.common._peers import PeerAccess
 from its_camera_ai.common._storage import Database, create_redis
 from its_camera_ai.common._tracing import configure_tracing
@@ -162,7 +161,6 @@ class ServiceHost:
         self._http: HttpSidePort | None = None
         self._tracer_provider: Any = None
         self._serving = False
-        self._heap_upkeep: asyncio.Task[None] | None = None
         # Health updates come from start() and from the database supervisor; one at a time,
         # so that a stale update cannot land after a newer one.
         self._health_lock = asyncio.Lock()
@@ -294,7 +292,6 @@ class ServiceHost:
                 self.settings.http.host, self.settings.http.port
             )
 
-        self._start_heap_upkeep()
         self._serving = True
         await self._apply_health()
         _log.info(
@@ -305,14 +302,6 @@ class ServiceHost:
                 "http_port": self.http_port,
             },
         )
-
-    def _start_heap_upkeep(self) -> None:
-        interval_s = self.settings.process.malloc_trim_interval_s
-        if interval_s > 0:
-            self._heap_upkeep = asyncio.create_task(
-                keep_native_heap_trimmed(interval_s, self.runtime.metrics),
-                name="native heap upkeep",
-            )
 
     async def health_report(self) -> tuple[bool, dict[str, Any]]:
         dependencies: dict[str, str] = {}
@@ -343,9 +332,6 @@ class ServiceHost:
         never given back): it is cancelled and logged by name, and the stop goes on, so a
         process asked to stop always does."""
         self._serving = False
-        if self._heap_upkeep is not None:
-            self._heap_upkeep.cancel()
-            self._heap_upkeep = None
         await self._health.enter_graceful_shutdown()
         if self._server is not None:
             for hook in reversed(self.runtime.on_stopping):
@@ -390,8 +376,6 @@ async def serve(settings: Settings, units: Sequence[ServiceUnit]) -> None:
     """Run a host until SIGTERM or SIGINT, then drain and return."""
     host = ServiceHost(settings, units)
     configure_logging(host.name, settings.logging.level, settings.logging.format)
-    # Before the servers start their threads, which would each take an arena.
-    limit_malloc_arenas(settings.process.malloc_arena_max)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
