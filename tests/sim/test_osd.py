@@ -193,6 +193,9 @@ def test_a_shard_rendered_before_the_osd_is_out_of_date_and_rendered_again(
     shard = tmp_path / "seed_000001.npz"
     assert shard_is_current(shard)
     assert not shard_is_current(tmp_path / "seed_000002.npz")  # never rendered
+    cut_short = tmp_path / "seed_000003.npz"
+    cut_short.write_bytes(shard.read_bytes()[:1000])  # a render interrupted mid-write
+    assert not shard_is_current(cut_short)
     with np.load(shard) as z:
         older = {k: z[k] for k in z.files if k != "version"}  # as version 1 wrote it
     np.savez(shard, allow_pickle=False, **older)

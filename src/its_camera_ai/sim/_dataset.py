@@ -29,6 +29,7 @@ with the seed so every condition is equally represented.
 from __future__ import annotations
 
 import json
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -363,11 +364,12 @@ class Shard:
 
 def shard_is_current(path: str | Path) -> bool:
     """Whether ``path`` is a shard the simulator as it is now would render (False if it is
-    missing, or rendered by an older version: same seed, other pixels)."""
+    missing, cut short by an interrupted render, or rendered by an older version: same seed,
+    other pixels)."""
     try:
         with np.load(path, allow_pickle=False) as z:
             return "version" in z.files and int(z["version"]) == FORMAT_VERSION
-    except FileNotFoundError:
+    except (OSError, ValueError, zipfile.BadZipFile):
         return False
 
 
