@@ -59,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
         help="L2-SP: pull towards the starting weights (0: off)",
     )
     ap.add_argument(
+        "--distil-weight",
+        type=float,
+        default=defaults.distil_weight,
+        help="hold the class outputs near the starting network's where it sees objects (0: off)",
+    )
+    ap.add_argument(
         "--zoom",
         type=float,
         nargs=2,
@@ -101,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup_steps=args.warmup_steps,
         freeze=args.freeze,
         anchor_weight=args.anchor_weight,
+        distil_weight=args.distil_weight,
         zoom=tuple(args.zoom),
         ema_decay=args.ema_decay,
         threads=args.threads,

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 
 from its_camera_ai.inference.models import load_model
@@ -17,6 +18,7 @@ from its_camera_ai.inference.training import (
     FinetuneConfig,
     anchor_points,
     finetune_yolox,
+    load_trainset,
     render_missing,
     yolox_loss,
 )
@@ -24,6 +26,7 @@ from tests.conftest import ROOT, script_main
 
 SIZE = (416, 416)
 STRIDES = (8, 16, 32)
+INIT = ROOT / "src/its_camera_ai/inference/models/yolox-nano-coco.pt"
 
 
 def _output_for(boxes: np.ndarray[Any, Any], *, right: bool) -> torch.Tensor:
@@ -126,18 +129,50 @@ def _drift(model: torch.nn.Module, start: torch.nn.Module) -> float:
     )
 
 
-def test_the_anchor_weight_holds_the_network_near_its_pretrained_weights(tmp_path: Path) -> None:
-    render_missing(tmp_path, [0], frames_per_seed=2, interval_s=1.5, workers=1, log=lambda _: None)
-    init = ROOT / "src/its_camera_ai/inference/models/yolox-nano-coco.pt"
-    free = FinetuneConfig(
-        data=str(tmp_path), init=str(init), steps=4, batch_size=2, lr=1e-2, warmup_steps=0,
+@pytest.fixture(scope="module")
+def free_run(tmp_path_factory: pytest.TempPathFactory) -> FinetuneConfig:
+    """A short, fast-moving run on one rendered scene, nothing holding it back."""
+    data = tmp_path_factory.mktemp("data")
+    render_missing(data, [0], frames_per_seed=2, interval_s=1.5, workers=1, log=lambda _: None)
+    return FinetuneConfig(
+        data=str(data), init=str(INIT), steps=4, batch_size=2, lr=1e-2, warmup_steps=0,
         ema_decay=0.0, threads=1,
     )  # fmt: skip
-    start = torch.jit.load(str(init))  # type: ignore[no-untyped-call]
+
+
+def test_the_anchor_weight_holds_the_network_near_its_pretrained_weights(
+    free_run: FinetuneConfig,
+) -> None:
+    start = torch.jit.load(str(INIT))  # type: ignore[no-untyped-call]
     drifts = {}
     for weight in (0.0, 100.0):
-        model, _ = finetune_yolox(replace(free, anchor_weight=weight), log=lambda _: None)
+        model, _ = finetune_yolox(replace(free_run, anchor_weight=weight), log=lambda _: None)
         drifts[weight] = _drift(model, start)
     # Adam's first step moves every weight by ~lr whatever pulls it; the anchor then pulls
     # them back where the free run keeps going.
     assert drifts[100.0] < 0.5 * drifts[0.0], drifts
+
+
+@torch.no_grad()
+def _class_shift(model: torch.nn.Module, start: torch.nn.Module, frames: torch.Tensor) -> float:
+    """How far the class outputs moved from the start's where the start sees an object."""
+    before, after = start(frames), model(frames)
+    weight = before[..., 4:5]
+    return float(((after[..., 5:] - before[..., 5:]).abs() * weight).sum() / weight.sum())
+
+
+def test_the_distil_weight_holds_the_class_outputs_near_the_teachers(
+    free_run: FinetuneConfig,
+) -> None:
+    start = torch.jit.load(str(INIT)).eval()  # type: ignore[no-untyped-call]
+    images = load_trainset(Path(free_run.data), free_run.input_size, None).images
+    frames = images[:2].permute(0, 3, 1, 2)[:, [2, 1, 0]].float()  # network input: BGR, 0-255
+    shifts, distilled = {}, {}
+    # A slower run than the anchor's: at its rate the class outputs swing either way.
+    slower = replace(free_run, lr=1e-3, steps=10)
+    for weight in (0.0, 10.0):
+        model, stats = finetune_yolox(replace(slower, distil_weight=weight), log=lambda _: None)
+        shifts[weight] = _class_shift(model, start, frames)
+        distilled[weight] = "distil" in stats["final_losses"]
+    assert distilled == {0.0: False, 10.0: True}  # no teacher runs when it is off
+    assert shifts[10.0] < 0.7 * shifts[0.0], shifts

@@ -72,6 +72,9 @@ class FinetuneConfig:
     # L2-SP: anchor_weight x the squared distance of the trained weights from where they
     # started, added to the loss (0: off); keeps what COCO taught without any COCO images.
     anchor_weight: float = 0.0
+    # Distillation: distil_weight x the class outputs' divergence from the starting
+    # network's, weighted by its objectness (0: off, and no teacher runs).
+    distil_weight: float = 0.0
     ema_decay: float = 0.999
     seed: int = 0
     threads: int = 2
@@ -281,6 +284,44 @@ def _squared_distance(
     return torch.stack([((p - p0) ** 2).sum() for p, p0 in zip(params, start, strict=True)]).sum()
 
 
+def _distillation(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """How far the student's class outputs [B, A, 5 + C] are from the teacher's (Bernoulli
+    KL divergence summed over the classes: 0 where they agree), per point weighted by the
+    teacher's objectness: where it sees nothing, its classes mean nothing."""
+    weight = teacher[..., 4:5]
+    target = teacher[..., 5:].clamp(_EPS, 1 - _EPS)
+    cls = student[..., 5:].clamp(_EPS, 1 - _EPS)
+    kl = F.binary_cross_entropy(cls, target, reduction="none") - F.binary_cross_entropy(
+        target, target, reduction="none"
+    )
+    return (kl * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+def _hold_back(
+    cfg: FinetuneConfig,
+    x: torch.Tensor,
+    out: torch.Tensor,
+    teacher: torch.jit.ScriptModule | None,
+    trainable: Sequence[torch.Tensor],
+    pretrained: Sequence[torch.Tensor],
+    parts: dict[str, float],
+) -> torch.Tensor:
+    """The terms that keep the network near where it started (L2-SP on its weights,
+    distillation of its class outputs on the input ``x``), recorded in ``parts``."""
+    total = out.new_zeros(())
+    if cfg.anchor_weight > 0:
+        drift = _squared_distance(trainable, pretrained)
+        parts["anchor"] = float(drift.detach())
+        total = total + cfg.anchor_weight * drift
+    if teacher is not None:
+        with torch.no_grad():
+            taught = teacher(x).float().cpu()
+        distil = _distillation(out, taught)
+        parts["distil"] = float(distil.detach())
+        total = total + cfg.distil_weight * distil
+    return total
+
+
 def finetune_yolox(
     cfg: FinetuneConfig,
     checkpoint: Path | None = None,
@@ -296,6 +337,7 @@ def finetune_yolox(
     data: TrainSet = load_trainset(Path(cfg.data), cfg.input_size, cfg.seeds)
     n = int(data.images.shape[0])
     model, replica = (_load_script(cfg.init) for _ in range(2))
+    teacher = _load_script(cfg.init).eval() if cfg.distil_weight > 0 else None
     model.train()
     frozen = _freeze(model, cfg.freeze)
     average = WeightAverage(model, cfg.ema_decay, replica)
@@ -311,6 +353,8 @@ def finetune_yolox(
         log(f"resumed from {checkpoint} at step {start}")
     log(f"{n} images, {frozen} convolutions frozen, steps {start}..{cfg.steps}")
     model.to(device)
+    if teacher is not None:
+        teacher.to(device)
     cells, stride = anchor_points(cfg.input_size, cfg.strides)
     losses: dict[str, float] = {}
     began = time.perf_counter()
@@ -334,10 +378,7 @@ def finetune_yolox(
             cells,
             stride,
         )
-        if cfg.anchor_weight > 0:
-            drift = _squared_distance(trainable, pretrained)
-            parts["anchor"] = float(drift.detach())
-            loss = loss + cfg.anchor_weight * drift
+        loss = loss + _hold_back(cfg, x, out, teacher, trainable, pretrained, parts)
         opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(trainable, 10.0)
