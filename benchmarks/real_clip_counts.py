@@ -68,7 +68,7 @@ class LineResult:
         return sum(max(c - t, 0) for c, t in self.by_direction.values())
 
 
-def _frames(path: Path) -> list[np.ndarray[Any, Any]]:
+def clip_frames(path: Path) -> list[np.ndarray[Any, Any]]:
     with av.open(str(path)) as container:
         return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
 
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         TimeRemainingColumn(),
     ) as progress:  # fmt: skip
         for clip in present:
-            frames = _frames(REPO / clip["path"])
+            frames = clip_frames(REPO / clip["path"])
             for name in args.models:
                 model = load_model(name)
                 for threshold in args.score_threshold or [model.default_score_threshold]:

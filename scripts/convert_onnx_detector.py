@@ -35,6 +35,9 @@ from its_camera_ai.inference.models import (
 _MODELS = Path(__file__).resolve().parents[1] / "src/its_camera_ai/inference/models"
 # COCO's 80 classes (the order every COCO export uses): the ones we count.
 COCO_CLASS_MAP = {0: "person", 1: "bicycle", 2: "car", 3: "motorcycle", 5: "bus", 7: "truck"}
+# COCO's detectors name one vehicle differently from one anchor point to the next (a car a
+# truck, a motorcycle a bicycle): those classes suppress each other in NMS.
+COCO_NMS_GROUPS = (("car", "truck", "bus"), ("motorcycle", "bicycle"))
 _TOLERANCE = 1e-3
 
 
@@ -91,6 +94,7 @@ def convert(args: argparse.Namespace) -> AdapterManifest:
         class_map=COCO_CLASS_MAP,
         score_threshold=args.score_threshold,
         iou_threshold=args.iou_threshold,
+        nms_groups=COCO_NMS_GROUPS,
         source=f"{args.source} (converted from {args.onnx.name}, sha256"
         f" {sha256_file(args.onnx)}; torch vs onnxruntime max difference {difference:.1e})",
         licence=f"{args.licence} ({licence.name})",

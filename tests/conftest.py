@@ -6,10 +6,12 @@ import importlib.util
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -29,14 +31,23 @@ REDIS_URL = os.environ.get("ITS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def script_main(name: str) -> Callable[[list[str]], int]:
-    """``main`` of ``scripts/{name}.py``, imported from its file (scripts are no package)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+def load_script(relative: str) -> ModuleType:
+    """A script (``scripts/x.py``, ``benchmarks/y.py``) imported from its file: they are no
+    package."""
+    path = ROOT / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    # Registered first, as an import would: dataclasses look their module up there.
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
-    main: Callable[[list[str]], int] = module.main
+    return module
+
+
+def script_main(name: str) -> Callable[[list[str]], int]:
+    """``main`` of ``scripts/{name}.py``."""
+    main: Callable[[list[str]], int] = load_script(f"scripts/{name}.py").main
     return main
 
 

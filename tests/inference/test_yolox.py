@@ -15,6 +15,7 @@ import onnxruntime
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
+from rich.progress import Progress
 
 from its_camera_ai.common import InferenceSettings
 from its_camera_ai.inference import configured_model
@@ -29,6 +30,7 @@ from its_camera_ai.inference.models import (
     load_model,
     load_onnx,
 )
+from tests.conftest import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED_ONNX = REPO.parent / "shared/assets/models/yolox_nano.onnx"
@@ -78,6 +80,34 @@ def test_yolox_rows_decode_to_boxes_in_frame_pixels() -> None:
     # A frame twice the size maps back to its own pixels.
     (bigger,) = model.detect(np.zeros((128, 128, 3), np.uint8))
     assert bigger.boxes.tolist() == [pytest.approx([16.0, 64.0, 80.0, 96.0])]
+
+
+def test_classes_of_one_nms_group_suppress_each_other_and_others_do_not() -> None:
+    # One box (centre (24, 40), 32 x 16) predicted from five anchor points of the stride-16
+    # level under five classes: a car that other points call a truck and a bus, and a
+    # person riding a motorcycle.
+    def row(x: int, y: int, cls: int, score: float) -> tuple[int, tuple[float, ...]]:
+        index = 64 + 4 * y + x  # after the 8x8 stride-8 level
+        return index, (1.5 - x, 2.5 - y, math.log(2), math.log(1), 0.9, cls, score)
+
+    raw = _raw(84, dict([
+        row(1, 2, 2, 0.8), row(2, 2, 7, 0.7), row(3, 2, 5, 0.6),  # car, truck, bus
+        row(1, 1, 3, 0.8), row(2, 1, 0, 0.7),  # motorcycle, person
+    ]))  # fmt: skip
+    motorcycle, bicycle, person = 4, 5, 6
+
+    def classes(**nms: object) -> list[int]:
+        model = YoloAdapter(
+            FixedYolox(raw), input_size=(64, 64), output="yolox", strides=(8, 16, 32),
+            score_threshold=0.3, **nms,  # type: ignore[arg-type]
+        )  # fmt: skip
+        (found,) = model.detect(np.zeros((64, 64, 3), np.uint8))
+        assert {tuple(box) for box in found.boxes.tolist()} == {(8.0, 32.0, 40.0, 48.0)}
+        return sorted(found.classes.tolist())
+
+    assert classes() == [CAR, TRUCK, BUS, motorcycle, person]  # class by class
+    grouped = classes(nms_groups=[[CAR, TRUCK, BUS], [motorcycle, bicycle]])
+    assert grouped == [CAR, motorcycle, person]  # one vehicle; the rider stays
 
 
 def test_the_declared_preprocessing_is_applied() -> None:
@@ -229,6 +259,23 @@ def test_the_fine_tuned_yolox_finds_what_the_coco_weights_miss_on_a_real_clip() 
     assert not any(x1 < 260 for boxes in coco_boxes for _, _, x1, _ in boxes)
 
 
+def test_the_fine_tuned_yolox_counts_a_real_clip_exactly() -> None:
+    # The Intel clip (4 cars a line, 2 each way) through detection and the analytics engine,
+    # as benchmarks/real_clip_counts.py runs it. Without the vehicle NMS group a car that
+    # some anchor points call a truck and others a bus was counted twice on the other clip.
+    bench = load_script("benchmarks/real_clip_counts.py")
+    clips = json.loads(bench.COUNTS.read_text())["clips"]
+    (clip,) = [c for c in clips if c["file"] == INTEL_CLIP.name]
+    model = load_model("yolox-nano-its")
+    with Progress(disable=True) as progress:
+        results = bench.count_clip(
+            clip, bench.clip_frames(INTEL_CLIP), model, model.default_score_threshold, progress
+        )
+    assert {r.line: r.by_direction for r in results} == {
+        line: {"LEFT_TO_RIGHT": (2, 2), "RIGHT_TO_LEFT": (2, 2)} for line in ("mid", "low")
+    }
+
+
 @pytest.mark.skipif(not SHIPPED_ONNX.is_file(), reason="the ONNX source is in ../shared/assets")
 def test_the_shipped_weights_equal_their_onnx_source() -> None:
     shipped = load_model("yolox-nano-coco")
@@ -269,6 +316,10 @@ def test_a_tampered_or_misdeclared_model_fails_at_load(tmp_path: Path) -> None:
         load_model(_edit(manifest, class_map={"80": "car"}))
     with pytest.raises(OutputFormatError, match="YOLOX format"):
         load_model(_edit(manifest, class_map={"2": "car"}, strides=[8, 16]))
+    with pytest.raises(ManifestError, match=r"nms_groups: \['lorry'\]"):
+        load_model(_edit(manifest, class_map={"2": "car"}, nms_groups=[["car", "lorry"]]))
+    with pytest.raises(ManifestError, match="nms_groups: a class may be in one group only"):
+        load_model(_edit(manifest, nms_groups=[["car", "truck"], ["truck", "bus"]]))
     with pytest.raises(ManifestError, match="format 'something-else'"):
         load_model(_edit(manifest, format="something-else"))
 

@@ -154,6 +154,10 @@ class AdapterManifest(_Strict):
     class_map: dict[int, str] = Field(min_length=1)
     score_threshold: float = Field(ge=0.0, le=1.0)
     iou_threshold: float = Field(gt=0.0, le=1.0)
+    # Classes that suppress each other in NMS, as one object would: a car one anchor point
+    # calls a truck and another a bus is one vehicle, not three. A class in no group
+    # suppresses only its own (a rider and the motorcycle under it are two objects).
+    nms_groups: tuple[tuple[str, ...], ...] = Field(default=(), max_length=len(CLASS_IDS))
     source: str = ""
     licence: str = ""
     evaluation: dict[str, Any] | None = None
@@ -167,6 +171,11 @@ class AdapterManifest(_Strict):
                 raise ValueError(f"class_map: index {index} outside 0..{self.num_classes - 1}")
             if name not in CLASS_IDS:
                 raise ValueError(f"class_map: {name!r} is not one of {sorted(CLASS_IDS)}")
+        grouped = [name for group in self.nms_groups for name in group]
+        if unknown := sorted(set(grouped) - set(CLASS_IDS)):
+            raise ValueError(f"nms_groups: {unknown} not among {sorted(CLASS_IDS)}")
+        if len(set(grouped)) != len(grouped):
+            raise ValueError("nms_groups: a class may be in one group only")
         if (self.output == "yolox") != bool(self.strides):
             raise ValueError("strides: required for the yolox output, and only for it")
         if any(s <= 0 for s in self.strides):

@@ -100,6 +100,7 @@ class YoloAdapter:
         class_map: Mapping[int, int] | None = None,
         score_threshold: float = 0.25,
         iou_threshold: float = 0.45,
+        nms_groups: Sequence[Sequence[int]] = (),
         max_candidates: int = 3000,
         max_detections: int = 300,
         name: str = "yolo",
@@ -140,6 +141,12 @@ class YoloAdapter:
         self._lut = torch.zeros(num_classes, dtype=torch.int64)
         for src, dst in self.class_map.items():
             self._lut[src] = dst
+        # Our class id -> its NMS group: the group's least id, or its own in no group.
+        self._nms_group = torch.arange(max(CLASS_IDS.values()) + 1)
+        for group in nms_groups:
+            if not set(group) <= set(CLASS_IDS.values()):
+                raise ModelLoadError(f"{name}: nms_groups {list(group)} are not our class ids")
+            self._nms_group[list(group)] = min(group)
         self._check_output()
 
     @classmethod
@@ -195,6 +202,7 @@ class YoloAdapter:
             class_map={i: CLASS_IDS[c] for i, c in manifest.class_map.items()},
             score_threshold=manifest.score_threshold,
             iou_threshold=manifest.iou_threshold,
+            nms_groups=[[CLASS_IDS[c] for c in group] for group in manifest.nms_groups],
             name=manifest.name,
             digest=manifest.sha256,
             version=manifest.version,
@@ -286,8 +294,9 @@ class YoloAdapter:
                 top = scores.topk(self.max_candidates).indices
                 scores, ours, xywh = scores[top], ours[top], xywh[top]
             boxes = torch.cat((xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2), 1)
-            # Class-aware NMS in one pass: shift each class to its own region.
-            offset = ours.to(boxes.dtype)[:, None] * (max(self.input_size) + 1.0)
+            # NMS per class (or group of classes) in one pass: each to its own region.
+            group = self._nms_group[ours].to(boxes.dtype)
+            offset = group[:, None] * (max(self.input_size) + 1.0)
             keep = nms(boxes + offset, scores, self.iou_threshold)[: self.max_detections]
             b = unletterbox_boxes(boxes[keep], lb)
             results.append(Detections(b, scores[keep], ours[keep]))
