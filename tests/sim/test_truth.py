@@ -76,6 +76,18 @@ def test_crossings_equal_the_vehicles_that_cross() -> None:
     assert len({(c.line, c.track_id) for c in scene.crossings}) == len(scene.crossings)
 
 
+def test_a_live_scene_keeps_no_history_and_reports_the_same_crossings() -> None:
+    # A camera source runs for days: every crossing kept since the start grew its memory.
+    config = small(8, intersection=None, traffic=TrafficConfig(flow_veh_h_per_lane=1200))
+    scored, live = Scene(config), Scene(config, keep_crossings=False)
+    for _ in range(30 * 8):
+        assert scored.render((64, 36))[1].crossings == live.render((64, 36))[1].crossings
+        scored.step()
+        live.step()
+    assert len(scored.crossings) > 5
+    assert live.crossings == []
+
+
 def test_incidents_appear_in_the_truth() -> None:
     # No junction: its red-light queues would keep the walker waiting for a gap for long.
     cfg = small(

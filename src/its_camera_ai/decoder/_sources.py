@@ -340,7 +340,8 @@ class SyntheticSource:
             config = scene_config(source)
         except UriError as exc:
             raise SourceError(f"{source.masked}: {exc}", permanent=True) from None
-        self._scene = Scene(config)
+        # Live for as long as the camera runs: no history of every crossing kept.
+        self._scene = Scene(config, keep_crossings=False)
         self._pace = pace
 
     def pictures(self) -> Iterator[Picture | None]:

@@ -33,10 +33,22 @@ _MAX_STEP = 1.0 / 20.0  # s: car following is integrated at least this finely
 
 
 class Scene:
-    """Step the world one frame period at a time and render it at any resolution."""
+    """Step the world one frame period at a time and render it at any resolution.
 
-    def __init__(self, config: SceneConfig, *, size: tuple[int, int] | None = None) -> None:
+    ``crossings`` holds every line crossing since the start (the truth a finished run is
+    scored on); a live camera that runs for days passes ``keep_crossings=False`` and reads
+    each frame's crossings from its ``FrameTruth`` instead, so its memory stays flat.
+    """
+
+    def __init__(
+        self,
+        config: SceneConfig,
+        *,
+        size: tuple[int, int] | None = None,
+        keep_crossings: bool = True,
+    ) -> None:
         self.config = config
+        self._keep_crossings = keep_crossings
         root = np.random.SeedSequence(config.seed)
         layout_ss, traffic_ss, incident_ss = root.spawn(3)
         layout = np.random.default_rng(layout_ss)
@@ -59,6 +71,7 @@ class Scene:
         self._renderers: dict[tuple[int, int], Renderer] = {}
         self.frame_index = 0
         self.crossings: list[Crossing] = []
+        # The crossings of the frame about to render (the next one's fill in as it steps).
         self._by_frame: dict[int, list[Crossing]] = {}
         self._warm_up()
 
@@ -102,6 +115,7 @@ class Scene:
     def step(self) -> None:
         """Advance one frame period; crossings and incidents are recorded as they happen."""
         nxt = self.frame_index + 1
+        self._by_frame.pop(self.frame_index, None)  # rendered (or skipped): no longer needed
         for i in range(self._substeps):
             t0 = self.frame_index / self.fps + i * self._dt
             moves = self.sim.step(self._dt)
@@ -112,7 +126,8 @@ class Scene:
                         c = Crossing(
                             line.name, ag.id, ag.cls, hit[0], round(t0 + hit[1] * self._dt, 4), nxt
                         )
-                        self.crossings.append(c)
+                        if self._keep_crossings:
+                            self.crossings.append(c)
                         self._by_frame.setdefault(nxt, []).append(c)
             self.incidents.update()
         self.frame_index = nxt
