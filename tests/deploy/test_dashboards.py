@@ -114,13 +114,16 @@ def prometheus() -> Iterator[Prometheus]:
     (directory / "serve").mkdir()
     (directory / "prometheus").mkdir()
     deployment = Deployment(directory / "serve", dsn)
-    server = Prometheus(directory / "prometheus", f"127.0.0.1:{deployment.http_port}")
+    # Started inside the try: a missing prometheus binary must not orphan the server.
+    server: Prometheus | None = None
     try:
+        server = Prometheus(directory / "prometheus", f"127.0.0.1:{deployment.http_port}")
         server.wait_ready()
         deployment.add_camera_and_fail_a_call()
         yield server
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
         deployment.stop()
         asyncio.run(admin_sql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
         shutil.rmtree(directory, ignore_errors=True)
