@@ -96,17 +96,17 @@ def test_classes_of_one_nms_group_suppress_each_other_and_others_do_not() -> Non
     ]))  # fmt: skip
     motorcycle, bicycle, person = 4, 5, 6
 
-    def classes(**nms: object) -> list[int]:
+    def classes(nms_groups: tuple[tuple[int, ...], ...] = ()) -> list[int]:
         model = YoloAdapter(
             FixedYolox(raw), input_size=(64, 64), output="yolox", strides=(8, 16, 32),
-            score_threshold=0.3, **nms,  # type: ignore[arg-type]
+            score_threshold=0.3, nms_groups=nms_groups,
         )  # fmt: skip
         (found,) = model.detect(np.zeros((64, 64, 3), np.uint8))
         assert {tuple(box) for box in found.boxes.tolist()} == {(8.0, 32.0, 40.0, 48.0)}
         return sorted(found.classes.tolist())
 
     assert classes() == [CAR, TRUCK, BUS, motorcycle, person]  # class by class
-    grouped = classes(nms_groups=[[CAR, TRUCK, BUS], [motorcycle, bicycle]])
+    grouped = classes(((CAR, TRUCK, BUS), (motorcycle, bicycle)))
     assert grouped == [CAR, motorcycle, person]  # one vehicle; the rider stays
 
 
