@@ -71,8 +71,8 @@ class Scene:
         self._renderers: dict[tuple[int, int], Renderer] = {}
         self.frame_index = 0
         self.crossings: list[Crossing] = []
-        # The crossings of the frame about to render (the next one's fill in as it steps).
-        self._by_frame: dict[int, list[Crossing]] = {}
+        # The crossings of the step that led to the current frame: what its truth reports.
+        self._frame_crossings: list[Crossing] = []
         self._warm_up()
 
     # -- setup ----------------------------------------------------------------------------
@@ -115,7 +115,7 @@ class Scene:
     def step(self) -> None:
         """Advance one frame period; crossings and incidents are recorded as they happen."""
         nxt = self.frame_index + 1
-        self._by_frame.pop(self.frame_index, None)  # rendered (or skipped): no longer needed
+        self._frame_crossings = []
         for i in range(self._substeps):
             t0 = self.frame_index / self.fps + i * self._dt
             moves = self.sim.step(self._dt)
@@ -128,7 +128,7 @@ class Scene:
                         )
                         if self._keep_crossings:
                             self.crossings.append(c)
-                        self._by_frame.setdefault(nxt, []).append(c)
+                        self._frame_crossings.append(c)
             self.incidents.update()
         self.frame_index = nxt
         self.sim.t = nxt / self.fps  # no drift from summing dt
@@ -175,7 +175,7 @@ class Scene:
             height=r.cam.height,
             condition=self.config.condition,
             objects=objs,
-            crossings=tuple(self._by_frame.get(self.frame_index, ())),
+            crossings=tuple(self._frame_crossings),
             incidents=self.incidents.truths(active_at=self.time_s),
             signals=signals,
             tags=frame_tags(self.config.condition, objs),
