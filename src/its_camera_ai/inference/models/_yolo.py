@@ -215,9 +215,10 @@ class YoloAdapter:
 
     @property
     def version(self) -> str:
-        if self._version is not None:
-            return self._version
-        return self._digest[:12] if self._digest else "unversioned"
+        # As the shipped detector's: the manifest's version names the release, the digest
+        # the weights (two files under one version are told apart in what they detected).
+        parts = [p for p in (self._version, self._digest[:12]) if p]
+        return "+".join(parts) if parts else "unversioned"
 
     @property
     def digest(self) -> str:
