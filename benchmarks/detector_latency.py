@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from its_camera_ai.inference.models import (
-    DEFAULT_MANIFEST,
+    ITS_DETECTOR_MANIFEST,
     Detector,
     EngineSpec,
     build_engine,
@@ -109,7 +109,7 @@ def models_side_by_side(names: list[str], seconds: float) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--manifest", default=str(DEFAULT_MANIFEST))
+    ap.add_argument("--manifest", default=str(ITS_DETECTOR_MANIFEST))
     ap.add_argument("--models", nargs="+", help="shipped model names or manifests, compared")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=8.0)

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from its_camera_ai.inference.models import (
-    DEFAULT_MANIFEST,
+    ITS_DETECTOR_MANIFEST,
     CenterNet,
     EngineSpec,
     NetConfig,
@@ -61,7 +61,7 @@ def samples(paths: list[Path]) -> Iterator[Sample]:
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--manifest", default=str(DEFAULT_MANIFEST))
+    ap.add_argument("--manifest", default=str(ITS_DETECTOR_MANIFEST))
     ap.add_argument("--checkpoint", default=None, help="a training state dict instead")
     w, h = TrainConfig(data="").input_size
     ap.add_argument("--input-size", default=f"{w}x{h}", help="WxH a --checkpoint was trained for")

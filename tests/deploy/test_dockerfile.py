@@ -441,10 +441,10 @@ def test_builder_installs_the_command_model_and_stubs(built: BuiltImage) -> None
     )
     probe = (
         "import importlib, its_camera_ai\n"
-        "from its_camera_ai.inference.models import DEFAULT_MANIFEST, load_detector\n"
+        "from its_camera_ai.inference.models import ITS_DETECTOR_MANIFEST, load_detector\n"
         f"for name in {modules!r}: importlib.import_module(name.removesuffix('.__init__'))\n"
         "load_detector()\n"
-        "print(its_camera_ai.__file__, DEFAULT_MANIFEST)\n"
+        "print(its_camera_ai.__file__, ITS_DETECTOR_MANIFEST)\n"
     )
     shown = run(["python", "-c", probe], built.environment, built.workdir)
     assert shown.returncode == 0, shown.stderr

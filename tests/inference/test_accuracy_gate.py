@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from its_camera_ai.inference.models import DEFAULT_MANIFEST, load_detector
+from its_camera_ai.inference.models import ITS_DETECTOR_MANIFEST, load_detector
 from its_camera_ai.inference.training import (
     CI_SEEDS,
     CI_TOLERANCE,
@@ -32,8 +32,10 @@ from its_camera_ai.sim import iter_samples, write_dataset
 
 @pytest.fixture(scope="module")
 def ci_eval(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], dict[str, Any]]:
-    if not DEFAULT_MANIFEST.is_file():
-        pytest.skip(f"no shipped weights yet ({DEFAULT_MANIFEST}); run scripts/train_detector.py")
+    if not ITS_DETECTOR_MANIFEST.is_file():
+        pytest.skip(
+            f"no shipped weights yet ({ITS_DETECTOR_MANIFEST}); run scripts/train_detector.py"
+        )
     import torch
 
     torch.set_num_threads(1)

@@ -16,11 +16,14 @@ from grpc_status import rpc_status
 from its.common.v1 import frame_pb2
 from its.inference.v1 import inference_service_pb2 as pb
 from its.inference.v1 import inference_service_pb2_grpc, model_pb2
-from its_camera_ai.inference.models import load_detector
+from its_camera_ai.common import InferenceSettings
+from its_camera_ai.inference.models import load_model
 from its_camera_ai.testing import RingFeeder, inference_host, recording_analytics, sim_frames
 from tests.conftest import rpc_error_details
 
 SLOTS = 4
+# What a service serves when its settings name no model.
+DEFAULT_MODEL = InferenceSettings().model
 
 
 @dataclass
@@ -85,7 +88,7 @@ async def test_detect_on_a_frame_reference_and_on_an_image_agree_with_the_detect
     by_image = await served.stub.Detect(
         pb.DetectRequest(image=pb.EncodedImage(data=_png(served.frames[0])))
     )
-    alone = load_detector().detect(served.frames[0])[0]
+    alone = load_model(DEFAULT_MODEL).detect(served.frames[0])[0]
     order = np.argsort(-alone.scores.numpy(), kind="stable")
     for response in (by_reference, by_image):
         boxes, scores = _as_arrays(response)
@@ -93,7 +96,7 @@ async def test_detect_on_a_frame_reference_and_on_an_image_agree_with_the_detect
         assert np.all(np.diff(scores) <= 0)  # sorted by descending score
         assert np.allclose(scores, alone.scores.numpy()[order], atol=1e-5)
         assert np.allclose(boxes, alone.boxes.numpy()[order], atol=1e-3)
-        assert response.model == "models/its-detector-v1"
+        assert response.model == f"models/{DEFAULT_MODEL}"
         assert (response.image_size.width, response.image_size.height) == (640, 360)
         assert response.batch_size >= 1
         t = response.timings
@@ -172,12 +175,12 @@ async def test_bad_detect_calls_get_their_status_and_reason(
 async def test_get_model_describes_the_loaded_model(served: Served) -> None:
     by_alias = await served.stub.GetModel(pb.GetModelRequest(name="models/default"))
     model = by_alias.model
-    assert model.name == "models/its-detector-v1"
+    assert model.name == f"models/{DEFAULT_MODEL}"
     assert (await served.stub.GetModel(pb.GetModelRequest(name=model.name))).model == model
     assert model.backend == model_pb2.BACKEND_TORCH_CPU
     assert model.device == "cpu"
     assert model.precision == model_pb2.PRECISION_FP32
-    assert (model.input_size.width, model.input_size.height) == load_detector().input_size
+    assert (model.input_size.width, model.input_size.height) == load_model(DEFAULT_MODEL).input_size
     assert list(model.classes) == [1, 2, 3, 4, 5, 6]
     assert model.max_batch_size == 8
     assert model.load_time.seconds > 0

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from its_camera_ai.inference.models import (
-    DEFAULT_MANIFEST,
+    ITS_DETECTOR_MANIFEST,
     CenterNet,
     ChecksumMismatchError,
     Detector,
@@ -61,10 +61,10 @@ def test_model_identity(tiny_manifest: Path) -> None:
 
 
 def test_shipped_manifest() -> None:
-    if not DEFAULT_MANIFEST.is_file():
+    if not ITS_DETECTOR_MANIFEST.is_file():
         pytest.skip("no shipped weights yet")
     det = load_detector()
-    assert DEFAULT_MANIFEST.with_name(det.manifest.weights).stat().st_size <= 10 * 2**20
+    assert ITS_DETECTOR_MANIFEST.with_name(det.manifest.weights).stat().st_size <= 10 * 2**20
     assert det.manifest.evaluation is not None, "run scripts/evaluate_detector.py --write-manifest"
     assert det.input_size == (640, 384)
 

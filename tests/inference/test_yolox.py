@@ -328,6 +328,6 @@ def test_a_tampered_or_misdeclared_model_fails_at_load(tmp_path: Path) -> None:
 def test_the_service_runs_a_shipped_model_chosen_by_name() -> None:
     chosen = configured_model(InferenceSettings(model="yolox-nano-coco"))
     assert chosen.name == "yolox-nano-coco"
-    assert configured_model(InferenceSettings()).name == "its-detector-v1"
+    assert configured_model(InferenceSettings()).name == "yolox-nano-its"
     with pytest.raises(ValueError, match="model"):
         InferenceSettings(model="yolov99")  # type: ignore[arg-type]

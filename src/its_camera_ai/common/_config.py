@@ -491,8 +491,10 @@ class InferenceSettings(_Section):
     # The model: a shipped one by name (its_camera_ai.inference.models.SHIPPED_MODELS), or
     # a manifest (.json: the shipped detector's format, or an adapter manifest for YOLOX /
     # Ultralytics exports, TorchScript or ONNX), or an Ultralytics YOLO TorchScript export
-    # (.torchscript/.pt with the yolo_* options below). The manifest or export wins.
-    model: Literal["its-detector-v1", "yolox-nano-coco", "yolox-nano-its"] = "its-detector-v1"
+    # (.torchscript/.pt with the yolo_* options below). The manifest or export wins. The
+    # default is the one that counts real traffic (docs/benchmarks.md, "Real clips"); the
+    # simulator-trained its-detector-v1 scores higher on the simulator and misses real cars.
+    model: Literal["its-detector-v1", "yolox-nano-coco", "yolox-nano-its"] = "yolox-nano-its"
     model_manifest: Path | None = None
     yolo_model: Path | None = None
     yolo_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")

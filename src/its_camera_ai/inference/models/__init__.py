@@ -32,7 +32,7 @@ from its_camera_ai.inference.models._contract import (
     detect_frames,
 )
 from its_camera_ai.inference.models._detector import (
-    DEFAULT_MANIFEST,
+    ITS_DETECTOR_MANIFEST,
     Detector,
     load_detector,
     save_detector,
@@ -79,7 +79,7 @@ from its_camera_ai.inference.models._yolo import COCO_TO_ITS, YoloAdapter, nms
 __all__ = [
     "CLASS_IDS",
     "COCO_TO_ITS",
-    "DEFAULT_MANIFEST",
+    "ITS_DETECTOR_MANIFEST",
     "PAD_VALUE",
     "SHIPPED_MODELS",
     "STRIDE",

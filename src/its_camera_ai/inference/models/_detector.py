@@ -32,9 +32,9 @@ from its_camera_ai.inference.models._manifest import (
 )
 from its_camera_ai.inference.models._network import STRIDE, CenterNet, NetConfig, inference_network
 
-__all__ = ["DEFAULT_MANIFEST", "Detector", "load_detector"]
+__all__ = ["ITS_DETECTOR_MANIFEST", "Detector", "load_detector"]
 
-DEFAULT_MANIFEST = Path(__file__).parent / "its-detector-v1.json"
+ITS_DETECTOR_MANIFEST = Path(__file__).parent / "its-detector-v1.json"
 
 
 class Detector:
@@ -55,7 +55,9 @@ class Detector:
         self._check_output()
 
     @classmethod
-    def load(cls, manifest_path: str | Path = DEFAULT_MANIFEST, device: str = "cpu") -> Detector:
+    def load(
+        cls, manifest_path: str | Path = ITS_DETECTOR_MANIFEST, device: str = "cpu"
+    ) -> Detector:
         manifest = read_manifest(manifest_path)
         weights = verified_weights(manifest_path, manifest)
         try:
@@ -143,7 +145,9 @@ class Detector:
             )
 
 
-def load_detector(manifest_path: str | Path = DEFAULT_MANIFEST, device: str = "cpu") -> Detector:
+def load_detector(
+    manifest_path: str | Path = ITS_DETECTOR_MANIFEST, device: str = "cpu"
+) -> Detector:
     """Load the shipped detector (or another manifest's), checking it fully; see ``Detector``."""
     return Detector.load(manifest_path, device)
 

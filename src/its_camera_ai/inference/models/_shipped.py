@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from its_camera_ai.inference.models._contract import DetectionModel
-from its_camera_ai.inference.models._detector import DEFAULT_MANIFEST, load_detector
+from its_camera_ai.inference.models._detector import ITS_DETECTOR_MANIFEST, load_detector
 from its_camera_ai.inference.models._errors import ManifestError
 from its_camera_ai.inference.models._manifest import manifest_format
 from its_camera_ai.inference.models._yolo import YoloAdapter
@@ -15,7 +15,7 @@ __all__ = ["SHIPPED_MODELS", "load_model"]
 _HERE = Path(__file__).parent
 SHIPPED_MODELS: dict[str, Path] = {
     # Trained from scratch on the simulator: its six classes, its look (docs/benchmarks.md).
-    "its-detector-v1": DEFAULT_MANIFEST,
+    "its-detector-v1": ITS_DETECTOR_MANIFEST,
     # YOLOX-nano trained on COCO (Apache-2.0, NOTICE): real-world vehicles and people.
     "yolox-nano-coco": _HERE / "yolox-nano-coco.json",
     # That, fine-tuned on simulator shards (scripts/finetune_yolox.py, its manifest's
