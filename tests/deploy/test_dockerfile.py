@@ -441,9 +441,12 @@ def test_builder_installs_the_command_model_and_stubs(built: BuiltImage) -> None
     )
     probe = (
         "import importlib, its_camera_ai\n"
-        "from its_camera_ai.inference.models import ITS_DETECTOR_MANIFEST, load_detector\n"
+        "from its_camera_ai.common import InferenceSettings\n"
+        "from its_camera_ai.inference.models import (\n"
+        "    ITS_DETECTOR_MANIFEST, SHIPPED_MODELS, load_model)\n"
         f"for name in {modules!r}: importlib.import_module(name.removesuffix('.__init__'))\n"
-        "load_detector()\n"
+        "assert InferenceSettings().model in SHIPPED_MODELS\n"
+        "for model in SHIPPED_MODELS: load_model(model)\n"
         "print(its_camera_ai.__file__, ITS_DETECTOR_MANIFEST)\n"
     )
     shown = run(["python", "-c", probe], built.environment, built.workdir)
@@ -452,8 +455,10 @@ def test_builder_installs_the_command_model_and_stubs(built: BuiltImage) -> None
     assert package.is_relative_to(venv)
     assert manifest.is_relative_to(venv)
     shipped = REPO / "src" / "its_camera_ai" / "inference" / "models"
-    for name in ("its-detector-v1.pt", "its-detector-v1.json"):
-        assert (manifest.parent / name).read_bytes() == (shipped / name).read_bytes()
+    # Every shipped model's weights, manifest and licence, as in the repository.
+    for path in shipped.iterdir():
+        if path.suffix in (".pt", ".json", ".LICENSE"):
+            assert (manifest.parent / path.name).read_bytes() == path.read_bytes(), path.name
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
