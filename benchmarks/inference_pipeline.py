@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/inference_pipeline.py            # ~3 min
     .venv/bin/python benchmarks/inference_pipeline.py --quick    # smoke test
     .venv/bin/python benchmarks/inference_pipeline.py --precision fp32 bf16  # both, side by side
+    .venv/bin/python benchmarks/inference_pipeline.py --models yolox-nano-its its-detector-v1
 
 Each camera is a ring written by a thread at 30 FPS with rendered simulator frames
 (1280x720 RGB, looped), as the decoder writes them. The real inference service (in-process
@@ -18,8 +19,9 @@ arrival. Reported per configuration, side by side in one run:
 
 "batching off" is max_batch_size=1 (every frame alone); "batching on" is max_batch_size=8
 with a 5 ms maximum queue delay. ``--precision`` is ``inference.precision`` (bf16 needs a CPU
-with bf16 instructions); several values run every configuration in each. Torch uses all
-cores (the writer threads and the gRPC peer share them, as on a real node).
+with bf16 instructions), ``--models`` ``inference.model`` (default: the service's default);
+several values run every configuration with each. Torch uses all cores (the writer threads
+and the gRPC peer share them, as on a real node).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from its_camera_ai.common import InferenceSettings
 from its_camera_ai.sim import Scene, SceneConfig
 from its_camera_ai.testing import RingFeeder, inference_host, recording_analytics
 
@@ -77,7 +80,12 @@ def _stage_totals(host: Any) -> dict[str, tuple[float, float]]:
 
 
 async def run(
-    cameras: int, batching: bool, precision: str, seconds: float, frames: list[np.ndarray]
+    cameras: int,
+    batching: bool,
+    model: str,
+    precision: str,
+    seconds: float,
+    frames: list[np.ndarray],
 ) -> dict[str, Any]:
     rings = {f"cam-{i}": f"bench-{uuid.uuid4().hex[:8]}" for i in range(cameras)}
     feeders = [RingFeeder(ring, frames, fps=30.0, slots=8, loops=10**6) for ring in rings.values()]
@@ -90,6 +98,7 @@ async def run(
         }
     )
     options["precision"] = precision
+    options["model"] = model
     async with recording_analytics() as (recorder, target):
         arrivals = recorder.latencies_ms
         async with inference_host(cameras=rings, analytics_target=target, **options) as host:
@@ -118,6 +127,7 @@ async def run(
     return {
         "cameras": cameras,
         "batching": "on (8, 5 ms)" if batching else "off (1)",
+        "model": model,
         "precision": precision,
         "fps": delivered / elapsed,
         "written_fps": written / elapsed,
@@ -142,22 +152,24 @@ async def main_async(args: argparse.Namespace) -> None:
     rows = []
     for cameras in counts:
         for batching in (False, True):
-            for precision in args.precision:
-                rows.append(await run(cameras, batching, precision, seconds, frames))
-                print(rows[-1], flush=True)
+            for model in args.models:
+                for precision in args.precision:
+                    rows.append(await run(cameras, batching, model, precision, seconds, frames))
+                    print(rows[-1], flush=True)
     print(
         f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads, {seconds:.0f} s per row\n"
     )
     print(
-        "| cameras (720p30) | batching | precision | delivered fps | written fps | skipped "
-        "| p50 ms | p99 ms | mean batch | queue wait ms | preprocess ms/batch "
+        "| cameras (720p30) | batching | model | precision | delivered fps | written fps "
+        "| skipped | p50 ms | p99 ms | mean batch | queue wait ms | preprocess ms/batch "
         "| model ms/batch | postprocess ms/batch |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['cameras']} | {r['batching']} | {r['precision']} | {r['fps']:.1f} | "
+            f"| {r['cameras']} | {r['batching']} | {r['model']} | {r['precision']} | "
+            f"{r['fps']:.1f} | "
             f"{r['written_fps']:.1f} | "
             f"{r['skipped']:.0%} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['mean_batch']:.2f} | "
             f"{r['queue_wait_ms']:.1f} | {r['preprocess_ms']:.1f} | {r['model_ms']:.1f} | "
@@ -170,6 +182,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--precision", nargs="+", choices=("fp32", "bf16"), default=["fp32"])
+    parser.add_argument("--models", nargs="+", default=[InferenceSettings().model])
     asyncio.run(main_async(parser.parse_args()))
     return 0
 

@@ -7,7 +7,9 @@ sim camera (its homography, exactly). Detections are the truth boxes (visible ex
 objects a detector could see (not ``difficult``), with optional noise, missed detections and
 score jitter; classes map from the sim's 0-based label space to ObjectClass. Scores are
 float32, as on the wire, so the same frames sent to the service (``SimRun.inputs``) give the
-service exactly the engine's input.
+service exactly the engine's input. Given a detector, the detections are instead what it
+finds in the rendered frames, each matched to the truth box it overlaps most (IoU >= 0.3)
+so that scoring still knows which vehicle a track followed.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from its_camera_ai.analytics import (
     LineCrossing,
 )
 from its_camera_ai.common import AnalyticsEngineSettings
+from its_camera_ai.inference.models import DetectionModel
 from its_camera_ai.scene import CalibrationSpec, Direction, LaneSpec, LineSpec, SceneSpec
-from its_camera_ai.sim import Crossing, IncidentTruth, Scene, SceneConfig
+from its_camera_ai.sim import Crossing, FrameTruth, IncidentTruth, Scene, SceneConfig
 
 CAMERA = "sim"
 T0_NS = 1_699_999_200 * 10**9
@@ -110,6 +113,30 @@ class SimRun:
         return (ns - self.t0_ns) / 1e9
 
 
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of boxes ``a`` [N, 4] and ``b`` [M, 4] (x0, y0, x1, y1)."""
+    lo = np.maximum(a[:, None, :2], b[None, :, :2])
+    hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(hi - lo, 0.0, None), axis=2)
+    area_a, area_b = (np.prod(x[:, 2:] - x[:, :2], axis=1) for x in (a, b))
+    return inter / (area_a[:, None] + area_b[None, :] - inter)
+
+
+def _detected(
+    detector: DetectionModel, image: np.ndarray, truth: FrameTruth
+) -> tuple[np.ndarray, list[int]]:
+    """The detector's rows for ``image`` and, per row, the sim id of the truth box it
+    overlaps most (IoU >= 0.3), -1 for none."""
+    (found,) = detector.detect(image[None])
+    boxes = found.boxes.numpy().astype(np.float64)
+    rows = np.column_stack([boxes, found.scores.numpy(), found.classes.numpy()]).reshape(-1, 6)
+    if not truth.objects or not len(boxes):
+        return rows, [-1] * len(boxes)
+    iou = _iou(boxes, np.array([o.box for o in truth.objects], dtype=np.float64))
+    best = iou.argmax(axis=1)
+    return rows, [truth.objects[j].track_id if iou[i, j] >= 0.3 else -1 for i, j in enumerate(best)]
+
+
 def run_sim(
     cfg: SceneConfig,
     duration_s: float,
@@ -121,6 +148,7 @@ def run_sim(
     settings: AnalyticsEngineSettings | None = None,
     start_ns: int = T0_NS,
     calibrated: bool = True,
+    detector: DetectionModel | None = None,
 ) -> SimRun:
     scene = Scene(cfg, size=size)
     spec = analytics_scene(scene, calibrated=calibrated)
@@ -129,14 +157,14 @@ def run_sim(
     run = SimRun(duration_s, spec, size, start_ns, fps=cfg.fps)
     n = round(duration_s * cfg.fps)
     held: dict[int, int] = {}  # engine track id -> the sim id it held last
-    for _, truth in scene.frames(n, size=size):
+    for image, truth in scene.frames(n, size=size):
         rows, ids = [], []
         for o in truth.objects:
             run.truth_speed[(o.track_id, truth.frame)] = o.speed_kmh
             if o.difficult:
                 continue
             run.visible[o.track_id].add(truth.frame)
-            if dropout and rng.random() < dropout:
+            if detector is not None or (dropout and rng.random() < dropout):
                 continue
             box = np.array(o.box, dtype=np.float64)
             if noise_px:
@@ -145,6 +173,8 @@ def run_sim(
             rows.append([*box, score, float(o.class_id + 1)])
             ids.append(o.track_id)
         det = np.array(rows, dtype=np.float64).reshape(-1, 6)
+        if detector is not None:
+            det, ids = _detected(detector, image, truth)
         capture = start_ns + round(truth.time_s * 1e9)
         frame = FrameInput(CAMERA, truth.frame + 1, capture, truth.width, truth.height, det, "1")
         run.inputs.append(frame)
