@@ -7,7 +7,7 @@
 
 Each camera is a ring written by a thread at 30 FPS with rendered simulator frames
 (1280x720 RGB, looped), as the decoder writes them. The real inference service (in-process
-host: ring feeds, dynamic batcher, shipped detector on the CPU, producer) streams the
+host: ring feeds, dynamic batcher, the configured model on the CPU, producer) streams the
 detections over gRPC to an AnalyticsService peer on loopback that records each frame's
 arrival. Reported per configuration, side by side in one run:
 

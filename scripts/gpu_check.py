@@ -9,7 +9,7 @@ are missing (``install_stand_ins``), and when a part cannot run it reports why a
 with the others. The parts, in the order they run:
 
 d. environment: GPU, driver, CUDA, cuDNN, torch, torch_tensorrt and TensorRT versions;
-a. correctness: the shipped detector on simulator frames (seeded random frames without the
+a. correctness: its-detector-v1 on simulator frames (seeded random frames without the
    simulator), CUDA eager fp32 and fp16 against the CPU: frames with equal counts, CPU
    detections matched by a same-class box, the matches' IoU, the largest score difference;
 c. host-to-device copies of 1080p RGB frames from a shared-memory ring, pinned and not

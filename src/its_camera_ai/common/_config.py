@@ -489,7 +489,7 @@ class InferenceSettings(_Section):
     """The inference service (``ITS_INFERENCE__*``): model, backend, batching, delivery."""
 
     # The model: a shipped one by name (its_camera_ai.inference.models.SHIPPED_MODELS), or
-    # a manifest (.json: the shipped detector's format, or an adapter manifest for YOLOX /
+    # a manifest (.json: its-detector-v1's format, or an adapter manifest for YOLOX /
     # Ultralytics exports, TorchScript or ONNX), or an Ultralytics YOLO TorchScript export
     # (.torchscript/.pt with the yolo_* options below). The manifest or export wins. The
     # default is the one that counts real traffic (docs/benchmarks.md, "Real clips"); the

@@ -8,8 +8,8 @@ This package is the service runtime: ring feeds (``Feeds``), dynamic batching, t
 runner, the exactly-once ``DetectionProducer``, decoder discovery (``watch_decoder``), pixel
 handling (``decode_image``, ``frame_rgb``), metrics, the ``InferenceService`` servicer, and the
 service unit (``inference_unit``; ``server.UNIT`` for ``its-camera-ai serve``). The models it
-runs are ``its_camera_ai.inference.models`` (shipped detector, YOLO adapter, engines); how the
-shipped detector is trained and evaluated is ``its_camera_ai.inference.training``, which the
+runs are ``its_camera_ai.inference.models`` (shipped detectors, YOLO adapter, engines); how the
+shipped detectors are trained and evaluated is ``its_camera_ai.inference.training``, which the
 runtime never imports.
 """
 

@@ -38,7 +38,8 @@ ITS_DETECTOR_MANIFEST = Path(__file__).parent / "its-detector-v1.json"
 
 
 class Detector:
-    """The shipped detector (a ``DetectionModel``); build it with ``load_detector``."""
+    """The simulator-trained detector, its-detector-v1 (a ``DetectionModel``); build it
+    with ``load_detector``."""
 
     def __init__(self, model: CenterNet, manifest: Manifest, device: str = "cpu") -> None:
         self.manifest = manifest
@@ -148,7 +149,8 @@ class Detector:
 def load_detector(
     manifest_path: str | Path = ITS_DETECTOR_MANIFEST, device: str = "cpu"
 ) -> Detector:
-    """Load the shipped detector (or another manifest's), checking it fully; see ``Detector``."""
+    """Load its-detector-v1 (or another its-detector manifest's), checking it fully; see
+    ``Detector``."""
     return Detector.load(manifest_path, device)
 
 

@@ -25,7 +25,7 @@ SHIPPED_MODELS: dict[str, Path] = {
 
 
 def load_model(manifest: str | Path) -> DetectionModel:
-    """A shipped model by name, or any model by its manifest's path (the shipped detector's
+    """A shipped model by name, or any model by its manifest's path (its-detector-v1's
     format or an ``AdapterManifest``), checked at load."""
     if isinstance(manifest, str) and manifest in SHIPPED_MODELS:
         manifest = SHIPPED_MODELS[manifest]

@@ -215,7 +215,7 @@ class YoloAdapter:
 
     @property
     def version(self) -> str:
-        # As the shipped detector's: the manifest's version names the release, the digest
+        # As its-detector-v1's: the manifest's version names the release, the digest
         # the weights (two files under one version are told apart in what they detected).
         parts = [p for p in (self._version, self._digest[:12]) if p]
         return "+".join(parts) if parts else "unversioned"
