@@ -65,8 +65,9 @@ def _share_along(
 
 
 def _hidden(point: Sequence[float], boxes: Sequence[Sequence[float]]) -> bool:
-    # A box's 2-px outline, with a margin for JPEG, and its label: a text line above it
-    # that may run past its right edge ("#12 motorcycle").
+    # Inside a track's box, with a margin for JPEG (its 2-px outline is drawn over the line
+    # wherever the two cross), or under its label: a text line above the box that may run
+    # past its right edge ("#12 motorcycle").
     x, y = point
     label = max(10, HEIGHT // 40) + 4
     return any(
