@@ -29,6 +29,7 @@ from its_camera_ai.analytics import (
 )
 from its_camera_ai.common import AnalyticsEngineSettings
 from its_camera_ai.inference.models import DetectionModel
+from its_camera_ai.inference.training import box_iou
 from its_camera_ai.scene import CalibrationSpec, Direction, LaneSpec, LineSpec, SceneSpec
 from its_camera_ai.sim import Crossing, FrameTruth, IncidentTruth, Scene, SceneConfig
 
@@ -113,15 +114,6 @@ class SimRun:
         return (ns - self.t0_ns) / 1e9
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of boxes ``a`` [N, 4] and ``b`` [M, 4] (x0, y0, x1, y1)."""
-    lo = np.maximum(a[:, None, :2], b[None, :, :2])
-    hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(hi - lo, 0.0, None), axis=2)
-    area_a, area_b = (np.prod(x[:, 2:] - x[:, :2], axis=1) for x in (a, b))
-    return inter / (area_a[:, None] + area_b[None, :] - inter)
-
-
 def _detected(
     detector: DetectionModel, image: np.ndarray, truth: FrameTruth
 ) -> tuple[np.ndarray, list[int]]:
@@ -132,7 +124,7 @@ def _detected(
     rows = np.column_stack([boxes, found.scores.numpy(), found.classes.numpy()]).reshape(-1, 6)
     if not truth.objects or not len(boxes):
         return rows, [-1] * len(boxes)
-    iou = _iou(boxes, np.array([o.box for o in truth.objects], dtype=np.float64))
+    iou = box_iou(boxes, np.array([o.box for o in truth.objects], dtype=np.float64))
     best = iou.argmax(axis=1)
     return rows, [truth.objects[j].track_id if iou[i, j] >= 0.3 else -1 for i, j in enumerate(best)]
 
