@@ -80,6 +80,7 @@ from its_camera_ai.common._security_settings import (
     ServerTlsSettings,
 )
 from its_camera_ai.common._server import Runtime, ServiceHost, ServiceUnit, serve
+from its_camera_ai.common._socket_reads import SOCKET_READ_BYTES, bound_asyncio_socket_reads
 from its_camera_ai.common._storage import (
     POSTGRES_DOWN,
     POSTGRES_FAILURES,
@@ -96,6 +97,7 @@ __all__ = [
     "POSTGRES_FAILURES",
     "REDIS_DOWN",
     "REDIS_FAILURES",
+    "SOCKET_READ_BYTES",
     "AbortedError",
     "AlreadyExistsError",
     "AnalyticsEngineSettings",
@@ -150,6 +152,7 @@ __all__ = [
     "UnavailableError",
     "UnimplementedError",
     "apply_migrations",
+    "bound_asyncio_socket_reads",
     "camera_id_from_name",
     "configure_logging",
     "create_redis",

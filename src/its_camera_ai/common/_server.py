@@ -32,6 +32,7 @@ from its_camera_ai.common._interceptors import ErrorMappingInterceptor, RpcMetri
 from its_camera_ai.common._logging import configure_logging
 from its_camera_ai.common._migrations import MigrationSet, apply_migrations
 from its_camera_ai.common._peers import PeerAccess
+from its_camera_ai.common._socket_reads import bound_asyncio_socket_reads
 from its_camera_ai.common._storage import Database, create_redis
 from its_camera_ai.common._tracing import configure_tracing
 
@@ -376,6 +377,7 @@ async def serve(settings: Settings, units: Sequence[ServiceUnit]) -> None:
     """Run a host until SIGTERM or SIGINT, then drain and return."""
     host = ServiceHost(settings, units)
     configure_logging(host.name, settings.logging.level, settings.logging.format)
+    bound_asyncio_socket_reads()  # a serving process's heap must not creep (see the module)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
