@@ -18,7 +18,15 @@ The command line is ``its-camera-ai`` (or ``python -m its_camera_ai``); the desi
 
 from __future__ import annotations
 
+import os
 from importlib.metadata import PackageNotFoundError, version
+
+# gRPC's fork handlers run in every child forked while gRPC threads are busy, and such a
+# child can crash in them before it reaches exec (grpc/grpc#13998, #13873): a CI run saw
+# pg_ctl die with SIGSEGV under a running server. Every fork here is followed by exec
+# (pg_ctl, tools) and multiprocessing uses spawn, so no child needs them. Set before any
+# module of this package imports grpc, which reads it once.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 try:
     __version__ = version("its-camera-ai")
