@@ -1,8 +1,9 @@
 """Evaluate a detector on held-out simulator scenes: mAP@0.5 and mAP@0.5:0.95, overall and
 per condition (day, dusk, night, rain, fog, glare, heavy occlusion, small objects).
 
-    python scripts/evaluate_detector.py                      # the shipped weights
+    python scripts/evaluate_detector.py                      # the default model
     python scripts/evaluate_detector.py --write-manifest     # record the figures in its manifest
+    python scripts/evaluate_detector.py --manifest its-detector-v1   # a shipped model by name
     python scripts/evaluate_detector.py --checkpoint var/det/ckpt.pt   # a training checkpoint
     python scripts/evaluate_detector.py --precision bf16     # as inference.precision bf16 runs
     python scripts/evaluate_detector.py --manifest path/to/yolox-nano-its.json   # any model
@@ -23,8 +24,9 @@ from pathlib import Path
 
 import torch
 
+from its_camera_ai.common import InferenceSettings
 from its_camera_ai.inference.models import (
-    ITS_DETECTOR_MANIFEST,
+    SHIPPED_MODELS,
     CenterNet,
     EngineSpec,
     NetConfig,
@@ -61,7 +63,11 @@ def samples(paths: list[Path]) -> Iterator[Sample]:
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--manifest", default=str(ITS_DETECTOR_MANIFEST))
+    ap.add_argument(
+        "--manifest",
+        default=InferenceSettings().model,
+        help="a shipped model's name or any manifest's path (default: inference.model's default)",
+    )
     ap.add_argument("--checkpoint", default=None, help="a training state dict instead")
     w, h = TrainConfig(data="").input_size
     ap.add_argument("--input-size", default=f"{w}x{h}", help="WxH a --checkpoint was trained for")
@@ -108,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         save_detector(model, cfg, {}, tmp, "checkpoint", "checkpoint")
         manifest_path = tmp / "checkpoint.json"
     else:
-        manifest_path = Path(args.manifest)
+        manifest_path = SHIPPED_MODELS.get(args.manifest, Path(args.manifest))
     detector = load_model(manifest_path)  # either manifest format (a YOLOX fine-tune too)
     engine = None
     if args.precision != "fp32":

@@ -65,7 +65,9 @@ def test_shipped_manifest() -> None:
         pytest.skip("no shipped weights yet")
     det = load_detector()
     assert ITS_DETECTOR_MANIFEST.with_name(det.manifest.weights).stat().st_size <= 10 * 2**20
-    assert det.manifest.evaluation is not None, "run scripts/evaluate_detector.py --write-manifest"
+    assert det.manifest.evaluation is not None, (
+        "run scripts/evaluate_detector.py --manifest its-detector-v1 --write-manifest"
+    )
     assert det.input_size == (640, 384)
 
 
