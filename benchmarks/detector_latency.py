@@ -5,7 +5,9 @@
 
 With ``--models``: every shipped (or manifest-described) model side by side, taking turns,
 ``detect`` end to end on 720p frames in fp32 and, where the CPU has bf16 instructions,
-through the bf16 engine.
+through the bf16 engine, and where onnxruntime is installed through the ``onnxruntime``
+backend (fp32); each YOLO-format model also with its weights in NCHW, the layout it ran in
+before the adapter made them channels-last.
 
 Measures the whole ``Detector.detect`` path (letterbox of a 640x384 uint8 frame, network,
 peak decoding, mapping back) and the network alone, median and p99 per batch, and frames/s.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import json
 import platform
 import statistics
@@ -36,11 +39,13 @@ from its_camera_ai.inference.models import (
     ITS_DETECTOR_MANIFEST,
     Detector,
     EngineSpec,
+    YoloAdapter,
     build_engine,
     count_gflops,
     detect_frames,
     load_detector,
     load_model,
+    set_memory_format,
 )
 
 
@@ -86,17 +91,32 @@ def models_side_by_side(names: list[str], seconds: float) -> None:
     """``detect`` of each model on 1280x720 frames, fp32 and bf16, batches of 1 and 8."""
     rng = np.random.default_rng(0)
     bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    onnxruntime = importlib.util.find_spec("onnxruntime") is not None
     models = {name: load_model(name) for name in names}
-    print("| model | input | precision | batch | median ms | p99 ms | frames/s |")
+    print("| model | input | precision, backend | batch | median ms | p99 ms | frames/s |")
     print("|---|---|---|---:|---:|---:|---:|")
     for batch in (1, 8):
         frames = rng.integers(0, 255, (batch, 720, 1280, 3), dtype=np.uint8)
         paths: dict[str, Callable[[], object]] = {}
         for name, model in models.items():
             paths[f"{name}|fp32"] = functools.partial(model.detect, frames)
+            if isinstance(model, YoloAdapter):
+                # The baseline, side by side: the same weights in NCHW, as the adapter ran
+                # them before it laid them out channels-last.
+                nchw = load_model(name)
+                assert isinstance(nchw, YoloAdapter)
+                set_memory_format(nchw.module, torch.contiguous_format)
+                paths[f"{name}|fp32, NCHW weights (before)"] = functools.partial(
+                    nchw.detect, frames
+                )
             if bf16:
                 engine = build_engine(model, EngineSpec(precision="bf16", max_batch_size=8))
                 paths[f"{name}|bf16"] = functools.partial(detect_frames, model, engine, frames)
+            if onnxruntime:
+                engine = build_engine(model, EngineSpec("onnxruntime", max_batch_size=8))
+                paths[f"{name}|fp32, onnxruntime"] = functools.partial(
+                    detect_frames, model, engine, frames
+                )
         for key, ts in timeit(paths, seconds).items():
             name, precision = key.split("|")
             w, h = models[name].input_size

@@ -4,6 +4,8 @@
     .venv/bin/python benchmarks/inference_pipeline.py --quick    # smoke test
     .venv/bin/python benchmarks/inference_pipeline.py --precision fp32 bf16  # both, side by side
     .venv/bin/python benchmarks/inference_pipeline.py --models yolox-nano-its its-detector-v1
+    .venv/bin/python benchmarks/inference_pipeline.py --torch-threads 1 2  # torch_threads
+    .venv/bin/python benchmarks/inference_pipeline.py --backend torch onnxruntime
 
 Each camera is a ring written by a thread at 30 FPS with rendered simulator frames
 (1280x720 RGB, looped), as the decoder writes them. The real inference service (in-process
@@ -20,8 +22,11 @@ arrival. Reported per configuration, side by side in one run:
 "batching off" is max_batch_size=1 (every frame alone); "batching on" is max_batch_size=8
 with a 5 ms maximum queue delay. ``--precision`` is ``inference.precision`` (bf16 needs a CPU
 with bf16 instructions), ``--models`` ``inference.model`` (default: the service's default);
-several values run every configuration with each. Torch uses all cores (the writer threads
-and the gRPC peer share them, as on a real node).
+``--torch-threads`` ``inference.torch_threads`` (default: torch's, one per core);
+``--backend`` ``inference.backend`` (``onnxruntime``: fp32 only, so it runs with
+``--precision fp32`` alone); several values run every configuration with each. The writer
+threads and the gRPC peer share the cores with torch, as the decoder and analytics do on a
+real node.
 """
 
 from __future__ import annotations
@@ -61,7 +66,7 @@ def _metric(host: Any, name: str) -> float:
 def _count(host: Any, name: str) -> float:
     for metric in host.runtime.metrics.collect():
         if metric.name == name:
-            return sum(s.value for s in metric.samples if s.name.endswith("_count"))
+            return float(sum(s.value for s in metric.samples if s.name.endswith("_count")))
     return 0.0
 
 
@@ -83,13 +88,15 @@ async def run(
     cameras: int,
     batching: bool,
     model: str,
-    precision: str,
+    engine: tuple[str, str],
+    torch_threads: int,
     seconds: float,
     frames: list[np.ndarray],
 ) -> dict[str, Any]:
+    backend, precision = engine
     rings = {f"cam-{i}": f"bench-{uuid.uuid4().hex[:8]}" for i in range(cameras)}
     feeders = [RingFeeder(ring, frames, fps=30.0, slots=8, loops=10**6) for ring in rings.values()]
-    options = (
+    options: dict[str, Any] = (
         {"max_batch_size": 8, "max_queue_delay_ms": 5.0}
         if batching
         else {
@@ -97,8 +104,10 @@ async def run(
             "max_queue_delay_ms": 0.0,
         }
     )
+    options["backend"] = backend
     options["precision"] = precision
     options["model"] = model
+    options["torch_threads"] = torch_threads
     async with recording_analytics() as (recorder, target):
         arrivals = recorder.latencies_ms
         async with inference_host(cameras=rings, analytics_target=target, **options) as host:
@@ -128,7 +137,9 @@ async def run(
         "cameras": cameras,
         "batching": "on (8, 5 ms)" if batching else "off (1)",
         "model": model,
+        "backend": backend,
         "precision": precision,
+        "torch_threads": torch_threads,
         "fps": delivered / elapsed,
         "written_fps": written / elapsed,
         "skipped": max(0.0, 1.0 - delivered / written) if written else 0.0,
@@ -149,27 +160,38 @@ async def main_async(args: argparse.Namespace) -> None:
     frames = _frames(8 if args.quick else 60)
     seconds = 3.0 if args.quick else args.seconds
     counts = (1, 2) if args.quick else (1, 2, 4)
+    engines = [
+        (backend, precision)
+        for backend in args.backend
+        for precision in args.precision
+        if backend == "torch" or precision == "fp32"
+    ]
     rows = []
     for cameras in counts:
         for batching in (False, True):
             for model in args.models:
-                for precision in args.precision:
-                    rows.append(await run(cameras, batching, model, precision, seconds, frames))
-                    print(rows[-1], flush=True)
+                for engine in engines:
+                    for threads in args.torch_threads:
+                        rows.append(
+                            await run(cameras, batching, model, engine, threads, seconds, frames)
+                        )
+                        print(rows[-1], flush=True)
     print(
         f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
-        f"{torch.__version__}, {torch.get_num_threads()} threads, {seconds:.0f} s per row\n"
+        f"{torch.__version__}, {seconds:.0f} s per row\n"
     )
     print(
-        "| cameras (720p30) | batching | model | precision | delivered fps | written fps "
-        "| skipped | p50 ms | p99 ms | mean batch | queue wait ms | preprocess ms/batch "
-        "| model ms/batch | postprocess ms/batch |"
+        "| cameras (720p30) | batching | model | backend | precision | torch threads "
+        "| delivered fps "
+        "| written fps | skipped | p50 ms | p99 ms | mean batch | queue wait ms "
+        "| preprocess ms/batch | model ms/batch | postprocess ms/batch |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['cameras']} | {r['batching']} | {r['model']} | {r['precision']} | "
-            f"{r['fps']:.1f} | "
+            f"| {r['cameras']} | {r['batching']} | {r['model']} | {r['backend']} | "
+            f"{r['precision']} | "
+            f"{r['torch_threads']} | {r['fps']:.1f} | "
             f"{r['written_fps']:.1f} | "
             f"{r['skipped']:.0%} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['mean_batch']:.2f} | "
             f"{r['queue_wait_ms']:.1f} | {r['preprocess_ms']:.1f} | {r['model_ms']:.1f} | "
@@ -183,6 +205,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--precision", nargs="+", choices=("fp32", "bf16"), default=["fp32"])
     parser.add_argument("--models", nargs="+", default=[InferenceSettings().model])
+    parser.add_argument("--backend", nargs="+", choices=("torch", "onnxruntime"), default=["torch"])
+    # Set for every row: the setting is process-wide, and 0 would keep the last row's.
+    parser.add_argument("--torch-threads", nargs="+", type=int, default=[torch.get_num_threads()])
     asyncio.run(main_async(parser.parse_args()))
     return 0
 

@@ -1,7 +1,8 @@
 """Line counts on real clips against their hand counts, for each shipped model.
 
     python benchmarks/real_clip_counts.py [--models its-detector-v1 yolox-nano-coco]
-        [--score-threshold 0.1 ...] [--json out.json]
+        [--score-threshold 0.1 ...] [--precision fp32 bf16] [--backend torch onnxruntime]
+        [--json out.json]
 
 Each clip of ``tests/data/real_clips/counts.json`` (hand counts made with the time-slice
 method; a clip outside the repository is skipped where it is absent) is decoded with PyAV,
@@ -10,7 +11,10 @@ detections fed, frame by frame with the clip's own timing, to the analytics engi
 (``CameraAnalytics``) with the clip's counting lines. Per line and direction: the count,
 the truth, missed (FN) and extra (FP) counts, and the error of the total. Classes are not
 compared (every vehicle of these clips is a car; a class flip shows in the class column).
-Score thresholds: the model's own unless given; several give one row each.
+Score thresholds: the model's own unless given; several give one row each. ``--precision
+bf16`` runs the network through the engine ``inference.precision: bf16`` builds (a CPU with
+bf16 instructions, or a GPU), ``--backend onnxruntime`` through the one ``inference.backend:
+onnxruntime`` builds (fp32 only); several values give one row each.
 """
 
 from __future__ import annotations
@@ -20,16 +24,25 @@ import json
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import av
 import numpy as np
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from its_camera_ai.analytics import CameraAnalytics, FrameInput
-from its_camera_ai.inference.models import SHIPPED_MODELS, DetectionModel, load_model
+from its_camera_ai.inference.models import (
+    SHIPPED_MODELS,
+    DetectionModel,
+    Detections,
+    EngineSpec,
+    build_engine,
+    detect_frames,
+    load_model,
+)
 from its_camera_ai.scene import Direction, LineSpec, SceneSpec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,6 +57,8 @@ class LineResult:
     clip: str
     line: str
     model: str
+    backend: str
+    precision: str
     threshold: float
     # Per direction: (counted, true).
     by_direction: dict[str, tuple[int, int]]
@@ -81,15 +96,44 @@ def _scene(clip: dict[str, Any]) -> SceneSpec:
     )
 
 
+Detect = Callable[[list[np.ndarray[Any, Any]], float], list[Detections]]
+Backend = Literal["torch", "onnxruntime"]
+Precision = Literal["fp32", "bf16"]
+# One engine per model (by its weights), backend and precision, whatever the clips and
+# thresholds.
+_DETECTORS: dict[tuple[str, Backend, Precision], Detect] = {}
+
+
+def _detector(model: DetectionModel, backend: Backend, precision: Precision) -> Detect:
+    """``model.detect``, or the same stages around the engine the service builds for
+    ``inference.backend`` and ``inference.precision`` (which says what a machine lacks)."""
+    if (backend, precision) == ("torch", "fp32"):
+        return model.detect
+    key = (model.digest, backend, precision)
+    if key not in _DETECTORS:
+        spec = EngineSpec(backend, precision=precision, max_batch_size=_BATCH)
+        network = build_engine(model, spec)
+        _DETECTORS[key] = lambda frames, threshold: detect_frames(
+            model, network, frames, threshold, network.device
+        )
+    return _DETECTORS[key]
+
+
 def count_clip(
     clip: dict[str, Any],
     frames: list[np.ndarray[Any, Any]],
     model: DetectionModel,
+    precision: Precision,
     threshold: float,
     progress: Progress,
+    backend: Backend = "torch",
 ) -> list[LineResult]:
-    """The clip through ``model`` and the analytics engine: one result per line."""
-    task = progress.add_task(f"{clip['file']} {model.name} @{threshold}", total=len(frames))
+    """The clip through ``model`` (its network run by ``backend`` in ``precision``) and the
+    analytics engine: one result per line."""
+    task = progress.add_task(
+        f"{clip['file']} {model.name} {backend} {precision} @{threshold}", total=len(frames)
+    )
+    detect = _detector(model, backend, precision)
     engine = CameraAnalytics("clip", _scene(clip))
     height, width = frames[0].shape[:2]
     step_ns = round(_NS / float(clip["fps"]))
@@ -99,7 +143,7 @@ def count_clip(
     for start in range(0, len(frames), _BATCH):
         batch = frames[start : start + _BATCH]
         began = time.perf_counter()
-        detections = model.detect(batch, score_threshold=threshold)
+        detections = detect(batch, threshold)
         detecting += time.perf_counter() - began
         for offset, found in enumerate(detections):
             index = start + offset
@@ -120,7 +164,7 @@ def count_clip(
             for name, direction in _DIRECTIONS.items()
         }
         results.append(LineResult(
-            clip["file"], line["id"], model.name, threshold, by_direction,
+            clip["file"], line["id"], model.name, backend, precision, threshold, by_direction,
             dict(classes[line["id"]]), len(frames) / detecting,
         ))  # fmt: skip
     return results
@@ -132,15 +176,18 @@ def _true(line: dict[str, Any], direction: str) -> int:
 
 def _table(results: list[LineResult]) -> str:
     rows = [
-        "| clip | line | model | score threshold | counted | truth | missed (FN) | extra (FP)"
-        " | error | per direction counted/truth | classes counted | detect frames/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| clip | line | model | backend | precision | score threshold | counted | truth"
+        " | missed (FN)"
+        " | extra (FP) | error | per direction counted/truth | classes counted | detect frames/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         error = (r.counted - r.truth) / r.truth if r.truth else float("nan")
         directions = ", ".join(f"{d.lower()} {c}/{t}" for d, (c, t) in r.by_direction.items())
         rows.append(
-            f"| {r.clip} | {r.line} | {r.model} | {r.threshold:.2f} | {r.counted} | {r.truth}"
+            f"| {r.clip} | {r.line} | {r.model} | {r.backend} | {r.precision}"
+            f" | {r.threshold:.2f} | {r.counted}"
+            f" | {r.truth}"
             f" | {r.missed} | {r.extra} | {error:+.0%} | {directions} | {r.classes or '-'}"
             f" | {r.detect_fps:.0f} |"
         )
@@ -151,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(SHIPPED_MODELS))
     parser.add_argument("--score-threshold", type=float, nargs="*", default=[])
+    parser.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32"])
+    # onnxruntime runs fp32 only: it is paired with --precision fp32 alone.
+    parser.add_argument("--backend", nargs="+", choices=["torch", "onnxruntime"], default=["torch"])
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     clips = json.loads(COUNTS.read_text())["clips"]
@@ -158,6 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     for clip in clips:
         if clip not in present:
             print(f"skipped {clip['file']}: {clip['path']} is absent", file=sys.stderr)
+    engines = [
+        (backend, precision)
+        for backend in args.backend
+        for precision in args.precision
+        if backend == "torch" or precision == "fp32"
+    ]
     results: list[LineResult] = []
     with Progress(
         TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -167,8 +223,11 @@ def main(argv: list[str] | None = None) -> int:
             frames = clip_frames(REPO / clip["path"])
             for name in args.models:
                 model = load_model(name)
-                for threshold in args.score_threshold or [model.default_score_threshold]:
-                    results += count_clip(clip, frames, model, threshold, progress)
+                for backend, precision in engines:
+                    for threshold in args.score_threshold or [model.default_score_threshold]:
+                        results += count_clip(
+                            clip, frames, model, precision, threshold, progress, backend
+                        )
     print(_table(results))
     if args.json:
         args.json.write_text(json.dumps([r.__dict__ for r in results], indent=2))

@@ -190,6 +190,39 @@ async def test_get_model_describes_the_loaded_model(served: Served) -> None:
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+async def test_the_onnxruntime_backend_serves_what_the_model_finds(ring_name: str) -> None:
+    """``inference.backend: onnxruntime`` end to end: GetModel reports it, and Detect on a
+    ring frame answers what the model's own ``detect`` finds (float32 in other kernels)."""
+    frames = [f for f, _ in sim_frames(1)]
+    feeder = RingFeeder(ring_name, frames, slots=SLOTS)
+    try:
+        async with (
+            recording_analytics() as (_, target),
+            inference_host(
+                cameras={"cam-a": ring_name}, analytics_target=target, backend="onnxruntime"
+            ) as host,
+            grpc.aio.insecure_channel(f"127.0.0.1:{host.grpc_port}") as channel,
+        ):
+            stub = inference_service_pb2_grpc.InferenceServiceStub(channel)
+            model = (await stub.GetModel(pb.GetModelRequest(name="models/default"))).model
+            assert (model.backend, model.precision) == (
+                model_pb2.BACKEND_ONNXRUNTIME_CPU,
+                model_pb2.PRECISION_FP32,
+            )
+            seq = feeder.write(0)
+            response = await stub.Detect(
+                pb.DetectRequest(frame=_reference(feeder, seq), camera="cameras/cam-a")
+            )
+    finally:
+        feeder.close()
+    alone = load_model(DEFAULT_MODEL).detect(frames[0])[0]
+    order = np.argsort(-alone.scores.numpy(), kind="stable")
+    boxes, scores = _as_arrays(response)
+    assert len(scores) == len(order) > 0
+    assert np.allclose(scores, alone.scores.numpy()[order], atol=1e-4)
+    assert np.allclose(boxes, alone.boxes.numpy()[order], atol=1e-2)
+
+
 LONG = "x" * 100_000
 # What an error may quote of a request string: the bounded prefix, never the whole value.
 QUOTED_LIMIT = 100

@@ -29,6 +29,7 @@ from its_camera_ai.inference.models import (
     YoloAdapter,
     load_model,
     load_onnx,
+    set_memory_format,
 )
 from tests.conftest import load_script
 
@@ -260,17 +261,40 @@ def test_the_fine_tuned_yolox_finds_what_the_coco_weights_miss_on_a_real_clip() 
     assert not any(x1 < 260 for boxes in coco_boxes for _, _, x1, _ in boxes)
 
 
-def test_the_fine_tuned_yolox_counts_a_real_clip_exactly() -> None:
+@pytest.mark.parametrize(
+    ("backend", "precision"),
+    [
+        ("torch", "fp32"),
+        pytest.param(
+            "torch",
+            "bf16",
+            marks=pytest.mark.skipif(
+                not torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+                reason="this CPU has no bf16 instructions",
+            ),
+        ),
+        ("onnxruntime", "fp32"),
+    ],
+)
+def test_the_fine_tuned_yolox_counts_a_real_clip_exactly(backend: str, precision: str) -> None:
     # The Intel clip (4 cars a line, 2 each way) through detection and the analytics engine,
     # as benchmarks/real_clip_counts.py runs it. Without the vehicle NMS group a car that
     # some anchor points call a truck and others a bus was counted twice on the other clip.
+    # In bf16 (inference.precision) and on ONNX Runtime (inference.backend) the counts must
+    # not change.
     bench = load_script("benchmarks/real_clip_counts.py")
     clips = json.loads(bench.COUNTS.read_text())["clips"]
     (clip,) = [c for c in clips if c["file"] == INTEL_CLIP.name]
     model = load_model("yolox-nano-its")
     with Progress(disable=True) as progress:
         results = bench.count_clip(
-            clip, bench.clip_frames(INTEL_CLIP), model, model.default_score_threshold, progress
+            clip,
+            bench.clip_frames(INTEL_CLIP),
+            model,
+            precision,
+            model.default_score_threshold,
+            progress,
+            backend,
         )
     assert {r.line: r.by_direction for r in results} == {
         line: {"LEFT_TO_RIGHT": (2, 2), "RIGHT_TO_LEFT": (2, 2)} for line in ("mid", "low")
@@ -287,6 +311,22 @@ def test_the_shipped_weights_equal_their_onnx_source() -> None:
     with torch.inference_mode():
         ours = shipped.network(x).numpy()
     assert np.abs(ours - reference).max() < 1e-3
+
+
+def test_the_adapter_runs_its_weights_channels_last_with_the_same_outputs() -> None:
+    # oneDNN's convolutions are native on NHWC: NCHW weights cost a reorder per layer
+    # (1.1-1.3x on CPU, docs/benchmarks.md). The layout must not change what it detects.
+    model = load_model("yolox-nano-its")
+    assert isinstance(model, YoloAdapter)
+    weights = [p for p in model.module.parameters() if p.dim() == 4]
+    assert weights
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+    nchw = load_model("yolox-nano-its")
+    assert isinstance(nchw, YoloAdapter)
+    set_memory_format(nchw.module, torch.contiguous_format)
+    x = torch.rand(2, 3, 288, 416, generator=torch.Generator().manual_seed(3)) * 255
+    with torch.inference_mode():
+        np.testing.assert_allclose(model.network(x), nchw.network(x), rtol=1e-4, atol=2e-3)
 
 
 def _copy_shipped(tmp_path: Path) -> Path:

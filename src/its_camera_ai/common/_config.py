@@ -482,7 +482,7 @@ class QueryServiceSettings(_Section):
     reconnect_max_seconds: float = Field(5.0, gt=0, le=600)
 
 
-BackendName = Literal["torch", "torch-compile", "tensorrt"]
+BackendName = Literal["torch", "torch-compile", "tensorrt", "onnxruntime"]
 
 
 class InferenceSettings(_Section):
@@ -500,10 +500,14 @@ class InferenceSettings(_Section):
     yolo_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
     yolo_input_size: tuple[int, int] = (640, 640)
     yolo_num_classes: int = Field(80, ge=1, le=4096)
-    # Runtime: "torch" (eager), "torch-compile" (Inductor) or "tensorrt" (Torch-TensorRT,
-    # CUDA only); device in torch notation; fp16 needs CUDA; bf16 needs a GPU or a CPU with
-    # bf16 instructions (AVX512-BF16 or AMX), where it runs the shipped network 2.26x faster
-    # (batch 8, AMD EPYC) for 0.001 of held-out mAP (docs/benchmarks.md).
+    # Runtime: "torch" (eager), "torch-compile" (Inductor), "tensorrt" (Torch-TensorRT,
+    # CUDA only) or "onnxruntime" (CPU and fp32 only, the onnxruntime extra: the network
+    # exported to ONNX at start-up, the default model 1.6x torch's fp32 at batch 1 and 8;
+    # docs/benchmarks.md "ONNX Runtime"); device in torch notation; fp16 needs CUDA; bf16
+    # needs a GPU or a CPU with bf16 instructions (AVX512-BF16 or AMX), where it runs the
+    # default model 1.52x faster at batch 8 (Intel/AMX) with the same real-clip counts and
+    # 0.005 less simulator mAP, its-detector-v1 1.7-2.3x (docs/benchmarks.md); float32
+    # stays the default because the other CPUs this runs on lack those instructions.
     backend: BackendName = "torch"
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:[0-9]+)?)$")
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
@@ -537,6 +541,8 @@ class InferenceSettings(_Section):
     def _consistent(self) -> InferenceSettings:
         if self.model_manifest is not None and self.yolo_model is not None:
             raise ValueError("set model_manifest or yolo_model, not both")
+        if self.backend == "onnxruntime" and (self.device != "cpu" or self.precision != "fp32"):
+            raise ValueError("backend onnxruntime runs on device cpu in precision fp32")
         if self.precision == "fp16" and not self.device.startswith("cuda"):
             raise ValueError("precision fp16 needs a cuda device")
         if self.backend == "tensorrt" and not self.device.startswith("cuda"):

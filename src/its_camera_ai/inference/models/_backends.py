@@ -1,4 +1,5 @@
-"""Running a model's network on a backend: eager torch, ``torch.compile`` or TensorRT.
+"""Running a model's network on a backend: eager torch, ``torch.compile``, TensorRT or
+ONNX Runtime.
 
 ``build_engine`` turns a loaded ``DetectionModel`` and the configured backend, device and
 precision into an ``Engine``: a callable from the normalised input batch to the raw outputs,
@@ -8,7 +9,8 @@ unchanged on the CPU.
 
 Everything that can go wrong does so at build time, at start-up, naming the setting: CUDA
 missing or a CPU build of torch, fp16 on a CPU, bf16 on a CPU or GPU without bf16 support,
-torch_tensorrt not installed, compilation failing (``BackendUnavailableError``), outputs
+torch_tensorrt or onnxruntime not installed, compilation or export failing
+(``BackendUnavailableError``), outputs
 whose shapes differ from the eager network's on a blank batch (``OutputFormatError``). The
 check runs at batch 1 and at the largest batch, which is also the warm-up of the compiling
 backends: the first live frame pays no compilation.
@@ -17,6 +19,9 @@ TensorRT engines take minutes to build, so they are cached on disk, under a key 
 everything an engine depends on (model digest, GPU and compute capability, library
 versions, precision, input size, batch range); a cache entry is written atomically, only
 after it has been loaded back and checked, and an unusable one is rebuilt, never fatal.
+
+ONNX Runtime (``_onnxruntime``) runs the network on the CPU in float32, exported to ONNX at
+build.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from its_camera_ai.inference.models._errors import (
     ModelLoadError,
     OutputFormatError,
 )
+from its_camera_ai.inference.models._onnxruntime import import_onnxruntime, onnxruntime_runner
 
 if TYPE_CHECKING:
     from its_camera_ai.common._config import BackendName, InferenceSettings
@@ -53,6 +59,7 @@ __all__ = ["BackendUnavailableError", "Engine", "EngineSpec", "build_engine"]
 _log = logging.getLogger(__name__)
 
 _INSTALL_GPU = "pip install 'its-camera-ai[gpu]'"
+_BACKENDS = ("torch", "torch-compile", "tensorrt", "onnxruntime")
 # Part of every TensorRT cache key: bump it when the way engines are built or saved changes,
 # so that entries written the old way are no longer picked up.
 _CACHE_FORMAT = 1
@@ -106,6 +113,12 @@ class EngineSpec:
             raise BackendUnavailableError(
                 f"inference.device={self.device!r} is not a device"
             ) from e
+        if self.backend == "onnxruntime" and (dev.type != "cpu" or self.precision != "fp32"):
+            raise BackendUnavailableError(
+                f"inference.backend='onnxruntime' runs on the CPU in fp32, not on "
+                f"{self.device!r} in {self.precision!r}; set inference.device 'cpu' and "
+                "inference.precision 'fp32', or use backend 'torch'"
+            )
         if dev.type == "cpu":
             if self.precision == "fp16":
                 raise BackendUnavailableError(
@@ -209,13 +222,15 @@ class Engine:
 def build_engine(model: DetectionModel, spec: EngineSpec) -> Engine:
     """Place (and compile) a copy of ``model.network`` as ``spec`` says, warm it up and check
     its outputs against the eager network's; see the module docstring for the errors."""
-    if spec.backend not in ("torch", "torch-compile", "tensorrt"):
+    if spec.backend not in _BACKENDS:
         raise BackendUnavailableError(
-            f"inference.backend={spec.backend!r} is not one of torch, torch-compile, tensorrt"
+            f"inference.backend={spec.backend!r} is not one of {', '.join(_BACKENDS)}"
         )
+    # Before the device: on a machine with neither, installing comes first.
     if spec.backend == "tensorrt":
-        # Before the device: on a machine with neither, installing comes first.
         _import_torch_tensorrt()
+    if spec.backend == "onnxruntime":
+        import_onnxruntime()
     device = spec.target_device()
     reference = _output_shapes(model, model.network, _module_device(model.network))
     t0 = time.perf_counter()
@@ -228,6 +243,9 @@ def build_engine(model: DetectionModel, spec: EngineSpec) -> Engine:
         engine = Engine(net, spec, device, model.input_size)
     elif spec.backend == "torch-compile":
         engine = Engine(_compiled(net, model, spec, device), spec, device, model.input_size)
+    elif spec.backend == "onnxruntime":
+        runner = onnxruntime_runner(net, model, len(reference))
+        engine = Engine(runner, spec, device, model.input_size)
     else:
         engine = _tensorrt(net, model, spec, device, reference)
     _check(engine, reference, model.name)
@@ -403,6 +421,8 @@ def _import_torch_tensorrt() -> Any:
 
 
 def _backend_value(backend: str, device: torch.device) -> int:
+    if backend == "onnxruntime":
+        return model_pb2.BACKEND_ONNXRUNTIME_CPU
     if backend == "tensorrt":
         return model_pb2.BACKEND_TENSORRT
     if backend == "torch-compile":

@@ -38,6 +38,8 @@ class _BackendEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Backend.Value
     """PyTorch with torch.compile (Inductor) on a CUDA GPU."""
     BACKEND_TENSORRT: _Backend.ValueType  # 4
     """A TensorRT engine (through Torch-TensorRT) on a CUDA GPU."""
+    BACKEND_ONNXRUNTIME_CPU: _Backend.ValueType  # 5
+    """ONNX Runtime on the CPU: the network exported to ONNX at start-up."""
 
 class Backend(_Backend, metaclass=_BackendEnumTypeWrapper):
     """The runtime that executes a model."""
@@ -52,6 +54,8 @@ BACKEND_TORCH_COMPILE: Backend.ValueType  # 3
 """PyTorch with torch.compile (Inductor) on a CUDA GPU."""
 BACKEND_TENSORRT: Backend.ValueType  # 4
 """A TensorRT engine (through Torch-TensorRT) on a CUDA GPU."""
+BACKEND_ONNXRUNTIME_CPU: Backend.ValueType  # 5
+"""ONNX Runtime on the CPU: the network exported to ONNX at start-up."""
 Global___Backend: _TypeAlias = Backend  # noqa: Y015
 
 class _Precision:
