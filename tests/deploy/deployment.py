@@ -55,6 +55,7 @@ class Deployment:
             "ITS_SECURITY__PEER_TLS__KEY_FILE": str(peer_key),
         }
         self.log = directory / "serve.log"
+        self._channel: grpc.Channel | None = None
         self.process = subprocess.Popen(
             [sys.executable, "-m", "its_camera_ai.cli", "serve", "all"],
             cwd=directory,
@@ -73,24 +74,42 @@ class Deployment:
                 continue
         raise AssertionError(f"serve all is not serving: {self.log.read_text()[-2000:]}")
 
-    def add_camera_and_fail_a_call(self) -> None:
-        trust = grpc.ssl_channel_credentials(self.certificates.ca_cert.read_bytes())
-        with grpc.secure_channel(f"127.0.0.1:{self.grpc_port}", trust) as channel:
-            self.wait_serving(channel)
-            cameras = camera_service_pb2_grpc.CameraServiceStub(channel)
-            source = "sim://road?width=320&height=240&fps=10"
-            cameras.CreateCamera(
-                camera_service_pb2.CreateCameraRequest(
-                    camera_id=CAMERA, camera=camera_pb2.Camera(source_uri=source, enabled=True)
-                ),
-                timeout=10,
+    def channel(self) -> grpc.Channel:
+        """One TLS channel to the server, opened on first use and closed by ``stop``."""
+        if self._channel is None:
+            trust = grpc.ssl_channel_credentials(self.certificates.ca_cert.read_bytes())
+            self._channel = grpc.secure_channel(f"127.0.0.1:{self.grpc_port}", trust)
+            self.wait_serving(self._channel)
+        return self._channel
+
+    def add_camera(self) -> None:
+        cameras = camera_service_pb2_grpc.CameraServiceStub(self.channel())
+        source = "sim://road?width=320&height=240&fps=10"
+        cameras.CreateCamera(
+            camera_service_pb2.CreateCameraRequest(
+                camera_id=CAMERA, camera=camera_pb2.Camera(source_uri=source, enabled=True)
+            ),
+            timeout=10,
+        )
+
+    def call_like_a_client(self) -> None:
+        """One successful call and one client error (NOT_FOUND), as a client's traffic.
+
+        Called once per scrape while panels are read: a rate needs its counter to rise
+        between two scrapes, and a burst made before Prometheus first saw the series never
+        shows in any rate (CI once ran the whole minute without such a rise).
+        """
+        cameras = camera_service_pb2_grpc.CameraServiceStub(self.channel())
+        cameras.GetCamera(camera_service_pb2.GetCameraRequest(name=f"cameras/{CAMERA}"), timeout=10)
+        with pytest.raises(grpc.RpcError) as failed:
+            cameras.GetCamera(
+                camera_service_pb2.GetCameraRequest(name="cameras/absent"), timeout=10
             )
-            # A client error, so that the errors-by-RPC panels have a series to show.
-            with pytest.raises(grpc.RpcError) as failed:
-                cameras.GetCamera(camera_service_pb2.GetCameraRequest(name="cameras/absent"))
-            assert failed.value.code() == grpc.StatusCode.NOT_FOUND
+        assert failed.value.code() == grpc.StatusCode.NOT_FOUND
 
     def stop(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
         self.process.terminate()
         try:
             self.process.wait(20)

@@ -104,39 +104,50 @@ class Prometheus:
 
 
 @pytest.fixture(scope="module")
-def prometheus() -> Iterator[Prometheus]:
-    database = f"its_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(admin_sql(f'CREATE DATABASE "{database}"'))
-    dsn = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0] + f"/{database}"
+def workdir() -> Iterator[Path]:
     # Not pytest's tmp_path: a module fixture's directory must outlive the other pytest
     # sessions of this machine, which prune the shared base directory.
     directory = Path(tempfile.mkdtemp(prefix="its-test-dashboards-"))
-    (directory / "serve").mkdir()
-    (directory / "prometheus").mkdir()
-    deployment = Deployment(directory / "serve", dsn)
-    # Started inside the try: a missing prometheus binary must not orphan the server.
-    server: Prometheus | None = None
-    try:
-        server = Prometheus(directory / "prometheus", f"127.0.0.1:{deployment.http_port}")
-        server.wait_ready()
-        deployment.add_camera_and_fail_a_call()
-        yield server
-    finally:
-        if server is not None:
-            server.stop()
-        deployment.stop()
-        asyncio.run(admin_sql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
-        shutil.rmtree(directory, ignore_errors=True)
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def results(prometheus: Prometheus) -> dict[Target, list[dict[str, Any]]]:
-    """Every target's result, polled until all that must have data have it (or time's up)."""
+def deployment(workdir: Path) -> Iterator[Deployment]:
+    database = f"its_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(admin_sql(f'CREATE DATABASE "{database}"'))
+    dsn = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0] + f"/{database}"
+    (workdir / "serve").mkdir()
+    served = Deployment(workdir / "serve", dsn)
+    try:
+        yield served
+    finally:
+        served.stop()
+        asyncio.run(admin_sql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="module")
+def prometheus(workdir: Path, deployment: Deployment) -> Iterator[Prometheus]:
+    (workdir / "prometheus").mkdir()
+    server = Prometheus(workdir / "prometheus", f"127.0.0.1:{deployment.http_port}")
+    try:
+        server.wait_ready()
+        deployment.add_camera()  # after Prometheus is up: it sees the camera's series start
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def results(prometheus: Prometheus, deployment: Deployment) -> dict[Target, list[dict[str, Any]]]:
+    """Every target's result, polled under a client's traffic until all that must have
+    data have it (or time's up)."""
     has_gpu = bool(prometheus.query("gpu_utilization_ratio"))
     awaited = [t for t in targets() if has_gpu or not t.gpu_only]
     deadline = time.monotonic() + DATA_WITHIN_S
     found: dict[Target, list[dict[str, Any]]] = {}
     while True:
+        deployment.call_like_a_client()
         for target in awaited:
             if not has_data(found.get(target, [])):
                 found[target] = prometheus.query(target.query(VARIABLES))
