@@ -37,7 +37,7 @@ FROM python:3.11-slim AS builder
 # so the project's torch range is already met and pip takes nothing more for it.
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-# Optional extras of the project, e.g. "[gpu]", or "[onnxruntime]" for that CPU backend.
+# Optional extras of the project, e.g. "[gpu]".
 ARG PROJECT_EXTRAS=""
 
 ENV PIP_NO_CACHE_DIR=1 \

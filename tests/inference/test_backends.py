@@ -137,6 +137,20 @@ def test_spec_from_settings(tmp_path: Path) -> None:
         EngineSpec("torch", max_batch_size=0)
 
 
+@pytest.mark.parametrize(
+    ("device", "precision", "backend"),
+    [("cpu", "fp32", "onnxruntime"), ("cpu", "bf16", "torch"), ("cuda", "fp16", "torch")],
+)
+def test_the_default_backend_is_onnxruntime_on_a_cpu_in_fp32_and_torch_otherwise(
+    device: str, precision: Any, backend: str
+) -> None:
+    settings = InferenceSettings(device=device, precision=precision)
+    assert settings.backend == "auto"
+    assert EngineSpec.from_settings(settings).backend == backend
+    # Named, a backend is taken as it is.
+    assert InferenceSettings(backend="torch").engine_backend == "torch"
+
+
 # --- unavailable combinations ---------------------------------------------------------
 
 
@@ -276,7 +290,8 @@ def test_onnxruntime_without_the_package_says_how_to_install(
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails, as when missing
     with pytest.raises(BackendUnavailableError, match="onnxruntime") as e:
         build_engine(yolo, EngineSpec("onnxruntime"))
-    assert "pip install 'its-camera-ai[onnxruntime]'" in str(e.value)
+    assert "pip install onnx onnxruntime" in str(e.value)
+    assert "inference.backend 'torch'" in str(e.value)
 
 
 @pytest.mark.parametrize(

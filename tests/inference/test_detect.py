@@ -177,7 +177,7 @@ async def test_get_model_describes_the_loaded_model(served: Served) -> None:
     model = by_alias.model
     assert model.name == f"models/{DEFAULT_MODEL}"
     assert (await served.stub.GetModel(pb.GetModelRequest(name=model.name))).model == model
-    assert model.backend == model_pb2.BACKEND_TORCH_CPU
+    assert model.backend == model_pb2.BACKEND_ONNXRUNTIME_CPU  # inference.backend auto
     assert model.device == "cpu"
     assert model.precision == model_pb2.PRECISION_FP32
     assert (model.input_size.width, model.input_size.height) == load_model(DEFAULT_MODEL).input_size
@@ -190,23 +190,24 @@ async def test_get_model_describes_the_loaded_model(served: Served) -> None:
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_the_onnxruntime_backend_serves_what_the_model_finds(ring_name: str) -> None:
-    """``inference.backend: onnxruntime`` end to end: GetModel reports it, and Detect on a
-    ring frame answers what the model's own ``detect`` finds (float32 in other kernels)."""
+async def test_the_torch_backend_named_serves_what_the_model_finds(ring_name: str) -> None:
+    """``inference.backend: torch`` named (the default on a CPU is onnxruntime, which the
+    tests above serve): GetModel reports it, and Detect on a ring frame answers what the
+    model's own ``detect`` finds."""
     frames = [f for f, _ in sim_frames(1)]
     feeder = RingFeeder(ring_name, frames, slots=SLOTS)
     try:
         async with (
             recording_analytics() as (_, target),
             inference_host(
-                cameras={"cam-a": ring_name}, analytics_target=target, backend="onnxruntime"
+                cameras={"cam-a": ring_name}, analytics_target=target, backend="torch"
             ) as host,
             grpc.aio.insecure_channel(f"127.0.0.1:{host.grpc_port}") as channel,
         ):
             stub = inference_service_pb2_grpc.InferenceServiceStub(channel)
             model = (await stub.GetModel(pb.GetModelRequest(name="models/default"))).model
             assert (model.backend, model.precision) == (
-                model_pb2.BACKEND_ONNXRUNTIME_CPU,
+                model_pb2.BACKEND_TORCH_CPU,
                 model_pb2.PRECISION_FP32,
             )
             seq = feeder.write(0)

@@ -501,14 +501,16 @@ class InferenceSettings(_Section):
     yolo_input_size: tuple[int, int] = (640, 640)
     yolo_num_classes: int = Field(80, ge=1, le=4096)
     # Runtime: "torch" (eager), "torch-compile" (Inductor), "tensorrt" (Torch-TensorRT,
-    # CUDA only) or "onnxruntime" (CPU and fp32 only, the onnxruntime extra: the network
-    # exported to ONNX at start-up, the default model 1.6x torch's fp32 at batch 1 and 8;
-    # docs/benchmarks.md "ONNX Runtime"); device in torch notation; fp16 needs CUDA; bf16
-    # needs a GPU or a CPU with bf16 instructions (AVX512-BF16 or AMX), where it runs the
-    # default model 1.52x faster at batch 8 (Intel/AMX) with the same real-clip counts and
-    # 0.005 less simulator mAP, its-detector-v1 1.7-2.3x (docs/benchmarks.md); float32
-    # stays the default because the other CPUs this runs on lack those instructions.
-    backend: BackendName = "torch"
+    # CUDA only), "onnxruntime" (CPU and fp32 only: the network exported to ONNX at
+    # start-up, the default model 1.6-2.2x torch's fp32 at batch 1 and 8 with the same
+    # detections, four 720p30 cameras carried on two AMD EPYC cores where torch carries
+    # two; docs/benchmarks.md "ONNX Runtime"), or "auto" (the default: onnxruntime on a CPU
+    # in fp32, torch otherwise; ``engine_backend``). Device in torch notation; fp16 needs
+    # CUDA; bf16 needs a GPU or a CPU with bf16 instructions (AVX512-BF16 or AMX) and runs
+    # on torch, its-detector-v1 1.7-2.3x faster than torch's fp32 (docs/benchmarks.md);
+    # float32 stays the default: ONNX Runtime's is faster than torch's bf16 for the default
+    # model, and other CPUs lack those instructions.
+    backend: BackendName | Literal["auto"] = "auto"
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:[0-9]+)?)$")
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     # Compiled TensorRT engines, keyed by model hash, GPU and library versions.
@@ -550,6 +552,13 @@ class InferenceSettings(_Section):
         if self.reconnect_max_seconds < self.reconnect_initial_seconds:
             raise ValueError("reconnect_max_seconds must be >= reconnect_initial_seconds")
         return self
+
+    @property
+    def engine_backend(self) -> BackendName:
+        """The backend the engine is built with: ``backend``, with "auto" resolved."""
+        if self.backend != "auto":
+            return self.backend
+        return "onnxruntime" if (self.device, self.precision) == ("cpu", "fp32") else "torch"
 
 
 class Settings(BaseSettings):

@@ -93,7 +93,7 @@ class EngineSpec:
     @classmethod
     def from_settings(cls, s: InferenceSettings) -> EngineSpec:
         return cls(
-            backend=s.backend,
+            backend=s.engine_backend,
             device=s.device,
             precision=s.precision,
             max_batch_size=s.max_batch_size,

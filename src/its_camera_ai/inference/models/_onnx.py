@@ -11,8 +11,8 @@ Exports are often made for a batch of one: a ``Reshape`` whose constant target s
 with 1 keeps the input's batch size instead, so the module runs any batch (checked by the
 conversion script, and by ``build_engine`` up to the configured batch size).
 
-Parsing needs the ``onnx`` package (the ``onnx`` extra); the shipped YOLOX model is converted
-once, to TorchScript, by ``scripts/convert_onnx_detector.py``, so serving needs no ONNX.
+Parsing needs the ``onnx`` package; the shipped YOLOX model is converted once, to
+TorchScript, by ``scripts/convert_onnx_detector.py``, so loading it needs no ONNX.
 """
 
 from __future__ import annotations
@@ -189,12 +189,13 @@ def load_onnx(path: Path) -> OnnxModule:
     """The ONNX file at ``path`` as a module; ``ModelLoadError`` naming what is wrong (an
     unsupported operator, several inputs, a file that is not ONNX)."""
     try:
-        import onnx  # noqa: PLC0415 - the optional extra, needed only here
+        import onnx  # noqa: PLC0415 - a second's import, needed only here
         from onnx import numpy_helper  # noqa: PLC0415
     except ImportError:
         raise ModelLoadError(
-            f"{path}: loading ONNX models needs the onnx package (pip install"
-            " 'its-camera-ai[onnx]'), or convert it once with scripts/convert_onnx_detector.py"
+            f"{path}: loading ONNX models needs the onnx package (pip install onnx, a"
+            " dependency of its-camera-ai), or convert it once with"
+            " scripts/convert_onnx_detector.py"
         ) from None
     if not path.is_file():
         raise WeightsNotFoundError(f"ONNX model {path} does not exist")
