@@ -515,7 +515,8 @@ class InferenceSettings(_Section):
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     # Compiled TensorRT engines, keyed by model hash, GPU and library versions.
     engine_cache_dir: Path = Path("var/inference/engines")
-    # CPU threads for torch's operators (0: torch's default, one per core).
+    # CPU threads for the network's operators, torch's and ONNX Runtime's alike (0: torch's
+    # default, one per core).
     torch_threads: int = Field(0, ge=0, le=256)
     # Dynamic batching across cameras (Triton's max_batch_size and max_queue_delay).
     max_batch_size: int = Field(8, ge=1, le=256)
