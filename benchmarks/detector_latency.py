@@ -4,10 +4,10 @@
     python benchmarks/detector_latency.py --models its-detector-v1 yolox-nano-coco
 
 With ``--models``: every shipped (or manifest-described) model side by side, taking turns,
-``detect`` end to end on 720p frames in fp32 and, where the CPU has bf16 instructions,
-through the bf16 engine, and where onnxruntime is installed through the ``onnxruntime``
-backend (fp32); each YOLO-format model also with its weights in NCHW, the layout it ran in
-before the adapter made them channels-last.
+``detect`` end to end on 720p frames in fp32, through the bf16 engine where the CPU has
+bf16 instructions, and through the ``onnxruntime`` backend (fp32, the CPU's default); each
+YOLO-format model also with its weights in NCHW, the layout it ran in before the adapter
+made them channels-last.
 
 Measures the whole ``Detector.detect`` path (letterbox of a 640x384 uint8 frame, network,
 peak decoding, mapping back) and the network alone, median and p99 per batch, and frames/s.
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
 import json
 import platform
 import statistics
@@ -91,7 +90,6 @@ def models_side_by_side(names: list[str], seconds: float) -> None:
     """``detect`` of each model on 1280x720 frames, fp32 and bf16, batches of 1 and 8."""
     rng = np.random.default_rng(0)
     bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    onnxruntime = importlib.util.find_spec("onnxruntime") is not None
     models = {name: load_model(name) for name in names}
     print("| model | input | precision, backend | batch | median ms | p99 ms | frames/s |")
     print("|---|---|---|---:|---:|---:|---:|")
@@ -112,11 +110,10 @@ def models_side_by_side(names: list[str], seconds: float) -> None:
             if bf16:
                 engine = build_engine(model, EngineSpec(precision="bf16", max_batch_size=8))
                 paths[f"{name}|bf16"] = functools.partial(detect_frames, model, engine, frames)
-            if onnxruntime:
-                engine = build_engine(model, EngineSpec("onnxruntime", max_batch_size=8))
-                paths[f"{name}|fp32, onnxruntime"] = functools.partial(
-                    detect_frames, model, engine, frames
-                )
+            engine = build_engine(model, EngineSpec("onnxruntime", max_batch_size=8))
+            paths[f"{name}|fp32, onnxruntime"] = functools.partial(
+                detect_frames, model, engine, frames
+            )
         for key, ts in timeit(paths, seconds).items():
             name, precision = key.split("|")
             w, h = models[name].input_size
