@@ -111,6 +111,8 @@ def test_bad_files(tmp_path: Path) -> None:
         YoloAdapter.load(junk)
     with pytest.raises(ModelLoadError, match="class_map"):
         YoloAdapter.load(path, class_map={99: 1})
+    with pytest.raises(ModelLoadError, match=r"class_map maps to \[9\], not our class ids"):
+        YoloAdapter.load(path, class_map={2: 9})
 
 
 def test_nms() -> None:

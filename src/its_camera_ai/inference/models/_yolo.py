@@ -143,6 +143,9 @@ class YoloAdapter:
             raise ModelLoadError(
                 f"{name}: class_map names classes {bad} outside 0..{num_classes - 1}"
             )
+        not_ours = sorted({d for d in self.class_map.values() if d not in CLASS_IDS.values()})
+        if not_ours:
+            raise ModelLoadError(f"{name}: class_map maps to {not_ours}, not our class ids")
         # Model class index -> our id, 0 for classes we drop.
         self._lut = torch.zeros(num_classes, dtype=torch.int64)
         for src, dst in self.class_map.items():
