@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -162,22 +163,37 @@ def _rounded(x: Any) -> Any:
 
 
 # sha256 over seeds 0-39 (condition by seed, 640x384) of the JSON dump of
-# ``random_scene_config`` with floats rounded to 6 places, computed before OSDs were added.
-CONFIGS_BEFORE_OSD = "1af24558549eff9bcfc0f6a3d9df27ed44d7137b28809edab747e87207392a83"
+# ``random_scene_config`` with floats rounded to 6 places, computed before OSDs and overhead
+# views were added, over the seeds that did not get an overhead camera.
+CONFIGS_BEFORE_OSD = "f9385bacc878b4255c21c74a5a82fb8e7c30b31e6a9b3bb649d28e273d18f561"
 
 
-def test_random_scenes_get_osds_without_changing_anything_else() -> None:
+def test_random_scenes_get_osds_and_overhead_views_without_changing_anything_else() -> None:
     digest = hashlib.sha256()
-    osds = []
+    osds, overhead = [], []
     for seed in range(40):
         cfg = random_scene_config(seed, CONDITIONS[seed % len(CONDITIONS)], 640, 384)
         if cfg.effects.osd is not None:
             osds.append(cfg.effects.osd)
+        # Pole cameras are tilted at most 48 degrees (a 18 m pole aimed 18 m ahead, + 3).
+        if cfg.camera.tilt_deg >= 50:
+            overhead.append(cfg)
+            continue
         stripped = cfg.model_copy(update={"effects": cfg.effects.model_copy(update={"osd": None})})
         data = stripped.model_dump(mode="json")
         assert data["effects"].pop("osd") is None
         digest.update(json.dumps(_rounded(data), sort_keys=True).encode())
     assert digest.hexdigest() == CONFIGS_BEFORE_OSD
+    assert 3 <= len(overhead) <= 14  # about 20 %
+    for cfg in overhead:
+        cam = cfg.camera
+        assert 50 <= cam.tilt_deg <= 88
+        # The centre of the picture is on the road.
+        reach = cam.height_m / math.tan(math.radians(cam.tilt_deg))
+        assert cam.y_m is not None
+        aim_y = cam.y_m + reach * math.sin(math.radians(cam.pan_deg))
+        lanes = cfg.road.lanes_per_direction * cfg.road.lane_width_m
+        assert abs(aim_y) <= lanes + (cfg.road.bike_lane_width_m if cfg.road.bike_lanes else 0)
     assert 12 <= len(osds) <= 36  # about 60 %
     assert len({o.corner for o in osds}) == 4
     assert {o.color for o in osds} == {"white", "yellow"}

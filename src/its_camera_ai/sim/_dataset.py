@@ -68,10 +68,12 @@ __all__ = [
 ]
 
 TAGS: tuple[str, ...] = (*CONDITIONS, "heavy_occlusion", "small_objects")
-# 2: a share of the random scenes carries on-screen text. Every shard records the version
-# it was rendered by, so a cache of shards from an older one is rendered again, not reused.
-FORMAT_VERSION = 2
+# 2: a share of the random scenes carries on-screen text; 3: a share is seen from above.
+# Every shard records the version it was rendered by, so a cache of shards from an older
+# one is rendered again, not reused.
+FORMAT_VERSION = 3
 _OSD_FRACTION = 0.6
+_OVERHEAD_FRACTION = 0.2
 _OSD_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
 
@@ -123,6 +125,32 @@ def _random_osd(seed: int, height: int) -> OsdConfig | None:
     )
 
 
+def _overhead_camera(seed: int, width: int, height: int, road_half_m: float) -> CameraConfig | None:
+    """For a share of scenes, a camera looking steeply down on the road (a bridge, a gantry,
+    a tall mast over a junction), turned any way, so vehicles are also seen from above.
+
+    Drawn from its own stream, as the OSD is: the other scenes keep their pole cameras.
+    """
+    rng = np.random.default_rng([seed, 0x0BE4EAD])
+    if rng.random() >= _OVERHEAD_FRACTION:
+        return None
+    h, tilt = rng.uniform(6.0, 30.0), rng.uniform(50.0, 88.0)
+    pan = rng.uniform(-90.0, 90.0)
+    # The view centre lands on the road: the camera stands back from it along the pan.
+    reach = h / np.tan(np.radians(tilt))
+    aim_y = rng.uniform(-road_half_m, road_half_m)
+    return CameraConfig(
+        width=width,
+        height=height,
+        x_m=float(-reach * np.cos(np.radians(pan))),
+        y_m=float(aim_y - reach * np.sin(np.radians(pan))),
+        height_m=float(h),
+        hfov_deg=float(rng.uniform(40.0, 75.0)),
+        pan_deg=float(pan),
+        tilt_deg=float(tilt),
+    )
+
+
 def random_scene_config(
     seed: int, condition: str, width: int, height: int, *, seconds: float = 60.0
 ) -> SceneConfig:
@@ -160,6 +188,8 @@ def random_scene_config(
         pan_deg=float(np.degrees(np.arctan2(-y, aim)) + rng.uniform(-6, 6)),
         tilt_deg=float(np.clip(np.degrees(np.arctan2(h, aim)) + rng.uniform(-2, 3), 2, 60)),
     )
+    # Drawn after the pole camera so that every later draw is the same either way.
+    camera = _overhead_camera(seed, width, height, half) or camera
     inter = None
     if rng.random() < 0.65:
         inter = IntersectionConfig(
