@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import tempfile
 import time
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     result = evaluate_detector(detector, samples(paths), batch_size=args.batch_size, engine=engine)
     result["precision"] = args.precision
     result["seconds"] = round(time.perf_counter() - t, 1)
-    result["command"] = "python scripts/evaluate_detector.py " + " ".join(argv or sys.argv[1:])
+    result["command"] = "python scripts/evaluate_detector.py " + shlex.join(argv or sys.argv[1:])
     result["held_out_seeds"] = args.seeds
     result["frames_per_seed"] = args.frames_per_seed
     print(format_table(result))

@@ -17,6 +17,7 @@ Score it with ``scripts/evaluate_detector.py --manifest`` (simulator held-out) a
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.jit.save(model, str(weights))
     record = {**cfg.to_dict(), **stats, "seeds": args.seeds, "torch": torch.__version__}
     record["init"] = f"{start.name} {start.version} (sha256 {start.sha256})"
-    record["command"] = "python scripts/finetune_yolox.py " + " ".join(argv or sys.argv[1:])
+    record["command"] = "python scripts/finetune_yolox.py " + shlex.join(argv or sys.argv[1:])
     record.update(frames_per_seed=args.frames_per_seed, interval_s=args.interval)
     if args.note:
         record["note"] = args.note

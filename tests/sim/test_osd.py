@@ -165,7 +165,7 @@ def _rounded(x: Any) -> Any:
 # sha256 over seeds 0-39 (condition by seed, 640x384) of the JSON dump of
 # ``random_scene_config`` with floats rounded to 6 places, computed before OSDs and overhead
 # views were added, over the seeds that did not get an overhead camera.
-CONFIGS_BEFORE_OSD = "f9385bacc878b4255c21c74a5a82fb8e7c30b31e6a9b3bb649d28e273d18f561"
+CONFIGS_BEFORE_OSD_AND_OVERHEAD = "f9385bacc878b4255c21c74a5a82fb8e7c30b31e6a9b3bb649d28e273d18f561"
 
 
 def test_random_scenes_get_osds_and_overhead_views_without_changing_anything_else() -> None:
@@ -183,7 +183,7 @@ def test_random_scenes_get_osds_and_overhead_views_without_changing_anything_els
         data = stripped.model_dump(mode="json")
         assert data["effects"].pop("osd") is None
         digest.update(json.dumps(_rounded(data), sort_keys=True).encode())
-    assert digest.hexdigest() == CONFIGS_BEFORE_OSD
+    assert digest.hexdigest() == CONFIGS_BEFORE_OSD_AND_OVERHEAD
     assert 3 <= len(overhead) <= 14  # about 20 %
     for cfg in overhead:
         cam = cfg.camera
