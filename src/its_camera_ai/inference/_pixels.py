@@ -16,7 +16,6 @@ it first would allocate it.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
 from typing import Any
 
 import av
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 
 from its_camera_ai import shm
-from its_camera_ai.inference.models import Letterbox, letterbox_any
+from its_camera_ai.inference.models import letterbox_into
 
 __all__ = [
     "MAX_IMAGE_PIXELS",
@@ -87,20 +86,6 @@ def frame_rgb(frame: shm.Frame, device: torch.device) -> torch.Tensor:
         return _yuv_to_rgb(y, uv[..., 0], uv[..., 1])
     y, u, v = planes
     return _yuv_to_rgb(y, u, v)
-
-
-def letterbox_into(
-    out: torch.Tensor, images: Sequence[torch.Tensor], pad_value: float
-) -> list[Letterbox]:
-    """Letterbox uint8 ``[H,W,3]`` images of any sizes into ``out[:len(images)]`` (float
-    ``[B,3,h,w]`` in [0,1]); returns each image's placement."""
-    size = (out.shape[3], out.shape[2])
-    placements = []
-    for i, image in enumerate(images):
-        x, lb = letterbox_any(image.unsqueeze(0), size, pad_value)
-        out[i].copy_(x[0])
-        placements.append(lb)
-    return placements
 
 
 def _png_size(data: bytes) -> tuple[int, int]:

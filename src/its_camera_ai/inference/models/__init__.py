@@ -51,6 +51,7 @@ from its_camera_ai.inference.models._letterbox import (
     Letterbox,
     letterbox,
     letterbox_any,
+    letterbox_into,
     to_float_batch,
     unletterbox_boxes,
 )
@@ -108,6 +109,7 @@ __all__ = [
     "inference_network",
     "letterbox",
     "letterbox_any",
+    "letterbox_into",
     "load_detector",
     "load_model",
     "load_onnx",

@@ -10,6 +10,7 @@ sees.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,7 @@ __all__ = [
     "as_batch",
     "letterbox",
     "letterbox_any",
+    "letterbox_into",
     "to_float_batch",
     "unletterbox_boxes",
 ]
@@ -93,18 +95,60 @@ def letterbox_any(
     if images.device.type != "cpu":
         # The uint8 fast path is a CPU kernel; on a GPU the float one costs nothing.
         return letterbox(images.permute(0, 3, 1, 2).float().div_(255.0), size, pad_value)
-    b, h, w, _ = images.shape
+    resized, lb = _resized_uint8(images, size)
+    out = torch.full(
+        (images.shape[0], 3, size[1], size[0]),
+        round(pad_value * 255),
+        dtype=torch.uint8,
+        device=images.device,
+    )
+    _paste(out, resized, lb)
+    return out.float().div_(255.0), lb
+
+
+def letterbox_into(
+    out: torch.Tensor, images: Sequence[torch.Tensor], pad_value: float = PAD_VALUE
+) -> list[Letterbox]:
+    """Letterbox uint8 ``[H,W,3]`` images of any sizes into ``out[:len(images)]`` (float
+    ``[B,3,h,w]``, in [0,1] as ``letterbox_any`` makes them); returns each placement.
+
+    On the CPU each frame is resized as uint8 and pasted straight into ``out``, then the
+    batch is scaled once: a pass per batch, not a canvas, a conversion and a copy per frame.
+    """
+    size = (out.shape[3], out.shape[2])
+    if out.device.type != "cpu":
+        placements = []
+        for i, image in enumerate(images):
+            x, lb = letterbox_any(image.unsqueeze(0), size, pad_value)
+            out[i].copy_(x[0])
+            placements.append(lb)
+        return placements
+    placements = []
+    for i, image in enumerate(images):
+        resized, lb = _resized_uint8(image.unsqueeze(0), size)
+        out[i].fill_(round(pad_value * 255))
+        _paste(out[i : i + 1], resized, lb)
+        placements.append(lb)
+    out[: len(images)].div_(255.0)
+    return placements
+
+
+def _resized_uint8(images: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, Letterbox]:
+    """uint8 ``[B,H,W,3]`` (CPU) -> uint8 ``[B,3,h,w]`` scaled to fit ``size``, and the
+    placement it will have."""
+    _, h, w, _ = images.shape
     new_w, new_h, pad_x, pad_y, eff = _placement(w, h, size)
     nchw = images.permute(0, 3, 1, 2)  # a channels-last view: what the fast path wants
     if (new_w, new_h) != (w, h):
         nchw = F.interpolate(
             nchw, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True
         )
-    out = torch.full(
-        (b, 3, size[1], size[0]), round(pad_value * 255), dtype=torch.uint8, device=images.device
-    )
-    out[:, :, pad_y : pad_y + new_h, pad_x : pad_x + new_w] = nchw
-    return out.float().div_(255.0), Letterbox(eff, float(pad_x), float(pad_y), w, h)
+    return nchw, Letterbox(eff, float(pad_x), float(pad_y), w, h)
+
+
+def _paste(out: torch.Tensor, resized: torch.Tensor, lb: Letterbox) -> None:
+    x, y = int(lb.pad_x), int(lb.pad_y)
+    out[:, :, y : y + resized.shape[2], x : x + resized.shape[3]] = resized
 
 
 def letterbox(
