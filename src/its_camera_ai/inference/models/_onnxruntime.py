@@ -55,10 +55,14 @@ def onnxruntime_runner(
             onnx_bytes = onnx_model.read_bytes()
         options = ort.SessionOptions()
         # torch_threads governs both runtimes; ONNX Runtime's pool would otherwise take
-        # every core, and its spinning workers would take them from the decoder.
+        # every core. Its workers spin while a run lasts (waiting for the next layer's work
+        # without sleeping: YOLOX-nano's ~110 small layers made the sleeping pool 1.3x
+        # slower at two threads) and stop when it returns, so between batches they leave the
+        # cores to the decoder and analytics (docs/benchmarks.md, "Spinning within a run").
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        options.add_session_config_entry("session.force_spinning_stop", "1")
         session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
     except Exception as e:  # exporter and runtime errors have no common type
         raise BackendUnavailableError(
