@@ -6,6 +6,7 @@
     .venv/bin/python benchmarks/inference_pipeline.py --models yolox-nano-its its-detector-v1
     .venv/bin/python benchmarks/inference_pipeline.py --torch-threads 1 2  # torch_threads
     .venv/bin/python benchmarks/inference_pipeline.py --backend torch onnxruntime
+    .venv/bin/python benchmarks/inference_pipeline.py --cameras 4 --backend onnxruntime
 
 Each camera is a ring written by a thread at 30 FPS with rendered simulator frames
 (1280x720 RGB, looped), as the decoder writes them. The real inference service (in-process
@@ -159,7 +160,7 @@ async def run(
 async def main_async(args: argparse.Namespace) -> None:
     frames = _frames(8 if args.quick else 60)
     seconds = 3.0 if args.quick else args.seconds
-    counts = (1, 2) if args.quick else (1, 2, 4)
+    counts = (1, 2) if args.quick else args.cameras
     engines = [
         (backend, precision)
         for backend in args.backend
@@ -203,6 +204,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--cameras", nargs="+", type=int, default=[1, 2, 4])
     parser.add_argument("--precision", nargs="+", choices=("fp32", "bf16"), default=["fp32"])
     parser.add_argument("--models", nargs="+", default=[InferenceSettings().model])
     parser.add_argument("--backend", nargs="+", choices=("torch", "onnxruntime"), default=["torch"])

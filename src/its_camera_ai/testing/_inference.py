@@ -91,7 +91,7 @@ def sim_frames(count: int, seed: int = 11) -> list[tuple[np.ndarray, FrameTruth]
 
 @dataclass
 class RingFeeder:
-    """Writes frames into a ring on a thread, paced, like a decoder."""
+    """Writes frames into a ring on a thread at ``fps``, like a decoder."""
 
     name: str
     frames: list[np.ndarray]
@@ -118,11 +118,15 @@ class RingFeeder:
         return seq
 
     def _run(self) -> None:
+        # On the camera's clock: frame i is due at i / fps from the start, however long the
+        # writes took (a pause after each write would fall behind under load, and a
+        # benchmark would then be offered fewer frames than the camera makes).
+        start = time.monotonic()
         for i in range(len(self.frames) * self.loops):
             if self._stop.is_set():
                 return
             self.write(i)
-            self._stop.wait(1.0 / self.fps)
+            self._stop.wait(max(0.0, start + (i + 1) / self.fps - time.monotonic()))
 
     def start(self) -> RingFeeder:
         self._thread = threading.Thread(target=self._run, daemon=True)
