@@ -7,8 +7,8 @@ YOLOX-nano. Two output formats:
   pixels, the other ``nc`` rows per-class scores (already sigmoid);
 * ``yolox``: ``[B, N, 5+nc]`` over the anchor points of each output level (``strides``, a
   row-major grid per level): x, y offsets to add to the grid cell and multiply by the
-  stride, log width and height (exp, times the stride), objectness and ``nc`` class scores
-  (score = objectness x class score).
+  stride, log width and height (exp, times the stride), objectness and ``nc`` class scores,
+  all probabilities in [0,1] as YOLOX exports them (score = objectness x class score).
 
 The input is letterboxed (grey 114) like every model's; ``channels`` and ``pixel_scale`` say
 what the network wants from there (Ultralytics: RGB in [0,1]; YOLOX: BGR in 0-255). There
