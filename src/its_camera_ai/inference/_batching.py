@@ -10,11 +10,18 @@ Lanes are short and bounded. A camera lane keeps the newest ``lane_depth`` frame
 model falls behind, the oldest waiting frame is *superseded* by the newest (the detector
 wants the present, never a growing backlog) and counted. The request lane refuses new items
 when full (``Detect`` then fails with UNAVAILABLE/OVERLOADED) rather than drop accepted ones.
+
+The batcher's thread is also where the model is loaded and its engine built (``prepare``):
+all of torch's work then runs on one thread. OpenMP gives each thread that starts parallel
+work a worker pool of its own; with a second pool in the process (the loader's) there are
+more OpenMP threads than cores, libgomp stops its workers spinning between layers, and a
+YOLOX-nano frame at two threads took 35 ms instead of 14 (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import logging
 import threading
 import time
@@ -57,12 +64,19 @@ class Work:
     batch_size: int = 0
 
 
+BatchRun = Callable[[list[Work]], None]
+
+
 class DynamicBatcher:
-    """Collects ``Work`` into batches for ``run_batch``, on one thread of its own."""
+    """Collects ``Work`` into batches, on one thread of its own.
+
+    ``prepare`` runs first on that thread and returns what runs each batch; ``ready``
+    resolves to it, or to the exception ``prepare`` raised (the thread then ends, and the
+    owner closes the batcher)."""
 
     def __init__(
         self,
-        run_batch: Callable[[list[Work]], None],
+        prepare: Callable[[], BatchRun],
         *,
         max_batch_size: int,
         max_queue_delay: float,
@@ -70,7 +84,8 @@ class DynamicBatcher:
         max_requests: int,
         on_superseded: Callable[[Work], None],
     ) -> None:
-        self._run_batch = run_batch
+        self._prepare = prepare
+        self.ready: concurrent.futures.Future[BatchRun] = concurrent.futures.Future()
         self._max_batch = max_batch_size
         self._delay_ns = int(max_queue_delay * 1e9)
         self._lane_depth = lane_depth
@@ -167,9 +182,15 @@ class DynamicBatcher:
                     return self._take()
 
     def _loop(self) -> None:
+        try:
+            run_batch = self._prepare()
+        except BaseException as exc:  # for whoever waits on ready, not lost on this thread
+            self.ready.set_exception(exc)
+            return
+        self.ready.set_result(run_batch)
         while (batch := self._next_batch()) is not None:
             try:
-                self._run_batch(batch)
+                run_batch(batch)
             except Exception:  # the runner reports per item; this is a bug in it
                 _log.exception("batch runner raised", extra={"batch_size": len(batch)})
 

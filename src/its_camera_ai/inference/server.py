@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -42,7 +43,6 @@ from its_camera_ai.inference._runner import BatchRunner
 from its_camera_ai.inference._servicer import InferenceServicer, model_resource
 from its_camera_ai.inference.models import (
     DetectionModel,
-    Engine,
     EngineSpec,
     YoloAdapter,
     build_engine,
@@ -54,6 +54,9 @@ __all__ = ["UNIT", "configured_model", "inference_unit"]
 
 _log = logging.getLogger(__name__)
 _DRAIN_SECONDS = 5.0
+# inference.torch_threads 0: torch's default as this process started (one per core, or
+# OMP_NUM_THREADS), restored for each pipeline whatever an earlier one in the process set.
+_DEFAULT_TORCH_THREADS = torch.get_num_threads()
 
 
 def configured_model(settings: InferenceSettings) -> DetectionModel:
@@ -76,29 +79,27 @@ class _Pipeline:
         self,
         config: InferenceSettings,
         runtime: Runtime,
-        model: DetectionModel,
-        engine: Engine,
-        resource: model_pb2.Model,
+        metrics: InferenceMetrics,
+        batcher: DynamicBatcher,
+        runner: BatchRunner,
     ) -> None:
         self._config = config
         self._runtime = runtime
-        self._resource = resource
-        # The rings this process reads: shm_* at scrape time (idempotent per registry).
-        enable_metrics(runtime.metrics)
-        metrics = InferenceMetrics(runtime.metrics)
+        model, engine = runner.model, runner.engine
+        self._resource = model_resource(model, engine, config.max_batch_size, time.time_ns())
+        _log.info(
+            "model ready",
+            extra={
+                "model": self._resource.name,
+                "version": self._resource.version,
+                "device": self._resource.device,
+            },
+        )
         self._producer_metrics = ProducerMetrics(runtime.metrics)
         self._producers: list[DetectionProducer] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._sink = FrameSink(metrics)
-        runner = BatchRunner(model, engine, metrics, config.max_batch_size)
-        self._batcher = DynamicBatcher(
-            runner,
-            max_batch_size=config.max_batch_size,
-            max_queue_delay=config.max_queue_delay_ms / 1000.0,
-            lane_depth=config.frames_per_camera,
-            max_requests=config.max_pending_requests,
-            on_superseded=lambda work: work.done(work, None, None),
-        )
+        self._batcher = batcher
         threshold = (
             model.default_score_threshold
             if config.score_threshold is None
@@ -110,7 +111,7 @@ class _Pipeline:
         flags = runtime.flags
         self.servicer = InferenceServicer(
             model,
-            resource,
+            self._resource,
             self._batcher,
             self._feeds,
             flag=flags.enabled if flags is not None else lambda _name: True,
@@ -160,19 +161,42 @@ class _Pipeline:
         for producer in self._producers:
             await producer.close(_DRAIN_SECONDS)
 
+    @classmethod
+    async def create(cls, config: InferenceSettings, runtime: Runtime) -> _Pipeline:
+        """The model loaded and its engine built on the batcher's thread (slow, off the
+        loop), then the rest of the pipeline around them."""
+        # The rings this process reads: shm_* at scrape time (idempotent per registry).
+        enable_metrics(runtime.metrics)
+        metrics = InferenceMetrics(runtime.metrics)
+        batcher = DynamicBatcher(
+            functools.partial(_prepare, config, metrics),
+            max_batch_size=config.max_batch_size,
+            max_queue_delay=config.max_queue_delay_ms / 1000.0,
+            lane_depth=config.frames_per_camera,
+            max_requests=config.max_pending_requests,
+            on_superseded=lambda work: work.done(work, None, None),
+        )
+        try:
+            runner = await asyncio.wrap_future(batcher.ready)
+        except BaseException:
+            await asyncio.to_thread(batcher.close)
+            raise
+        assert isinstance(runner, BatchRunner)
+        return cls(config, runtime, metrics, batcher, runner)
 
-async def _load(config: InferenceSettings) -> tuple[DetectionModel, Engine, model_pb2.Model]:
-    """The model, its engine and the Model resource reporting them; slow, off the loop."""
-    if config.torch_threads:
-        torch.set_num_threads(config.torch_threads)
-    model = await asyncio.to_thread(configured_model, config)
-    engine = await asyncio.to_thread(build_engine, model, EngineSpec.from_settings(config))
-    resource = model_resource(model, engine, config.max_batch_size, time.time_ns())
-    _log.info(
-        "model ready",
-        extra={"model": resource.name, "version": resource.version, "device": resource.device},
-    )
-    return model, engine, resource
+
+def _prepare(config: InferenceSettings, metrics: InferenceMetrics) -> BatchRunner:
+    """The model, its engine and their runner (on the batcher's thread)."""
+    torch.set_num_threads(config.torch_threads or _DEFAULT_TORCH_THREADS)
+    model = configured_model(config)
+    engine = build_engine(model, EngineSpec.from_settings(config))
+    if engine.backend == model_pb2.BACKEND_ONNXRUNTIME_CPU:
+        # ONNX Runtime has its threads (torch's count, read at build). Torch is left each
+        # frame's resize and the decoding, on this thread: one thread does them nearly as
+        # fast, and a second OpenMP thread spinning after each would take a core from ONNX
+        # Runtime's workers (docs/benchmarks.md, "One thread for torch's work").
+        torch.set_num_threads(1)
+    return BatchRunner(model, engine, metrics, config.max_batch_size)
 
 
 def inference_unit(settings: InferenceSettings | None = None) -> ServiceUnit:
@@ -181,7 +205,7 @@ def inference_unit(settings: InferenceSettings | None = None) -> ServiceUnit:
         runtime.peer_target(
             config.analytics_target, "analytics", setting="inference.analytics_target"
         )
-        pipeline = _Pipeline(config, runtime, *await _load(config))
+        pipeline = await _Pipeline.create(config, runtime)
         runtime.on_started.append(pipeline.started)
         # Before the server drains: in `serve all` the producer streams to this very server.
         runtime.on_stopping.append(pipeline.stop)
