@@ -44,10 +44,12 @@ def recorder() -> Recorder:
 def make_batcher(recorder: Recorder) -> Iterator[Any]:
     made: list[DynamicBatcher] = []
 
-    def make(**options: Any) -> DynamicBatcher:
+    def make(prepare: Any = None, **options: Any) -> DynamicBatcher:
         config = {"max_batch_size": 4, "max_queue_delay": 0.05, "lane_depth": 2, "max_requests": 3}
         config.update(options)
-        batcher = DynamicBatcher(lambda: recorder.run, on_superseded=recorder.supersede, **config)
+        batcher = DynamicBatcher(
+            prepare or (lambda: recorder.run), on_superseded=recorder.supersede, **config
+        )
         made.append(batcher)
         return batcher
 
@@ -155,7 +157,7 @@ def test_dropping_the_only_waiting_lane_leaves_the_batcher_running(
     assert [w.pixels for w in recorder.batches[0]] == [2]
 
 
-def test_prepare_runs_on_the_batching_thread_before_the_first_batch() -> None:
+def test_prepare_runs_on_the_batching_thread_before_the_first_batch(make_batcher: Any) -> None:
     """The model is loaded where batches run: torch's OpenMP pool is per thread (a loader's
     pool beside the batcher's made every batch 2.5x slower on two cores)."""
     threads: dict[str, threading.Thread] = {}
@@ -169,36 +171,18 @@ def test_prepare_runs_on_the_batching_thread_before_the_first_batch() -> None:
         threads["prepare"] = threading.current_thread()
         return run
 
-    batcher = DynamicBatcher(
-        prepare,
-        max_batch_size=1,
-        max_queue_delay=0.0,
-        lane_depth=1,
-        max_requests=1,
-        on_superseded=lambda work: None,
-    )
-    try:
-        assert batcher.ready.result(timeout=5) is run
-        done = threading.Event()
-        batcher.submit(Work(REQUEST_LANE, None, 0.5, lambda *_: done.set()))
-        assert done.wait(5)
-        assert threads["prepare"] is threads["batch"] is not threading.current_thread()
-    finally:
-        batcher.close()
+    batcher = make_batcher(prepare, max_queue_delay=0.0)
+    assert batcher.ready.result(timeout=5) is run
+    done = threading.Event()
+    batcher.submit(Work(REQUEST_LANE, None, 0.5, lambda *_: done.set()))
+    assert done.wait(5)
+    assert threads["prepare"] is threads["batch"] is not threading.current_thread()
 
 
-def test_a_failing_prepare_reaches_ready() -> None:
+def test_a_failing_prepare_reaches_ready(make_batcher: Any) -> None:
     def prepare() -> Any:
         raise RuntimeError("model file is corrupt")
 
-    batcher = DynamicBatcher(
-        prepare,
-        max_batch_size=1,
-        max_queue_delay=0.0,
-        lane_depth=1,
-        max_requests=1,
-        on_superseded=lambda work: None,
-    )
+    batcher = make_batcher(prepare)
     with pytest.raises(RuntimeError, match="model file is corrupt"):
         batcher.ready.result(timeout=5)
-    batcher.close()
