@@ -182,6 +182,8 @@ class DynamicBatcher:
                     return self._take()
 
     def _loop(self) -> None:
+        if not self.ready.set_running_or_notify_cancel():
+            return  # the owner stopped waiting (cancelled) before this thread began
         try:
             run_batch = self._prepare()
         except BaseException as exc:  # for whoever waits on ready, not lost on this thread
