@@ -58,7 +58,8 @@ def onnxruntime_runner(
         # every core. Its workers spin while a run lasts (waiting for the next layer's work
         # without sleeping: YOLOX-nano's ~110 small layers made the sleeping pool 1.3x
         # slower at two threads) and stop when it returns, so between batches they leave the
-        # cores to the decoder and analytics (docs/benchmarks.md, "Spinning within a run").
+        # cores to the decoder and analytics (docs/benchmarks.md, "Four 720p30 cameras on the
+        # Intel kind").
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "1")
