@@ -31,10 +31,22 @@ from its_camera_ai.inference.models import (
     sha256_file,
     write_manifest,
 )
-from its_camera_ai.inference.training import FinetuneConfig, finetune_yolox, render_missing
+from its_camera_ai.inference.training import (
+    FinetuneConfig,
+    finetune_yolox,
+    parse_size,
+    render_missing,
+)
 from its_camera_ai.sim import parse_seeds
 
 _MODELS = Path(__file__).resolve().parents[1] / "src/its_camera_ai/inference/models"
+
+
+def _size(ap: argparse.ArgumentParser, flag: str, text: str) -> tuple[int, int]:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        ap.error(f"{flag} {exc}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,6 +58,14 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--interval", type=float, default=1.5)
     ap.add_argument("--workers", type=int, default=2, help="processes rendering missing shards")
     ap.add_argument("--init", type=Path, default=SHIPPED_MODELS["yolox-nano-coco"])
+    ap.add_argument(
+        "--input-size",
+        default=None,
+        help="WxH frames are letterboxed to, and the written manifest's input (default: --init's)",
+    )
+    ap.add_argument(
+        "--crop-size", default="none", help="train on random WxH crops of it ('none': whole)"
+    )
     ap.add_argument("--steps", type=int, default=defaults.steps)
     ap.add_argument("--batch-size", type=int, default=defaults.batch_size)
     ap.add_argument("--lr", type=float, default=defaults.lr)
@@ -92,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     start = read_adapter_manifest(args.init)
     if start.output != "yolox":
         ap.error(f"--init {args.init}: a YOLOX model's manifest is needed, not {start.output}")
+    input_size = (
+        _size(ap, "--input-size", args.input_size)
+        if args.input_size
+        else (start.input.width, start.input.height)
+    )
+    crop_size = None if args.crop_size == "none" else _size(ap, "--crop-size", args.crop_size)
     try:
         render_missing(args.data, seeds, args.frames_per_seed, args.interval, args.workers)
     except ValueError as exc:
@@ -100,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         data=args.data,
         init=str(Path(args.init).parent / start.weights),
         seeds=tuple(seeds),
-        input_size=(start.input.width, start.input.height),
+        input_size=input_size,
+        crop_size=crop_size,
         strides=start.strides,
         steps=args.steps,
         batch_size=args.batch_size,
@@ -149,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
             "version": args.version,
             "weights": weights.name,
             "sha256": sha256_file(weights),
+            "input": start.input.model_copy(
+                update={"width": input_size[0], "height": input_size[1]}
+            ),
             "size_bytes": weights.stat().st_size,
             "source": f"fine-tuned from {start.name} {start.version} ({start.source})",
             "evaluation": None,

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from its_camera_ai.inference.models import NetConfig, save_detector
-from its_camera_ai.inference.training import TrainConfig, render_missing, train
+from its_camera_ai.inference.training import TrainConfig, parse_size, render_missing, train
 from its_camera_ai.sim import parse_seeds
 
 
@@ -31,14 +31,10 @@ def _wxh(size: tuple[int, int] | None) -> str:
 
 
 def _size(ap: argparse.ArgumentParser, flag: str, text: str) -> tuple[int, int]:
-    """'WxH' -> (w, h), both positive multiples of 32 (the network's stride)."""
     try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        ap.error(f"{flag} {text!r}: expected WxH, e.g. 480x288")
-    if w % 32 or h % 32 or w <= 0 or h <= 0:
-        ap.error(f"{flag} {text!r}: width and height must be positive multiples of 32")
-    return w, h
+        return parse_size(text)
+    except ValueError as exc:
+        ap.error(f"{flag} {exc}")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -103,6 +103,7 @@ def test_finetune_smoke_resumes_and_ships_a_loadable_model(tmp_path: Path) -> No
         "--data", str(data), "--seeds", "0-1", "--frames-per-seed", "2", "--batch-size", "2",
         "--workers", "1", "--out", str(out), "--checkpoint", str(checkpoint),
         "--checkpoint-every", "1", "--freeze", "20", "--version", "smoke",
+        "--input-size", "640x384", "--crop-size", "416x288",
     ]  # fmt: skip
     main = script_main("finetune_yolox")
     assert main([*args, "--steps", "2"]) == 0
@@ -111,6 +112,9 @@ def test_finetune_smoke_resumes_and_ships_a_loadable_model(tmp_path: Path) -> No
     assert manifest["training"]["steps"] == 3
     assert manifest["training"]["resumed_at_step"] == 2
     assert manifest["training"]["frozen_convolutions"] == 20
+    # Trained on crops of frames letterboxed to 640x384; the model runs at 640x384.
+    assert manifest["training"]["crop_size"] == [416, 288]
+    assert (manifest["input"]["width"], manifest["input"]["height"]) == (640, 384)
     assert (
         manifest["class_map"]
         == json.loads(
@@ -119,6 +123,24 @@ def test_finetune_smoke_resumes_and_ships_a_loadable_model(tmp_path: Path) -> No
     )
     model = load_model(out / "yolox-nano-its.json")  # sha256 checked
     assert len(model.detect([np.zeros((360, 640, 3), np.uint8)])) == 1
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "says"),
+    [
+        ("--input-size", "640", "expected WxH"),
+        ("--crop-size", "400x288", "multiples of 32"),
+    ],
+)
+def test_a_bad_size_is_refused_naming_its_flag(
+    flag: str, value: str, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        script_main("finetune_yolox")(["--data", "unused", flag, value])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{flag} '{value}': " in err
+    assert says in err
 
 
 @torch.no_grad()

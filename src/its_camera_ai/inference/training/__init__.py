@@ -17,6 +17,7 @@ from its_camera_ai.inference.training._data import (
     build_targets,
     jitter_colour,
     load_trainset,
+    parse_size,
     render_missing,
     shard_files,
 )
@@ -91,6 +92,7 @@ __all__ = [
     "giou_loss",
     "jitter_colour",
     "load_trainset",
+    "parse_size",
     "render_missing",
     "shard_files",
     "train",

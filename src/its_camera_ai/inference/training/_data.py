@@ -39,6 +39,7 @@ __all__ = [
     "clip_boxes",
     "jitter_colour",
     "load_trainset",
+    "parse_size",
     "render_missing",
     "shard_files",
 ]
@@ -66,6 +67,18 @@ def shard_files(root: str | Path, seeds: Sequence[int] | None = None) -> list[Pa
         index = json.loads((base / "index.json").read_text())
         return [base / e["file"] for e in index["shards"]]
     return [base / f"seed_{s:06d}.npz" for s in seeds]
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'WxH' -> (w, h), both positive multiples of the network's stride (32); a
+    ``ValueError`` that says which rule ``text`` breaks otherwise."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"{text!r}: expected WxH, e.g. 480x288") from None
+    if w % 32 or h % 32 or w <= 0 or h <= 0:
+        raise ValueError(f"{text!r}: width and height must be positive multiples of 32")
+    return w, h
 
 
 def render_missing(

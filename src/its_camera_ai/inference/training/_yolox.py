@@ -61,6 +61,10 @@ class FinetuneConfig:
     init: str  # the TorchScript network to start from (e.g. yolox-nano-coco.pt)
     seeds: tuple[int, ...] | None = None  # None: every shard in the data's index.json
     input_size: tuple[int, int] = (416, 416)  # (w, h): the network's
+    # (w, h): train on random crops of this size of the zoomed input (None: the whole
+    # input). The network is fully convolutional, so a crop teaches it the input's scale
+    # for a fraction of the pixels.
+    crop_size: tuple[int, int] | None = None
     strides: tuple[int, ...] = (8, 16, 32)
     steps: int = 3000
     batch_size: int = 8
@@ -322,6 +326,21 @@ def _hold_back(
     return total
 
 
+def _network_batch(
+    data: TrainSet, idx: list[int], gen: torch.Generator, cfg: FinetuneConfig, device: torch.device
+) -> tuple[torch.Tensor, list[NDArray[np.float32]]]:
+    """The images ``idx`` augmented (zoomed, cropped to ``cfg.crop_size``) as the network's
+    input, BGR 0-255 (its manifest's ``channels`` and ``scale``), and their boxes."""
+    x, boxes = augment(
+        data.images[idx],
+        [data.boxes[i] for i in idx],
+        gen,
+        scale=cfg.zoom,
+        out_size=cfg.crop_size,
+    )
+    return x[:, [2, 1, 0]].mul_(255.0).to(device), boxes
+
+
 def finetune_yolox(
     cfg: FinetuneConfig,
     checkpoint: Path | None = None,
@@ -355,7 +374,8 @@ def finetune_yolox(
     model.to(device)
     if teacher is not None:
         teacher.to(device)
-    cells, stride = anchor_points(cfg.input_size, cfg.strides)
+    size = cfg.crop_size or cfg.input_size
+    cells, stride = anchor_points(size, cfg.strides)
     losses: dict[str, float] = {}
     began = time.perf_counter()
     for step in range(start, cfg.steps):
@@ -363,9 +383,7 @@ def finetune_yolox(
             order, pos = torch.randperm(n, generator=gen), 0
         idx = order[pos : pos + cfg.batch_size].tolist()
         pos += cfg.batch_size
-        x, boxes = augment(data.images[idx], [data.boxes[i] for i in idx], gen, scale=cfg.zoom)
-        # The network's input: BGR, 0-255 (its manifest's ``channels`` and ``scale``).
-        x = x[:, [2, 1, 0]].mul_(255.0).to(device)
+        x, boxes = _network_batch(data, idx, gen, cfg, device)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps)
         out = model(x).float().cpu()
@@ -374,7 +392,7 @@ def finetune_yolox(
             boxes,
             [data.classes[i] for i in idx],
             [data.difficult[i] for i in idx],
-            cfg.input_size,
+            size,
             cells,
             stride,
         )
