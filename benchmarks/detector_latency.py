@@ -2,8 +2,10 @@
 
     python benchmarks/detector_latency.py [--threads 2] [--manifest PATH] [--seconds 10]
     python benchmarks/detector_latency.py --models its-detector-v1 yolox-nano-coco
+    python benchmarks/detector_latency.py --models yolox-nano-its --input-size 416x288 640x384
 
 With ``--models``: every shipped (or manifest-described) model side by side, taking turns,
+at its manifest's input or at each ``--input-size`` (``inference.input_size``),
 ``detect`` end to end on 720p frames in fp32, through the bf16 engine where the CPU has
 bf16 instructions, and through the ``onnxruntime`` backend (fp32, the CPU's default); each
 YOLO-format model also with its weights in NCHW, the layout it ran in before the adapter
@@ -28,7 +30,7 @@ import json
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +48,7 @@ from its_camera_ai.inference.models import (
     load_model,
     set_memory_format,
 )
+from its_camera_ai.inference.training import parse_size
 
 
 def timeit(
@@ -86,11 +89,18 @@ def cpu_name() -> str:
     return f"{name or platform.machine()} ({', '.join(bf16) or 'no bf16 instructions'})"
 
 
-def models_side_by_side(names: list[str], seconds: float) -> None:
-    """``detect`` of each model on 1280x720 frames, fp32 and bf16, batches of 1 and 8."""
+def models_side_by_side(
+    names: list[str], seconds: float, input_sizes: Sequence[tuple[int, int] | None] = (None,)
+) -> None:
+    """``detect`` of each model on 1280x720 frames, fp32 and bf16, batches of 1 and 8, at
+    each of ``input_sizes`` (None: the manifest's input)."""
     rng = np.random.default_rng(0)
     bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    models = {name: load_model(name) for name in names}
+    models = {
+        f"{name} {i}": load_model(name, input_size=size)
+        for name in names
+        for i, size in enumerate(input_sizes)
+    }
     print("| model | input | precision, backend | batch | median ms | p99 ms | frames/s |")
     print("|---|---|---|---:|---:|---:|---:|")
     for batch in (1, 8):
@@ -101,7 +111,7 @@ def models_side_by_side(names: list[str], seconds: float) -> None:
             if isinstance(model, YoloAdapter):
                 # The baseline, side by side: the same weights in NCHW, as the adapter ran
                 # them before it laid them out channels-last.
-                nchw = load_model(name)
+                nchw = load_model(model.name, input_size=model.input_size)
                 assert isinstance(nchw, YoloAdapter)
                 set_memory_format(nchw.module, torch.contiguous_format)
                 paths[f"{name}|fp32, NCHW weights (before)"] = functools.partial(
@@ -115,12 +125,13 @@ def models_side_by_side(names: list[str], seconds: float) -> None:
                 detect_frames, model, engine, frames
             )
         for key, ts in timeit(paths, seconds).items():
-            name, precision = key.split("|")
-            w, h = models[name].input_size
+            label, precision = key.split("|")
+            model = models[label]
+            w, h = model.input_size
             med, p99 = statistics.median(ts), float(np.percentile(ts, 99))
             print(
-                f"| {name} | {w}x{h} | {precision} | {batch} | {med * 1e3:.1f} | {p99 * 1e3:.1f}"
-                f" | {batch / med:.1f} |"
+                f"| {model.name} | {w}x{h} | {precision} | {batch} | {med * 1e3:.1f}"
+                f" | {p99 * 1e3:.1f} | {batch / med:.1f} |"
             )
 
 
@@ -128,14 +139,21 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--manifest", default=str(ITS_DETECTOR_MANIFEST))
     ap.add_argument("--models", nargs="+", help="shipped model names or manifests, compared")
+    ap.add_argument(
+        "--input-size", nargs="+", default=[], help="WxH: the --models' inputs (default: own)"
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    try:
+        sizes = [parse_size(text) for text in args.input_size] or [None]
+    except ValueError as exc:
+        ap.error(f"--input-size {exc}")
     torch.set_num_threads(args.threads)
     if args.models:
         print(f"{args.threads} threads, torch {torch.__version__}, {cpu_name()}")
-        models_side_by_side(args.models, args.seconds)
+        models_side_by_side(args.models, args.seconds, sizes)
         return 0
     det = load_detector(args.manifest)
     w, h = det.input_size

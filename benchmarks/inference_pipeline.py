@@ -7,6 +7,7 @@
     .venv/bin/python benchmarks/inference_pipeline.py --torch-threads 1 2  # torch_threads
     .venv/bin/python benchmarks/inference_pipeline.py --backend torch onnxruntime
     .venv/bin/python benchmarks/inference_pipeline.py --cameras 4 --backend onnxruntime
+    .venv/bin/python benchmarks/inference_pipeline.py --input-size 416x288 640x384
 
 Each camera is a ring written by a thread at 30 FPS with rendered simulator frames
 (1280x720 RGB, looped), as the decoder writes them. The real inference service (in-process
@@ -25,7 +26,8 @@ with a 5 ms maximum queue delay. ``--precision`` is ``inference.precision`` (bf1
 with bf16 instructions), ``--models`` ``inference.model`` (default: the service's default);
 ``--torch-threads`` ``inference.torch_threads`` (default: torch's, one per core);
 ``--backend`` ``inference.backend`` (``onnxruntime``: fp32 only, so it runs with
-``--precision fp32`` alone); several values run every configuration with each. The writer
+``--precision fp32`` alone); ``--input-size`` ``inference.input_size`` (default: the
+model's own); several values run every configuration with each. The writer
 threads and the gRPC peer share the cores with torch, as the decoder and analytics do on a
 real node.
 """
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import platform
 import sys
@@ -45,6 +48,7 @@ import numpy as np
 import torch
 
 from its_camera_ai.common import InferenceSettings
+from its_camera_ai.inference.training import parse_size
 from its_camera_ai.sim import Scene, SceneConfig
 from its_camera_ai.testing import RingFeeder, inference_host, recording_analytics
 
@@ -89,6 +93,7 @@ async def run(
     cameras: int,
     batching: bool,
     model: str,
+    input_size: tuple[int, int] | None,
     engine: tuple[str, str],
     torch_threads: int,
     seconds: float,
@@ -108,6 +113,7 @@ async def run(
     options["backend"] = backend
     options["precision"] = precision
     options["model"] = model
+    options["input_size"] = input_size
     options["torch_threads"] = torch_threads
     async with recording_analytics() as (recorder, target):
         arrivals = recorder.latencies_ms
@@ -138,6 +144,7 @@ async def run(
         "cameras": cameras,
         "batching": "on (8, 5 ms)" if batching else "off (1)",
         "model": model,
+        "input": "x".join(map(str, input_size)) if input_size else "model's",
         "backend": backend,
         "precision": precision,
         "torch_threads": torch_threads,
@@ -170,27 +177,27 @@ async def main_async(args: argparse.Namespace) -> None:
     rows = []
     for cameras in counts:
         for batching in (False, True):
-            for model in args.models:
-                for engine in engines:
-                    for threads in args.torch_threads:
-                        rows.append(
-                            await run(cameras, batching, model, engine, threads, seconds, frames)
-                        )
-                        print(rows[-1], flush=True)
+            for model, size, engine, threads in itertools.product(
+                args.models, args.input_size, engines, args.torch_threads
+            ):
+                rows.append(
+                    await run(cameras, batching, model, size, engine, threads, seconds, frames)
+                )
+                print(rows[-1], flush=True)
     print(
         f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
         f"{torch.__version__}, {seconds:.0f} s per row\n"
     )
     print(
-        "| cameras (720p30) | batching | model | backend | precision | torch threads "
+        "| cameras (720p30) | batching | model | input | backend | precision | torch threads "
         "| delivered fps "
         "| written fps | skipped | p50 ms | p99 ms | mean batch | queue wait ms "
         "| preprocess ms/batch | model ms/batch | postprocess ms/batch |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['cameras']} | {r['batching']} | {r['model']} | {r['backend']} | "
+            f"| {r['cameras']} | {r['batching']} | {r['model']} | {r['input']} | {r['backend']} | "
             f"{r['precision']} | "
             f"{r['torch_threads']} | {r['fps']:.1f} | "
             f"{r['written_fps']:.1f} | "
@@ -198,6 +205,13 @@ async def main_async(args: argparse.Namespace) -> None:
             f"{r['queue_wait_ms']:.1f} | {r['preprocess_ms']:.1f} | {r['model_ms']:.1f} | "
             f"{r['postprocess_ms']:.1f} |"
         )
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main() -> int:
@@ -208,6 +222,9 @@ def main() -> int:
     parser.add_argument("--precision", nargs="+", choices=("fp32", "bf16"), default=["fp32"])
     parser.add_argument("--models", nargs="+", default=[InferenceSettings().model])
     parser.add_argument("--backend", nargs="+", choices=("torch", "onnxruntime"), default=["torch"])
+    parser.add_argument(
+        "--input-size", nargs="+", type=_size, default=[None], help="WxH (default: the model's)"
+    )
     # Set for every row: the setting is process-wide, and 0 would keep the last row's.
     parser.add_argument("--torch-threads", nargs="+", type=int, default=[torch.get_num_threads()])
     asyncio.run(main_async(parser.parse_args()))

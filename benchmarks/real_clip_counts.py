@@ -2,7 +2,7 @@
 
     python benchmarks/real_clip_counts.py [--models its-detector-v1 yolox-nano-coco]
         [--score-threshold 0.1 ...] [--precision fp32 bf16] [--backend torch onnxruntime]
-        [--json out.json]
+        [--input-size 640x384] [--json out.json]
 
 Each clip of ``tests/data/real_clips/counts.json`` (hand counts made with the time-slice
 method; a clip outside the repository is skipped where it is absent) is decoded with PyAV,
@@ -14,7 +14,8 @@ compared (every vehicle of these clips is a car; a class flip shows in the class
 Score thresholds: the model's own unless given; several give one row each. ``--precision
 bf16`` runs the network through the engine ``inference.precision: bf16`` builds (a CPU with
 bf16 instructions, or a GPU), ``--backend onnxruntime`` through the one ``inference.backend:
-onnxruntime`` builds (fp32 only); several values give one row each.
+onnxruntime`` builds (fp32 only); several values give one row each. ``--input-size`` runs
+every model's network at that input instead of its manifest's (``inference.input_size``).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from its_camera_ai.inference.models import (
     detect_frames,
     load_model,
 )
+from its_camera_ai.inference.training import parse_size
 from its_camera_ai.scene import Direction, LineSpec, SceneSpec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,6 +59,7 @@ class LineResult:
     clip: str
     line: str
     model: str
+    input_size: str
     backend: str
     precision: str
     threshold: float
@@ -99,9 +102,9 @@ def _scene(clip: dict[str, Any]) -> SceneSpec:
 Detect = Callable[[list[np.ndarray[Any, Any]], float], list[Detections]]
 Backend = Literal["torch", "onnxruntime"]
 Precision = Literal["fp32", "bf16"]
-# One engine per model (by its weights), backend and precision, whatever the clips and
-# thresholds.
-_DETECTORS: dict[tuple[str, Backend, Precision], Detect] = {}
+# One engine per model (by its weights and input), backend and precision, whatever the
+# clips and thresholds.
+_DETECTORS: dict[tuple[str, tuple[int, int], Backend, Precision], Detect] = {}
 
 
 def _detector(model: DetectionModel, backend: Backend, precision: Precision) -> Detect:
@@ -109,7 +112,7 @@ def _detector(model: DetectionModel, backend: Backend, precision: Precision) -> 
     ``inference.backend`` and ``inference.precision`` (which says what a machine lacks)."""
     if (backend, precision) == ("torch", "fp32"):
         return model.detect
-    key = (model.digest, backend, precision)
+    key = (model.digest, model.input_size, backend, precision)
     if key not in _DETECTORS:
         spec = EngineSpec(backend, precision=precision, max_batch_size=_BATCH)
         network = build_engine(model, spec)
@@ -164,7 +167,8 @@ def count_clip(
             for name, direction in _DIRECTIONS.items()
         }
         results.append(LineResult(
-            clip["file"], line["id"], model.name, backend, precision, threshold, by_direction,
+            clip["file"], line["id"], model.name, "x".join(map(str, model.input_size)), backend,
+            precision, threshold, by_direction,
             dict(classes[line["id"]]), len(frames) / detecting,
         ))  # fmt: skip
     return results
@@ -176,16 +180,16 @@ def _true(line: dict[str, Any], direction: str) -> int:
 
 def _table(results: list[LineResult]) -> str:
     rows = [
-        "| clip | line | model | backend | precision | score threshold | counted | truth"
+        "| clip | line | model | input | backend | precision | score threshold | counted | truth"
         " | missed (FN)"
         " | extra (FP) | error | per direction counted/truth | classes counted | detect frames/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         error = (r.counted - r.truth) / r.truth if r.truth else float("nan")
         directions = ", ".join(f"{d.lower()} {c}/{t}" for d, (c, t) in r.by_direction.items())
         rows.append(
-            f"| {r.clip} | {r.line} | {r.model} | {r.backend} | {r.precision}"
+            f"| {r.clip} | {r.line} | {r.model} | {r.input_size} | {r.backend} | {r.precision}"
             f" | {r.threshold:.2f} | {r.counted}"
             f" | {r.truth}"
             f" | {r.missed} | {r.extra} | {error:+.0%} | {directions} | {r.classes or '-'}"
@@ -201,8 +205,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32"])
     # onnxruntime runs fp32 only: it is paired with --precision fp32 alone.
     parser.add_argument("--backend", nargs="+", choices=["torch", "onnxruntime"], default=["torch"])
+    parser.add_argument("--input-size", default=None, help="WxH: every network's input")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    try:
+        input_size = parse_size(args.input_size) if args.input_size else None
+    except ValueError as exc:
+        parser.error(f"--input-size {exc}")
     clips = json.loads(COUNTS.read_text())["clips"]
     present = [c for c in clips if (REPO / c["path"]).is_file()]
     for clip in clips:
@@ -222,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         for clip in present:
             frames = clip_frames(REPO / clip["path"])
             for name in args.models:
-                model = load_model(name)
+                model = load_model(name, input_size=input_size)
                 for backend, precision in engines:
                     for threshold in args.score_threshold or [model.default_score_threshold]:
                         results += count_clip(

@@ -6,6 +6,7 @@ per condition (day, dusk, night, rain, fog, glare, heavy occlusion, small object
     python scripts/evaluate_detector.py --manifest its-detector-v1   # a shipped model by name
     python scripts/evaluate_detector.py --checkpoint var/det/ckpt.pt   # a training checkpoint
     python scripts/evaluate_detector.py --precision bf16     # as inference.precision bf16 runs
+    python scripts/evaluate_detector.py --input-size 640x384 # as inference.input_size runs
     python scripts/evaluate_detector.py --manifest path/to/yolox-nano-its.json   # any model
 
 The held-out set (seeds 100000-100119, 5 frames each, 600 frames) is rendered into ``--data``
@@ -47,6 +48,7 @@ from its_camera_ai.inference.training import (
     TrainConfig,
     evaluate_detector,
     format_table,
+    parse_size,
     shard_files,
 )
 from its_camera_ai.sim import TAGS, load_shard, parse_seeds, shard_is_current, write_dataset
@@ -70,8 +72,12 @@ def _parser() -> argparse.ArgumentParser:
         help="a shipped model's name or any manifest's path (default: inference.model's default)",
     )
     ap.add_argument("--checkpoint", default=None, help="a training state dict instead")
-    w, h = TrainConfig(data="").input_size
-    ap.add_argument("--input-size", default=f"{w}x{h}", help="WxH a --checkpoint was trained for")
+    ap.add_argument(
+        "--input-size",
+        default=None,
+        help="WxH the network runs at (default: the manifest's; a --checkpoint's: "
+        "scripts/train_detector.py's default)",
+    )
     ap.add_argument("--data", default="var/det/heldout")
     ap.add_argument("--seeds", default="100000-100119")
     ap.add_argument("--frames-per-seed", type=int, default=5)
@@ -106,17 +112,23 @@ def main(argv: list[str] | None = None) -> int:
         write_dataset(
             args.data, missing, args.frames_per_seed, interval_s=args.interval, compress=False
         )
+    try:
+        input_size = parse_size(args.input_size) if args.input_size else None
+    except ValueError as exc:
+        ap.error(f"--input-size {exc}")
+    if args.write_manifest and input_size is not None:
+        ap.error("--write-manifest records the figures at the manifest's input; drop --input-size")
     if args.checkpoint:
         tmp = Path(tempfile.mkdtemp(prefix="its-eval-"))
         model = CenterNet(NetConfig())
         model.load_state_dict(torch.load(args.checkpoint, map_location="cpu", weights_only=True))
-        w, h = (int(v) for v in args.input_size.lower().split("x"))
-        cfg = TrainConfig(data="", input_size=(w, h))
+        cfg = TrainConfig(data="")
         save_detector(model, cfg, {}, tmp, "checkpoint", "checkpoint")
         manifest_path = tmp / "checkpoint.json"
     else:
         manifest_path = SHIPPED_MODELS.get(args.manifest, Path(args.manifest))
-    detector = load_model(manifest_path)  # either manifest format (a YOLOX fine-tune too)
+    # Either manifest format (a YOLOX fine-tune too), at its own input or --input-size.
+    detector = load_model(manifest_path, input_size=input_size)
     engine = None
     if args.precision != "fp32":
         spec = EngineSpec(precision=args.precision, max_batch_size=args.batch_size)
@@ -124,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     result = evaluate_detector(detector, samples(paths), batch_size=args.batch_size, engine=engine)
     result["precision"] = args.precision
+    result["input_size"] = list(detector.input_size)
     result["seconds"] = round(time.perf_counter() - t, 1)
     result["command"] = "python scripts/evaluate_detector.py " + shlex.join(argv or sys.argv[1:])
     result["held_out_seeds"] = args.seeds
@@ -138,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         "passed": passed,
     }
     print(
-        f"\n{result['frames']} frames in {result['seconds']} s; gate "
+        f"\n{result['frames']} frames at input {'x'.join(map(str, detector.input_size))}"
+        f" in {result['seconds']} s; gate "
         f"(overall >= {GATE_OVERALL_MAP50}, every condition >= {GATE_CONDITION_MAP50}): "
         f"{'PASSED' if passed else 'NOT MET'}"
     )

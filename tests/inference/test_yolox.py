@@ -31,6 +31,7 @@ from its_camera_ai.inference.models import (
     load_onnx,
     set_memory_format,
 )
+from its_camera_ai.inference.training import box_iou
 from tests.conftest import load_script
 
 REPO = Path(__file__).resolve().parents[2]
@@ -371,3 +372,31 @@ def test_the_service_runs_a_shipped_model_chosen_by_name() -> None:
     assert configured_model(InferenceSettings()).name == "yolox-nano-its"
     with pytest.raises(ValueError, match="model"):
         InferenceSettings(model="yolov99")  # type: ignore[arg-type]
+
+
+def test_the_network_runs_at_the_configured_input_and_finds_the_same_car() -> None:
+    """``inference.input_size``: the same weights at a larger input find car v3 where the
+    manifest's input finds it, in the frame's own pixels; a size the network cannot take
+    is refused at start-up, naming the setting."""
+    declared = load_model("yolox-nano-its")
+    larger = configured_model(InferenceSettings(input_size=(640, 384)))
+    assert larger.input_size == (640, 384) != declared.input_size
+    assert (larger.name, larger.digest) == (declared.name, declared.digest)
+    frames = _clip_frames(set(range(218, 226)))
+    for at_declared, at_larger in zip(declared.detect(frames), larger.detect(frames), strict=True):
+        iou = box_iou(at_declared.boxes.numpy(), at_larger.boxes.numpy())
+        car_v3 = [
+            i for i, (x0, _, x1, _) in enumerate(at_declared.boxes.tolist()) if 290 < x0 < x1 < 480
+        ]
+        assert car_v3
+        assert all(iou[i].max() > 0.7 for i in car_v3), iou
+    # The simulator-trained network is fully convolutional too.
+    its = load_model("its-detector-v1", input_size=(512, 320))
+    assert its.input_size == (512, 320)
+    assert len(its.detect(frames[:1])) == 1
+    with pytest.raises(ModelLoadError, match=r"input_size \[400, 288\]"):
+        load_model("yolox-nano-its", input_size=(400, 288))
+    with pytest.raises(ValueError, match="input_size"):
+        InferenceSettings(input_size=(416, 300))
+    with pytest.raises(ValueError, match="yolo_input_size"):
+        InferenceSettings(input_size=(416, 288), yolo_model=Path("model.torchscript"))

@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from its_camera_ai.common._egress_settings import EgressSettings
@@ -500,6 +508,12 @@ class InferenceSettings(_Section):
     yolo_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
     yolo_input_size: tuple[int, int] = (640, 640)
     yolo_num_classes: int = Field(80, ge=1, le=4096)
+    # The network's input (width, height) instead of the manifest's: a larger one finds
+    # smaller (farther) objects at the cost of speed, the shipped default 416x288 being sized
+    # for four 720p cameras on two CPU cores. The shipped networks are fully convolutional,
+    # so any multiple of 32 runs; how accuracy and speed change with it: docs/benchmarks.md
+    # "Input size". (A bare YOLO export declares its own with yolo_input_size.)
+    input_size: tuple[int, int] | None = None
     # Runtime: "torch" (eager), "torch-compile" (Inductor), "tensorrt" (Torch-TensorRT,
     # CUDA only), "onnxruntime" (CPU and fp32 only: the network exported to ONNX at
     # start-up, the default model 1.6-2.2x torch's fp32 at batch 1 and 8 with the same
@@ -540,10 +554,21 @@ class InferenceSettings(_Section):
     reconnect_initial_seconds: float = Field(0.2, gt=0, le=60)
     reconnect_max_seconds: float = Field(5.0, gt=0, le=600)
 
+    @field_validator("input_size")
+    @classmethod
+    def _network_input(cls, size: tuple[int, int] | None) -> tuple[int, int] | None:
+        if size is not None and not all(0 < v <= 4096 and v % 32 == 0 for v in size):
+            raise ValueError(
+                f"{list(size)}: width and height must be multiples of 32 from 32 to 4096"
+            )
+        return size
+
     @model_validator(mode="after")
     def _consistent(self) -> InferenceSettings:
         if self.model_manifest is not None and self.yolo_model is not None:
             raise ValueError("set model_manifest or yolo_model, not both")
+        if self.input_size is not None and self.yolo_model is not None:
+            raise ValueError("input_size is for manifest models; yolo_model uses yolo_input_size")
         if self.backend == "onnxruntime" and (self.device != "cpu" or self.precision != "fp32"):
             raise ValueError("backend onnxruntime runs on device cpu in precision fp32")
         if self.precision == "fp16" and not self.device.startswith("cuda"):

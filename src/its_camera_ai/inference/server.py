@@ -68,7 +68,7 @@ def configured_model(settings: InferenceSettings) -> DetectionModel:
             input_size=settings.yolo_input_size,
             num_classes=settings.yolo_num_classes,
         )
-    return load_model(settings.model_manifest or settings.model)
+    return load_model(settings.model_manifest or settings.model, input_size=settings.input_size)
 
 
 class _Pipeline:

@@ -57,10 +57,18 @@ class Detector:
 
     @classmethod
     def load(
-        cls, manifest_path: str | Path = ITS_DETECTOR_MANIFEST, device: str = "cpu"
+        cls,
+        manifest_path: str | Path = ITS_DETECTOR_MANIFEST,
+        device: str = "cpu",
+        input_size: tuple[int, int] | None = None,
     ) -> Detector:
         manifest = read_manifest(manifest_path)
         weights = verified_weights(manifest_path, manifest)
+        if input_size is not None:
+            # What runs: the manifest as loaded, at this input (the weights fit any).
+            w, h = input_size
+            placed = manifest.input.model_copy(update={"width": w, "height": h})
+            manifest = manifest.model_copy(update={"input": placed})
         try:
             net = NetConfig.from_dict(manifest.net)
             model = CenterNet(net)
@@ -147,11 +155,13 @@ class Detector:
 
 
 def load_detector(
-    manifest_path: str | Path = ITS_DETECTOR_MANIFEST, device: str = "cpu"
+    manifest_path: str | Path = ITS_DETECTOR_MANIFEST,
+    device: str = "cpu",
+    input_size: tuple[int, int] | None = None,
 ) -> Detector:
     """Load its-detector-v1 (or another its-detector manifest's), checking it fully; see
-    ``Detector``."""
-    return Detector.load(manifest_path, device)
+    ``Detector``. ``input_size`` (w, h): run the network at that size, not the manifest's."""
+    return Detector.load(manifest_path, device, input_size)
 
 
 def save_detector(

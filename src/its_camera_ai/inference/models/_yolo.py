@@ -196,8 +196,11 @@ class YoloAdapter:
         return self._name
 
     @classmethod
-    def from_manifest(cls, manifest_path: str | Path) -> YoloAdapter:
-        """The model an ``AdapterManifest`` describes, its weights' sha256 checked first."""
+    def from_manifest(
+        cls, manifest_path: str | Path, *, input_size: tuple[int, int] | None = None
+    ) -> YoloAdapter:
+        """The model an ``AdapterManifest`` describes, its weights' sha256 checked first;
+        ``input_size`` (w, h): run the network at that size instead of the manifest's."""
         manifest = read_adapter_manifest(manifest_path)
         weights = verified_weights(manifest_path, manifest)
         if manifest.weights_format == "onnx":
@@ -206,7 +209,7 @@ class YoloAdapter:
             module = _torchscript(weights)
         return cls(
             module,
-            input_size=(manifest.input.width, manifest.input.height),
+            input_size=input_size or (manifest.input.width, manifest.input.height),
             num_classes=manifest.num_classes,
             class_map={i: CLASS_IDS[c] for i, c in manifest.class_map.items()},
             score_threshold=manifest.score_threshold,
