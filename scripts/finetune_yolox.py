@@ -94,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
         help="random zoom range of the augmentation",
     )
     ap.add_argument("--ema-decay", type=float, default=defaults.ema_decay)
+    ap.add_argument("--seed", type=int, default=defaults.seed, help="data order and augmentation")
     ap.add_argument("--threads", type=int, default=defaults.threads)
     ap.add_argument("--device", default=defaults.device, help="cpu, cuda, cuda:1...")
     ap.add_argument("--checkpoint", type=Path, default=None, help="saved as it goes; resumed")
@@ -138,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         distil_weight=args.distil_weight,
         zoom=tuple(args.zoom),
         ema_decay=args.ema_decay,
+        seed=args.seed,
         threads=args.threads,
         device=args.device,
     )
