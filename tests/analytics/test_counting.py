@@ -9,6 +9,7 @@ import numpy as np
 from its_camera_ai.analytics import (
     BinStore,
     CameraAnalytics,
+    FrameInput,
     LineCrossing,
     ObjectClass,
     SceneMeasures,
@@ -93,6 +94,59 @@ def test_true_re_crossing_counts_once_per_direction() -> None:
     assert c[("line", "l", LTR)] == 1
     assert c[("line", "l", RTL)] == 1
     assert c[("camera", "", Direction.NONE)] == 1  # one distinct vehicle
+
+
+# Car v4 of the Intel clip (tests/data/real_clips: 768x432 at 12.5 frames/s) driving down
+# the image, as a fine-tuned YOLOX found it (frames 317-347; x0, y0, x1, y1, score, class).
+# In frame 333 it saw only the car's front: the box's bottom, the reference point, jumped
+# 104 px up, back over the "low" line the car had crossed two frames before.
+CAR_V4_BOXES: dict[int, list[tuple[float, ...]]] = {
+    317: [(202, 0, 313, 31, 0.31, 1)],
+    318: [(195, 0, 318, 42, 0.4, 1), (196, 0, 314, 44, 0.39, 6)],
+    319: [(189, 0, 321, 69, 0.5, 1)],
+    320: [(185, 0, 323, 79, 0.68, 1)],
+    321: [(180, 0, 325, 104, 0.61, 1)],
+    322: [(175, 0, 325, 122, 0.63, 1)],
+    323: [(168, 0, 326, 135, 0.56, 1)],
+    324: [(163, 0, 325, 162, 0.88, 1)],
+    325: [(161, 0, 325, 183, 0.84, 1)],
+    326: [(153, 0, 316, 209, 0.83, 1)],
+    327: [(153, 0, 317, 244, 0.87, 1)],
+    328: [(146, 0, 320, 254, 0.83, 1), (176, 0, 314, 129, 0.35, 1)],
+    329: [(157, 6, 313, 292, 0.72, 1)],
+    330: [(142, 22, 312, 325, 0.7, 1)],
+    331: [(134, 43, 306, 354, 0.63, 1), (164, 41, 302, 216, 0.52, 1)],
+    332: [(128, 62, 306, 357, 0.82, 1)],
+    333: [(144, 74, 301, 253, 0.74, 1)],
+    334: [(120, 113, 299, 418, 0.82, 1)],
+    335: [(115, 117, 304, 432, 0.79, 1)],
+    336: [(131, 147, 300, 354, 0.84, 1)],
+    337: [(132, 149, 299, 375, 0.8, 1)],
+    338: [(133, 175, 297, 416, 0.78, 1)],
+    339: [(130, 349, 273, 425, 0.64, 1), (125, 206, 294, 419, 0.53, 1)],
+    340: [(130, 238, 291, 413, 0.69, 1)],
+    341: [(127, 256, 284, 432, 0.57, 3)],
+    342: [(124, 276, 283, 432, 0.58, 1)],
+    343: [(123, 293, 285, 431, 0.8, 1)],
+    344: [(125, 325, 284, 429, 0.89, 1)],
+    345: [(120, 350, 289, 432, 0.92, 1)],
+    346: [(120, 385, 281, 431, 0.85, 1)],
+    347: [(131, 408, 268, 432, 0.5, 1)],
+}
+
+
+def test_a_box_cut_short_past_the_line_is_not_a_u_turn() -> None:
+    """A crossing back needs the track to move back: a partial detection that puts the
+    reference point over the line for a frame, while the car drives on, is not counted."""
+    eng = CameraAnalytics(
+        synth.CAMERA, SceneSpec(lines=(LineSpec("low", (16.0, 320.0), (752.0, 320.0)),))
+    )
+    crossings = []
+    for i, boxes in CAR_V4_BOXES.items():
+        rows = np.array(boxes, np.float64).reshape(-1, 6)
+        frame = FrameInput(synth.CAMERA, i, synth.T0_NS + i * 80_000_000, 768, 432, rows)
+        crossings += [c.direction for c in eng.process(frame).crossings]
+    assert crossings == [LTR]
 
 
 def test_camera_volume_counts_distinct_tracks() -> None:

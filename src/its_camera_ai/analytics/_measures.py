@@ -6,8 +6,11 @@ around the line never flips it). A side change is a crossing when the move from 
 point on the old side (seen with the object's bottom in sight) to the first on the new side
 meets the line *within the drawn segment*; after an occlusion, that move spans the gap.
 Each track is counted at most once per line and direction (CountingLine contract), so even
-a U-turn counts once each way. Crossings are binned by the capture time of the frame that
-confirms them; the interpolated crossing instant is used for headways.
+a U-turn counts once each way; a crossing back over a line the track has crossed the other
+way counts only when the track's velocity points that way too (a detection cut short for a
+frame moves the reference point back over the line while the vehicle drives on).
+Crossings are binned by the capture time of the frame that confirms them; the interpolated
+crossing instant is used for headways.
 
 Lanes. Per processed frame: occupancy (any motor vehicle's reference point inside the lane
 polygon), density (vehicles / lane length on the road plane), Edie's totals for space-mean
@@ -49,6 +52,7 @@ Bool = NDArray[np.bool_]
 _MOTOR_LUT = np.zeros(NUM_CLASSES, dtype=np.bool_)
 _MOTOR_LUT[[int(c) for c in MOTOR_CLASSES]] = True
 _NO_LANE = np.full(4096, -1, dtype=np.intp)
+_BIT = {d: 1 << int(d) for d in (Direction.LEFT_TO_RIGHT, Direction.RIGHT_TO_LEFT)}
 
 
 @dataclass(slots=True)
@@ -154,7 +158,7 @@ class SceneMeasures:
             o = observed
             widths = boxes[o, 2] - boxes[o, 0]
             self._lines(t, t_ns, slots[o], classes[o], ref[o], heights[o], widths, speed[o],
-                        lane[o], foot_seen[o], cut[o])  # fmt: skip
+                        lane[o], foot_seen[o], cut[o], velocity_px[o])  # fmt: skip
         return v
 
     def _lanes(self, v: FrameView, dt: float, plane: F64, ref_px: F64, heights: F64) -> None:
@@ -266,6 +270,7 @@ class SceneMeasures:
         lane: IntArr,
         foot_seen: Bool,
         cut: Bool,
+        velocity: F64,
     ) -> None:
         sc, cfg, tab = self.scene, self.cfg, self.table
         self.inference.observe(slots, ref, widths, t, foot_seen, cut)
@@ -273,6 +278,15 @@ class SceneMeasures:
         margin = np.maximum(cfg.line_margin_px, cfg.line_margin_rel * heights)[:, None]
         new = np.where(d > margin, 1, np.where(d < -margin, -1, 0)).astype(np.int8)
         side = tab["l_side"][slots]
+        # Back over a line this track has crossed the other way: a U-turn only if the track
+        # moves that way. A partial detection (the box cut short for a frame or two) moves
+        # the reference point back across the line while the vehicle drives on; until the
+        # motion agrees nothing is learnt (side and anchor kept), so a real U-turn is
+        # counted once its velocity has turned.
+        toward = signed_distances(ref + velocity, sc.line_segments) - d  # + : to the right
+        back = np.where(new > 0, _BIT[Direction.RIGHT_TO_LEFT], _BIT[Direction.LEFT_TO_RIGHT])
+        returning = (new != 0) & (new != side) & (side != 0) & ((tab["l_done"][slots] & back) != 0)
+        new[returning & ~(toward * new > 0)] = 0
         for i, li in true_cells((new != 0) & (side != 0) & (new != side)):
             s = int(slots[i])
             anchor = (float(tab["l_ax"][s, li]), float(tab["l_ay"][s, li]))
