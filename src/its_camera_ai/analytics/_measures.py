@@ -283,11 +283,15 @@ class SceneMeasures:
         # the reference point back across the line while the vehicle drives on; until the
         # motion agrees nothing is learnt (side and anchor kept), so a real U-turn is
         # counted once its velocity has turned.
-        toward = signed_distances(ref + velocity, sc.line_segments) - d  # + : to the right
+        changed = (new != 0) & (side != 0) & (new != side)
         back = np.where(new > 0, _BIT[Direction.RIGHT_TO_LEFT], _BIT[Direction.LEFT_TO_RIGHT])
-        returning = (new != 0) & (new != side) & (side != 0) & ((tab["l_done"][slots] & back) != 0)
-        new[returning & ~(toward * new > 0)] = 0
-        for i, li in true_cells((new != 0) & (side != 0) & (new != side)):
+        returning = changed & ((tab["l_done"][slots] & back) != 0)
+        if returning.any():  # rare: the velocity's side of each line only then
+            toward = signed_distances(ref + velocity, sc.line_segments) - d  # +: to the right
+            against = returning & ~(toward * new > 0)
+            new[against] = 0
+            changed &= ~against
+        for i, li in true_cells(changed):
             s = int(slots[i])
             anchor = (float(tab["l_ax"][s, li]), float(tab["l_ay"][s, li]))
             ax, ay, bx, by = (float(x) for x in sc.line_segments[li])
