@@ -48,7 +48,7 @@ from its_camera_ai.inference.models import (
     load_model,
     set_memory_format,
 )
-from its_camera_ai.inference.training import parse_size
+from its_camera_ai.inference.training import size_argument
 
 
 def timeit(
@@ -140,16 +140,17 @@ def main() -> int:
     ap.add_argument("--manifest", default=str(ITS_DETECTOR_MANIFEST))
     ap.add_argument("--models", nargs="+", help="shipped model names or manifests, compared")
     ap.add_argument(
-        "--input-size", nargs="+", default=[], help="WxH: the --models' inputs (default: own)"
+        "--input-size",
+        nargs="+",
+        type=size_argument,
+        default=[],
+        help="WxH: the --models' inputs (default: own)",
     )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    try:
-        sizes = [parse_size(text) for text in args.input_size] or [None]
-    except ValueError as exc:
-        ap.error(f"--input-size {exc}")
+    sizes = args.input_size or [None]
     torch.set_num_threads(args.threads)
     if args.models:
         print(f"{args.threads} threads, torch {torch.__version__}, {cpu_name()}")

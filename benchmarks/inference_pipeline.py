@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from its_camera_ai.common import InferenceSettings
-from its_camera_ai.inference.training import parse_size
+from its_camera_ai.inference.training import size_argument
 from its_camera_ai.sim import Scene, SceneConfig
 from its_camera_ai.testing import RingFeeder, inference_host, recording_analytics
 
@@ -207,13 +207,6 @@ async def main_async(args: argparse.Namespace) -> None:
         )
 
 
-def _size(text: str) -> tuple[int, int]:
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=15.0)
@@ -223,7 +216,11 @@ def main() -> int:
     parser.add_argument("--models", nargs="+", default=[InferenceSettings().model])
     parser.add_argument("--backend", nargs="+", choices=("torch", "onnxruntime"), default=["torch"])
     parser.add_argument(
-        "--input-size", nargs="+", type=_size, default=[None], help="WxH (default: the model's)"
+        "--input-size",
+        nargs="+",
+        type=size_argument,
+        default=[None],
+        help="WxH (default: the model's)",
     )
     # Set for every row: the setting is process-wide, and 0 would keep the last row's.
     parser.add_argument("--torch-threads", nargs="+", type=int, default=[torch.get_num_threads()])

@@ -44,7 +44,7 @@ from its_camera_ai.inference.models import (
     detect_frames,
     load_model,
 )
-from its_camera_ai.inference.training import parse_size
+from its_camera_ai.inference.training import size_argument
 from its_camera_ai.scene import Direction, LineSpec, SceneSpec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -205,13 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32"])
     # onnxruntime runs fp32 only: it is paired with --precision fp32 alone.
     parser.add_argument("--backend", nargs="+", choices=["torch", "onnxruntime"], default=["torch"])
-    parser.add_argument("--input-size", default=None, help="WxH: every network's input")
+    parser.add_argument(
+        "--input-size", type=size_argument, default=None, help="WxH: every network's input"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    try:
-        input_size = parse_size(args.input_size) if args.input_size else None
-    except ValueError as exc:
-        parser.error(f"--input-size {exc}")
+    input_size = args.input_size
     clips = json.loads(COUNTS.read_text())["clips"]
     present = [c for c in clips if (REPO / c["path"]).is_file()]
     for clip in clips:

@@ -48,8 +48,8 @@ from its_camera_ai.inference.training import (
     TrainConfig,
     evaluate_detector,
     format_table,
-    parse_size,
     shard_files,
+    size_argument,
 )
 from its_camera_ai.sim import TAGS, load_shard, parse_seeds, shard_is_current, write_dataset
 
@@ -74,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--checkpoint", default=None, help="a training state dict instead")
     ap.add_argument(
         "--input-size",
+        type=size_argument,
         default=None,
         help="WxH the network runs at (default: the manifest's; a --checkpoint's: "
         "scripts/train_detector.py's default)",
@@ -112,10 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         write_dataset(
             args.data, missing, args.frames_per_seed, interval_s=args.interval, compress=False
         )
-    try:
-        input_size = parse_size(args.input_size) if args.input_size else None
-    except ValueError as exc:
-        ap.error(f"--input-size {exc}")
+    input_size = args.input_size
     if args.write_manifest and input_size is not None:
         ap.error("--write-manifest records the figures at the manifest's input; drop --input-size")
     if args.checkpoint:

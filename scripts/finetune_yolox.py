@@ -33,20 +33,14 @@ from its_camera_ai.inference.models import (
 )
 from its_camera_ai.inference.training import (
     FinetuneConfig,
+    crop_size_argument,
     finetune_yolox,
-    parse_size,
     render_missing,
+    size_argument,
 )
 from its_camera_ai.sim import parse_seeds
 
 _MODELS = Path(__file__).resolve().parents[1] / "src/its_camera_ai/inference/models"
-
-
-def _size(ap: argparse.ArgumentParser, flag: str, text: str) -> tuple[int, int]:
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        ap.error(f"{flag} {exc}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,11 +54,15 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--init", type=Path, default=SHIPPED_MODELS["yolox-nano-coco"])
     ap.add_argument(
         "--input-size",
+        type=size_argument,
         default=None,
         help="WxH frames are letterboxed to, and the written manifest's input (default: --init's)",
     )
     ap.add_argument(
-        "--crop-size", default="none", help="train on random WxH crops of it ('none': whole)"
+        "--crop-size",
+        type=crop_size_argument,
+        default=None,
+        help="train on random WxH crops of it ('none', the default: whole)",
     )
     ap.add_argument("--steps", type=int, default=defaults.steps)
     ap.add_argument("--batch-size", type=int, default=defaults.batch_size)
@@ -113,12 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     start = read_adapter_manifest(args.init)
     if start.output != "yolox":
         ap.error(f"--init {args.init}: a YOLOX model's manifest is needed, not {start.output}")
-    input_size = (
-        _size(ap, "--input-size", args.input_size)
-        if args.input_size
-        else (start.input.width, start.input.height)
-    )
-    crop_size = None if args.crop_size == "none" else _size(ap, "--crop-size", args.crop_size)
+    input_size = args.input_size or (start.input.width, start.input.height)
     try:
         render_missing(args.data, seeds, args.frames_per_seed, args.interval, args.workers)
     except ValueError as exc:
@@ -128,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         init=str(Path(args.init).parent / start.weights),
         seeds=tuple(seeds),
         input_size=input_size,
-        crop_size=crop_size,
+        crop_size=args.crop_size,
         strides=start.strides,
         steps=args.steps,
         batch_size=args.batch_size,

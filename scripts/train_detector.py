@@ -22,19 +22,18 @@ from pathlib import Path
 import torch
 
 from its_camera_ai.inference.models import NetConfig, save_detector
-from its_camera_ai.inference.training import TrainConfig, parse_size, render_missing, train
+from its_camera_ai.inference.training import (
+    TrainConfig,
+    crop_size_argument,
+    render_missing,
+    size_argument,
+    train,
+)
 from its_camera_ai.sim import parse_seeds
 
 
 def _wxh(size: tuple[int, int] | None) -> str:
     return "none" if size is None else f"{size[0]}x{size[1]}"
-
-
-def _size(ap: argparse.ArgumentParser, flag: str, text: str) -> tuple[int, int]:
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        ap.error(f"{flag} {exc}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,9 +43,15 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--seeds", default="0-799")
     ap.add_argument("--frames-per-seed", type=int, default=10)
     ap.add_argument("--interval", type=float, default=1.5)
-    ap.add_argument("--input-size", default=_wxh(defaults.input_size), help="network input WxH")
+    ap.add_argument(
+        "--input-size",
+        type=size_argument,
+        default=_wxh(defaults.input_size),
+        help="network input WxH",
+    )
     ap.add_argument(
         "--crop-size",
+        type=crop_size_argument,
         default=_wxh(defaults.crop_size),
         help="train on random WxH crops ('none': whole)",
     )
@@ -83,8 +88,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     seeds = parse_seeds(args.seeds)
-    input_size = _size(ap, "--input-size", args.input_size)
-    crop_size = None if args.crop_size == "none" else _size(ap, "--crop-size", args.crop_size)
     try:
         zoom_lo, zoom_hi = (float(v) for v in args.zoom.split(","))
     except ValueError:
@@ -98,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig(
         data=args.data,
         seeds=tuple(seeds),
-        input_size=input_size,
-        crop_size=crop_size,
+        input_size=args.input_size,
+        crop_size=args.crop_size,
         zoom=(zoom_lo, zoom_hi),
         epochs=args.epochs,
         batch_size=args.batch_size,

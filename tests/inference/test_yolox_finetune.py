@@ -139,7 +139,7 @@ def test_a_bad_size_is_refused_naming_its_flag(
         script_main("finetune_yolox")(["--data", "unused", flag, value])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert f"{flag} '{value}': " in err
+    assert f"argument {flag}: '{value}': " in err
     assert says in err
 
 

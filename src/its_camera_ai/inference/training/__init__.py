@@ -15,11 +15,13 @@ from its_camera_ai.inference.training._data import (
     TrainSet,
     augment,
     build_targets,
+    crop_size_argument,
     jitter_colour,
     load_trainset,
     parse_size,
     render_missing,
     shard_files,
+    size_argument,
 )
 from its_camera_ai.inference.training._evaluate import (
     CI_SEEDS,
@@ -84,6 +86,7 @@ __all__ = [
     "build_targets",
     "class_agnostic",
     "class_weights",
+    "crop_size_argument",
     "evaluate",
     "evaluate_detector",
     "finetune_yolox",
@@ -95,6 +98,7 @@ __all__ = [
     "parse_size",
     "render_missing",
     "shard_files",
+    "size_argument",
     "train",
     "yolox_loss",
 ]

@@ -9,6 +9,7 @@ one seeded ``torch.Generator``: the same seed and data give the same run.
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import json
 import math
@@ -37,11 +38,13 @@ __all__ = [
     "augment",
     "build_targets",
     "clip_boxes",
+    "crop_size_argument",
     "jitter_colour",
     "load_trainset",
     "parse_size",
     "render_missing",
     "shard_files",
+    "size_argument",
 ]
 
 # Seeds from here on are held out for evaluation (``_evaluate.HELD_OUT_SEEDS``).
@@ -79,6 +82,19 @@ def parse_size(text: str) -> tuple[int, int]:
     if w % 32 or h % 32 or w <= 0 or h <= 0:
         raise ValueError(f"{text!r}: width and height must be positive multiples of 32")
     return w, h
+
+
+def size_argument(text: str) -> tuple[int, int]:
+    """``parse_size`` as an argparse ``type=``: a bad size is refused naming its flag."""
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def crop_size_argument(text: str) -> tuple[int, int] | None:
+    """``size_argument``, or 'none' (train on whole frames)."""
+    return None if text == "none" else size_argument(text)
 
 
 def render_missing(
