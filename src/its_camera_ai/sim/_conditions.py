@@ -251,6 +251,29 @@ def shade(
     return out
 
 
+def mirror_sky(
+    color: NDArray[np.float32],
+    normal: NDArray[np.float32],
+    view: NDArray[np.float32],
+    look: Look,
+) -> NDArray[np.float32]:
+    """Glass: what shows through it plus the sky (or ground) it mirrors, by Schlick's Fresnel.
+
+    Seen straight on, a window is the dark cabin behind it; at a grazing angle it is mostly
+    the sky, which is how a windscreen looks from a pole camera. ``view`` runs from the
+    camera to the surface.
+    """
+    v = view / np.linalg.norm(view, axis=-1, keepdims=True)
+    cos = np.clip(-(v * normal).sum(-1), 0.0, 1.0)
+    fresnel = (0.04 + 0.96 * (1.0 - cos) ** 5)[..., None]
+    rise = v[..., 2] + 2.0 * cos * normal[..., 2]  # height of the reflected ray's direction
+    top, horizon = np.asarray(look.sky_top, np.float32), np.asarray(look.sky_horizon, np.float32)
+    sky = horizon + (top - horizon) * np.clip(rise, 0.0, 1.0)[..., None]
+    mirrored = np.where(rise[..., None] > 0.0, sky, 0.3 * horizon)
+    out: NDArray[np.float32] = (color * (1.0 - fresnel) + mirrored * fresnel).astype(np.float32)
+    return out
+
+
 def atmosphere(
     color: NDArray[np.float32], dist: NDArray[np.float32], look: Look
 ) -> NDArray[np.float32]:

@@ -68,10 +68,11 @@ __all__ = [
 ]
 
 TAGS: tuple[str, ...] = (*CONDITIONS, "heavy_occlusion", "small_objects")
-# 2: a share of the random scenes carries on-screen text; 3: a share is seen from above.
+# 2: a share of the random scenes carries on-screen text; 3: a share is seen from above;
+# 4: cars have body styles (sedan, hatchback, SUV) and tumblehome, glass mirrors the sky.
 # Every shard records the version it was rendered by, so a cache of shards from an older
 # one is rendered again, not reused.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 _OSD_FRACTION = 0.6
 _OVERHEAD_FRACTION = 0.2
 _OSD_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"

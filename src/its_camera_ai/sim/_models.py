@@ -2,9 +2,10 @@
 
 A shape is a list of planar convex polygons in the object's frame (x forward, y left, z up,
 origin at the centre of the footprint on the ground). Bodies are hexahedra (a box whose top
-may be shorter than its base, which gives windscreens their slant); windows, wheels and
-lights are polygons lying on a body face, drawn just after it. Each polygon remembers its
-part so the renderer can order parts far-to-near (painter's algorithm within an object).
+may be shorter and narrower than its base, which gives windscreens their slant and cabins
+their tumblehome); windows, wheels and lights are polygons lying on a body face, drawn just
+after it. Each polygon remembers its part so the renderer can order parts far-to-near
+(painter's algorithm within an object), and whether it is glass, which mirrors the sky.
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ class ObjectModel:
     detail: NDArray[np.bool_]  # (P,) dropped when the object is small in the image
     light: NDArray[np.int8]  # (P,) 0, LIGHT_HEAD, LIGHT_TAIL
     swing: NDArray[np.float32]  # (P,) walking legs: x offset factor
+    glass: NDArray[np.bool_]  # (P,) reflects its surroundings (the renderer's Fresnel term)
     length: float
     width: float
     height: float
@@ -125,22 +127,24 @@ class _Builder:
         tx: tuple[float, float] | None = None,
         swing: float = 0.0,
         skip: tuple[str, ...] = (),
+        ty: tuple[float, float] | None = None,
     ) -> int:
-        """A box from (x0,y0,z0) to (x1,y1,z1); ``tx`` narrows the top's x extent.
+        """A box from (x0,y0,z0) to (x1,y1,z1); ``tx`` and ``ty`` narrow the top's extent.
 
         ``skip`` leaves faces out ("top", "front", "back", "left", "right") for callers that
         tile them themselves: a face under a window or a cabin would only be overdrawn.
         """
         a, b = tx if tx is not None else (x0, x1)
+        ya, yb = ty if ty is not None else (y0, y1)
         c = [
             (x0, y0, z0),
             (x1, y0, z0),
             (x1, y1, z0),
             (x0, y1, z0),
-            (a, y0, z1),
-            (b, y0, z1),
-            (b, y1, z1),
-            (a, y1, z1),
+            (a, ya, z1),
+            (b, ya, z1),
+            (b, yb, z1),
+            (a, yb, z1),
         ]
         part = len(self.centers)
         self.centers.append(((x0 + x1 + a + b) / 4, (y0 + y1) / 2, (z0 + z1) / 2))
@@ -226,6 +230,7 @@ class _Builder:
             np.array(self.details, bool),
             np.array(self.lights, np.int8),
             np.array(self.swings, np.float32),
+            np.array([c == GLASS for c in self.colors], bool),  # whatever is painted GLASS
             length,
             width,
             float(hi[2]),
@@ -318,13 +323,38 @@ def make_model(cls: str, rng: np.random.Generator) -> ObjectModel:
     return b.build()
 
 
+@dataclass(frozen=True, slots=True)
+class _CarStyle:
+    """Where a body style puts its cabin and how high it rides (fractions of the length)."""
+
+    cabin: tuple[float, float]  # the cabin's footprint on the body, rear to front
+    roof: tuple[float, float]  # the roof's extent: how far rear window and windscreen slant
+    pillars: tuple[float, ...]  # where the side glass is split
+    sill: float  # the body's underside above the ground (m)
+    wheel: float  # radius (m)
+
+
+_SEDAN = _CarStyle((-0.33, 0.22), (-0.26, 0.04), (-0.1,), 0.2, 0.31)
+_HATCHBACK = _CarStyle((-0.44, 0.2), (-0.4, 0.02), (-0.1, -0.3), 0.2, 0.31)
+_SUV = _CarStyle((-0.45, 0.18), (-0.43, 0.0), (-0.12, -0.32), 0.3, 0.36)
+
+
+def _car_style(length: float, height: float) -> _CarStyle:
+    """The body a car's size suggests: tall ones are SUVs, short ones hatchbacks. Taken from
+    the size already drawn, not drawn itself, so every scene's traffic stays what it was."""
+    if height >= 1.58:
+        return _SUV
+    return _HATCHBACK if length < 4.25 else _SEDAN
+
+
 def _car(b: _Builder, rng: np.random.Generator, length: float, w: float, h: float) -> None:
     hl, hw = length / 2, w / 2
+    style = _car_style(length, h)
     paint = _vary(rng, _pick(rng, _PAINT))
     zb = 0.55 * h
-    body = b.hexa(-hl, hl, -hw, hw, 0.2, zb, paint, paint, skip=("top",))
-    gw = hw * 0.93
-    c0, c1 = -0.33 * length, 0.22 * length  # the cabin's footprint on the body
+    body = b.hexa(-hl, hl, -hw, hw, style.sill, zb, paint, paint, skip=("top",))
+    gw, tw = hw * 0.93, hw * 0.78  # the cabin's half-width at the belt line and at the roof
+    c0, c1 = style.cabin[0] * length, style.cabin[1] * length
     up = (0.0, 0.0, 1.0)
     for xa, xb, ya, yb in (
         (c1, hl, -hw, hw),
@@ -333,10 +363,10 @@ def _car(b: _Builder, rng: np.random.Generator, length: float, w: float, h: floa
         (c0, c1, -hw, -gw),
     ):
         b.face(body, up, [(xa, ya, zb), (xb, ya, zb), (xb, yb, zb), (xa, yb, zb)], paint)
-    # The cabin: glass all round, roof in paint, windscreen slanted by the narrower top.
-    b.hexa(
-        -0.33 * length,
-        0.22 * length,
+    # The cabin: glass all round, roof in paint, slanted by its narrower, shorter top.
+    cabin = b.hexa(
+        c0,
+        c1,
         -gw,
         gw,
         zb,
@@ -345,11 +375,20 @@ def _car(b: _Builder, rng: np.random.Generator, length: float, w: float, h: floa
         GLASS,
         GLASS,
         GLASS,
-        tx=(-0.26 * length, 0.04 * length),
+        tx=(style.roof[0] * length, style.roof[1] * length),
+        ty=(-tw, tw),
     )
+    rise, e = h - zb, 0.012
+    slope = math.hypot(rise, gw - tw)
     for s in (1, -1):
+        normal = (0.0, s * rise / slope, (gw - tw) / slope)
+        for xp in style.pillars:
+            xa, xb = xp * length - 0.06, xp * length + 0.06
+            ya, yb = s * (gw + e), s * (tw + e)
+            pillar = [(xa, ya, zb), (xb, ya, zb), (xb, yb, h), (xa, yb, h)]
+            b.on_face(cabin, normal, pillar, paint)
         for xw in (0.3 * length, -0.31 * length):
-            b.wheel(body, xw, s * (hw + 0.01), 0.31, s)
+            b.wheel(body, xw, s * (hw + 0.01), style.wheel, s)
     _lights(b, body, hl, -hl, w, zb - 0.2, zb - 0.08, 0.12, 0.28)
     b.on_face(body, (1.0, 0.0, 0.0), _rect_x(hl + 0.011, -0.35, 0.35, 0.3, zb - 0.14), DARK)
 

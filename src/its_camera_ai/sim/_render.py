@@ -19,7 +19,15 @@ from numpy.typing import NDArray
 
 from its_camera_ai.sim._background import Background, Textures, render_background
 from its_camera_ai.sim._camera import Camera
-from its_camera_ai.sim._conditions import Look, NoiseLayer, RainLayer, atmosphere, shade, to_u8
+from its_camera_ai.sim._conditions import (
+    Look,
+    NoiseLayer,
+    RainLayer,
+    atmosphere,
+    mirror_sky,
+    shade,
+    to_u8,
+)
 from its_camera_ai.sim._effects import (
     add_glow,
     apply_ground,
@@ -208,7 +216,7 @@ class Renderer:
         pdist = np.linalg.norm(pw - cam.C, axis=1)
         order = sel[np.lexsort((sel, -pdist, o))]
         own = owner[order]
-        # Colours: shading, street-lamp light, haze by distance, glare veil, lights.
+        # Colours: shading, street-lamp light, mirroring glass, haze by distance, glare, lights.
         extra = np.zeros(n, np.float32)
         if look.lamps and len(self._lamps):
             d2 = ((xy[:, None, :] - self._lamps[None, :, :2]) ** 2).sum(-1)
@@ -216,6 +224,10 @@ class Renderer:
             extra = (0.9 * (hz**3 / (d2 + hz * hz) ** 1.5)).sum(1).astype(np.float32)
         base = np.concatenate([m.color for m in models])[order]
         col = shade(base, wn[order].astype(np.float32), look, extra[own][:, None])
+        glass = np.flatnonzero(np.concatenate([m.glass for m in models])[order])
+        gi = order[glass]
+        view = (wv[gi, 0] - cam.C).astype(np.float32)
+        col[glass] = mirror_sky(col[glass], wn[gi].astype(np.float32), view, look)
         col = atmosphere(col, dist[own].astype(np.float32), look)
         cuv = cam.project(centre)[0]
         col += (1.0 - col).clip(0, None) * self.bg.veil.at(cuv[:, 0], cuv[:, 1])[own][:, None]
