@@ -38,11 +38,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
 
 from its.inference.v1 import model_pb2
+from its_camera_ai.common._config import BackendName
 from its_camera_ai.inference.models._contract import DetectionModel
 from its_camera_ai.inference.models._errors import (
     BackendUnavailableError,
@@ -52,14 +53,14 @@ from its_camera_ai.inference.models._errors import (
 from its_camera_ai.inference.models._onnxruntime import import_onnxruntime, onnxruntime_runner
 
 if TYPE_CHECKING:
-    from its_camera_ai.common._config import BackendName, InferenceSettings
+    from its_camera_ai.common._config import InferenceSettings
 
 __all__ = ["BackendUnavailableError", "Engine", "EngineSpec", "build_engine"]
 
 _log = logging.getLogger(__name__)
 
 _INSTALL_GPU = "pip install 'its-camera-ai[gpu]'"
-_BACKENDS = ("torch", "torch-compile", "tensorrt", "onnxruntime")
+_BACKENDS: tuple[BackendName, ...] = get_args(BackendName)
 # Part of every TensorRT cache key: bump it when the way engines are built or saved changes,
 # so that entries written the old way are no longer picked up.
 _CACHE_FORMAT = 1
