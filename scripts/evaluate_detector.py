@@ -51,7 +51,14 @@ from its_camera_ai.inference.training import (
     shard_files,
     size_argument,
 )
-from its_camera_ai.sim import TAGS, load_shard, parse_seeds, shard_is_current, write_dataset
+from its_camera_ai.sim import (
+    DATASET_VERSION,
+    TAGS,
+    load_shard,
+    parse_seeds,
+    shard_is_current,
+    write_dataset,
+)
 
 
 def samples(paths: list[Path]) -> Iterator[Sample]:
@@ -138,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     result["seconds"] = round(time.perf_counter() - t, 1)
     result["command"] = "python scripts/evaluate_detector.py " + shlex.join(argv or sys.argv[1:])
     result["held_out_seeds"] = args.seeds
+    result["dataset_version"] = DATASET_VERSION
     result["frames_per_seed"] = args.frames_per_seed
     print(format_table(result))
     overall = result["overall"]["map50"]

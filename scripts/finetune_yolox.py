@@ -38,7 +38,7 @@ from its_camera_ai.inference.training import (
     render_missing,
     size_argument,
 )
-from its_camera_ai.sim import parse_seeds
+from its_camera_ai.sim import DATASET_VERSION, parse_seeds
 
 _MODELS = Path(__file__).resolve().parents[1] / "src/its_camera_ai/inference/models"
 
@@ -162,7 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     record = {**cfg.to_dict(), **stats, "seeds": args.seeds, "torch": torch.__version__}
     record["init"] = f"{start.name} {start.version} (sha256 {start.sha256})"
     record["command"] = "python scripts/finetune_yolox.py " + shlex.join(argv or sys.argv[1:])
-    record.update(frames_per_seed=args.frames_per_seed, interval_s=args.interval)
+    record.update(
+        frames_per_seed=args.frames_per_seed,
+        interval_s=args.interval,
+        dataset_version=DATASET_VERSION,
+    )
     if args.note:
         record["note"] = args.note
     manifest = start.model_copy(

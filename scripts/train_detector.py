@@ -29,7 +29,7 @@ from its_camera_ai.inference.training import (
     size_argument,
     train,
 )
-from its_camera_ai.sim import parse_seeds
+from its_camera_ai.sim import DATASET_VERSION, parse_seeds
 
 
 def _wxh(size: tuple[int, int] | None) -> str:
@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     record["seeds"] = args.seeds  # the range as typed, not thousands of integers
     record["frames_per_seed"] = args.frames_per_seed
     record["interval_s"] = args.interval
+    record["dataset_version"] = DATASET_VERSION
     record["torch"] = torch.__version__
     if args.note:
         record["note"] = args.note

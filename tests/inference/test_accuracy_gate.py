@@ -30,9 +30,21 @@ from its_camera_ai.inference.training import (
     evaluate_detector,
     format_table,
 )
-from its_camera_ai.sim import iter_samples, write_dataset
+from its_camera_ai.sim import DATASET_VERSION, iter_samples, write_dataset
 
 MODELS = sorted({"its-detector-v1", InferenceSettings().model})
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_recorded_figures_are_of_the_held_out_set_this_code_renders(name: str) -> None:
+    """A change to the simulator's look bumps its dataset version: the figures a manifest
+    carries must then be measured again on the new held-out set, not carried over."""
+    evaluation = json.loads(SHIPPED_MODELS[name].read_text())["evaluation"]
+    assert evaluation.get("dataset_version") == DATASET_VERSION, (
+        f"{name}: figures of dataset version {evaluation.get('dataset_version')}, the "
+        f"simulator renders {DATASET_VERSION}: run scripts/evaluate_detector.py "
+        f"--manifest {name} --write-manifest"
+    )
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,7 @@ from its_camera_ai.sim._config import (
     TrafficConfig,
 )
 from its_camera_ai.sim._dataset import (
+    DATASET_VERSION,
     TAGS,
     Shard,
     iter_samples,
@@ -57,6 +58,7 @@ from its_camera_ai.sim._truth import (
 __all__ = [
     "CLASSES",
     "CONDITIONS",
+    "DATASET_VERSION",
     "MAX_SMEAR_PX",
     "TAGS",
     "Agent",

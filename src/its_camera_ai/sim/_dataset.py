@@ -56,6 +56,7 @@ from its_camera_ai.sim._encode import h264_roundtrip
 from its_camera_ai.sim._scene import Scene
 
 __all__ = [
+    "DATASET_VERSION",
     "TAGS",
     "Shard",
     "iter_samples",
@@ -72,7 +73,7 @@ TAGS: tuple[str, ...] = (*CONDITIONS, "heavy_occlusion", "small_objects")
 # 4: cars have body styles (sedan, hatchback, SUV) and tumblehome, glass mirrors the sky.
 # Every shard records the version it was rendered by, so a cache of shards from an older
 # one is rendered again, not reused.
-FORMAT_VERSION = 4
+DATASET_VERSION = 4
 _OSD_FRACTION = 0.6
 _OVERHEAD_FRACTION = 0.2
 _OSD_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
@@ -283,7 +284,7 @@ def _write_seed(
 ) -> dict[str, Any]:
     out, seed, frames, width, height, conditions, interval, h264, compress = args
     data = _seed_samples(seed, frames, width, height, conditions, interval, h264)
-    data["version"] = np.asarray(FORMAT_VERSION)
+    data["version"] = np.asarray(DATASET_VERSION)
     name = f"seed_{seed:06d}.npz"
     if compress:
         np.savez_compressed(out / name, allow_pickle=False, **data)
@@ -353,7 +354,7 @@ def write_dataset(
     totals = {t: sum(s["tag_counts"][t] for s in shards) for t in TAGS}
     index = {
         "format": "its-sim-npz",
-        "version": FORMAT_VERSION,
+        "version": DATASET_VERSION,
         "classes": list(CLASSES),
         "tags": list(TAGS),
         "width": width,
@@ -399,7 +400,7 @@ def shard_is_current(path: str | Path) -> bool:
     other pixels)."""
     try:
         with np.load(path, allow_pickle=False) as z:
-            return "version" in z.files and int(z["version"]) == FORMAT_VERSION
+            return "version" in z.files and int(z["version"]) == DATASET_VERSION
     except (OSError, ValueError, zipfile.BadZipFile):
         return False
 
