@@ -52,6 +52,7 @@ Bool = NDArray[np.bool_]
 _MOTOR_LUT = np.zeros(NUM_CLASSES, dtype=np.bool_)
 _MOTOR_LUT[[int(c) for c in MOTOR_CLASSES]] = True
 _NO_LANE = np.full(4096, -1, dtype=np.intp)
+# A track's counted directions per line, as bits of ``l_done``.
 _BIT = {d: 1 << int(d) for d in (Direction.LEFT_TO_RIGHT, Direction.RIGHT_TO_LEFT)}
 
 
@@ -340,7 +341,7 @@ class SceneMeasures:
         sc, tab = self.scene, self.table
         direction = Direction.LEFT_TO_RIGHT if to_side > 0 else Direction.RIGHT_TO_LEFT
         wanted = sc.line_directions[li]
-        bit = 1 << int(direction)
+        bit = _BIT[direction]
         if wanted not in (Direction.NONE, direction) or tab["l_done"][slot, li] & bit:
             return
         width = float(tab["width"][slot])
