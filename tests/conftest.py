@@ -20,6 +20,8 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from its_camera_ai.security import DevCertificates, mint_dev_certificates
+
 if TYPE_CHECKING:  # the security tests' harness imports this module
     from tests.security.conftest import SecureHost
 
@@ -117,5 +119,26 @@ async def secured_host(postgres_dsn: str, tmp_path: Path) -> AsyncIterator[Secur
     served = await start_secure_host(postgres_dsn, tmp_path, with_inference=False)
     try:
         yield served
+    finally:
+        await served.host.stop()
+
+
+@pytest.fixture
+async def mtls_host(
+    postgres_dsn: str, tmp_path: Path
+) -> AsyncIterator[tuple[SecureHost, DevCertificates]]:
+    """Every unit but inference behind mTLS, certificates fresh from a test CA; the
+    inference client's certificate is a ``service`` principal, the others' need a token."""
+    from tests.security.conftest import INFERENCE_PRINCIPAL, mtls_security, start_secure_host
+
+    certs = mint_dev_certificates(tmp_path / "certs")
+    served = await start_secure_host(
+        postgres_dsn,
+        tmp_path,
+        with_inference=False,
+        **mtls_security(certs, client_roles={INFERENCE_PRINCIPAL: "service"}),
+    )
+    try:
+        yield served, certs
     finally:
         await served.host.stop()

@@ -62,7 +62,7 @@ from tests.analytics import synth
 from tests.analytics.test_service_support import camera_proto, recent_start_ns, stream, to_batches
 from tests.api._contract import REPO
 from tests.conftest import POSTGRES_ADMIN_DSN, REDIS_URL
-from tests.security.conftest import secure_settings
+from tests.security.conftest import mtls_security, secure_settings
 
 DOC = REPO / "docs" / "grpcurl.md"
 CAMERA = "a4-km12-nb"
@@ -370,15 +370,7 @@ def _units() -> list[Any]:
 
 
 def tls_settings(dsn: str, issuer: TokenIssuer, certs: DevCertificates, tmp: Path) -> Settings:
-    peer_cert, peer_key = certs.clients["query"]
-    settings = secure_settings(
-        dsn, issuer, tmp,
-        tls={"cert_file": certs.server_cert, "key_file": certs.server_key,
-             "client_ca_file": certs.ca_cert, "require_client_cert": True,
-             "min_version": "1.2"},
-        peer_tls={"enabled": True, "ca_file": certs.ca_cert, "cert_file": peer_cert,
-                  "key_file": peer_key},
-    )  # fmt: skip
+    settings = secure_settings(dsn, issuer, tmp, **mtls_security(certs))
     # The page's camera network, and heartbeats often enough for a 2 s watch.
     egress = EgressSettings(allowed_networks=("10.20.0.0/16",))
     return settings.model_copy(update={

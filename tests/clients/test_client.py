@@ -5,15 +5,13 @@ asyncio client and the synchronous one (run in a thread: the server shares this 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import grpc
 import pytest
 
 from its.admin.v1 import admin_service_pb2, api_key_pb2
 from its.camera.v1 import camera_pb2, camera_service_pb2
-from its_camera_ai.security import DevCertificates, mint_dev_certificates
+from its_camera_ai.security import DevCertificates
 from its_camera_ai_client import (
     ApiError,
     AsyncClient,
@@ -27,42 +25,12 @@ from its_camera_ai_client import (
     paginate,
     paginate_async,
 )
-from tests.security.conftest import SecureHost, start_secure_host
+from tests.security.conftest import SecureHost
 
 pytestmark = pytest.mark.security
 
 CAMERAS = [f"cam-{i}" for i in range(7)]
 PAGE_SIZE = 2  # 7 cameras: 4 pages
-
-
-@pytest.fixture
-async def served(
-    postgres_dsn: str, tmp_path: Path
-) -> AsyncIterator[tuple[SecureHost, DevCertificates]]:
-    certs = mint_dev_certificates(tmp_path / "certs")
-    served = await start_secure_host(
-        postgres_dsn,
-        tmp_path,
-        with_inference=False,
-        tls={
-            "cert_file": certs.server_cert,
-            "key_file": certs.server_key,
-            "client_ca_file": certs.ca_cert,
-            "require_client_cert": True,
-            "min_version": "1.2",
-            "client_roles": {"spiffe://its-camera-ai/inference": "service"},
-        },
-        peer_tls={
-            "enabled": True,
-            "ca_file": certs.ca_cert,
-            "cert_file": certs.clients["query"][0],
-            "key_file": certs.clients["query"][1],
-        },
-    )
-    try:
-        yield served, certs
-    finally:
-        await served.host.stop()
 
 
 def _tls(certs: DevCertificates, client: str = "operator") -> TlsOptions:
@@ -81,9 +49,9 @@ async def _create_cameras(client: AsyncClient) -> None:
 
 
 async def test_token_and_api_key_over_mtls_and_typed_refusals(
-    served: tuple[SecureHost, DevCertificates],
+    mtls_host: tuple[SecureHost, DevCertificates],
 ) -> None:
-    host, certs = served
+    host, certs = mtls_host
     listing = camera_service_pb2.ListCamerasRequest()
     async with connect_async(host.target, token=host.token("admin"), tls=_tls(certs)) as admin:
         created = await admin.admin.CreateApiKey(
@@ -124,9 +92,9 @@ async def test_token_and_api_key_over_mtls_and_typed_refusals(
 
 
 async def test_pagination_and_typed_errors_async(
-    served: tuple[SecureHost, DevCertificates],
+    mtls_host: tuple[SecureHost, DevCertificates],
 ) -> None:
-    host, certs = served
+    host, certs = mtls_host
     async with connect_async(host.target, token=host.token("operator"), tls=_tls(certs)) as client:
         await _create_cameras(client)
         request = camera_service_pb2.ListCamerasRequest(page_size=PAGE_SIZE, order_by="name")
@@ -156,8 +124,8 @@ async def test_pagination_and_typed_errors_async(
         assert await watch.code() is grpc.StatusCode.NOT_FOUND
 
 
-async def test_the_synchronous_client(served: tuple[SecureHost, DevCertificates]) -> None:
-    host, certs = served
+async def test_the_synchronous_client(mtls_host: tuple[SecureHost, DevCertificates]) -> None:
+    host, certs = mtls_host
     async with connect_async(host.target, token=host.token("operator"), tls=_tls(certs)) as client:
         await _create_cameras(client)
     token = host.token("viewer")

@@ -25,10 +25,12 @@ from its_camera_ai.common import (
 from its_camera_ai.decoder.server import decoder_unit
 from its_camera_ai.inference.server import inference_unit
 from its_camera_ai.query.server import UNIT as QUERY_UNIT
+from its_camera_ai.security import DevCertificates
 from its_camera_ai.testing import TokenIssuer
 from tests.conftest import REDIS_URL
 
 ROLES = ("viewer", "operator", "admin", "service")
+INFERENCE_PRINCIPAL = "spiffe://its-camera-ai/inference"
 
 
 @dataclass
@@ -84,6 +86,45 @@ async def start_secure_host(
     host = ServiceHost(settings, units)
     await host.start()
     return SecureHost(host, issuer, tmp_path)
+
+
+def mtls_security(
+    certs: DevCertificates, *, peer: str | None = "query", **tls: Any
+) -> dict[str, Any]:
+    """``security`` settings for a host that requires a client certificate (TLS 1.2+) and,
+    with ``peer``, calls its peer units over TLS with that client's certificate; ``tls``
+    adds to or overrides the server side."""
+    security: dict[str, Any] = {
+        "tls": {
+            "cert_file": certs.server_cert,
+            "key_file": certs.server_key,
+            "client_ca_file": certs.ca_cert,
+            "require_client_cert": True,
+            "min_version": "1.2",
+            **tls,
+        }
+    }
+    if peer is not None:
+        cert, key = certs.clients[peer]
+        security["peer_tls"] = {
+            "enabled": True,
+            "ca_file": certs.ca_cert,
+            "cert_file": cert,
+            "key_file": key,
+        }
+    return security
+
+
+def mtls_channel(target: str, certs: DevCertificates, client: str | None) -> grpc.aio.Channel:
+    """A channel to ``target`` trusting the test CA, presenting ``client``'s certificate
+    (none for ``None``)."""
+    cert, key = certs.clients[client] if client else (None, None)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=certs.ca_cert.read_bytes(),
+        private_key=key.read_bytes() if key else None,
+        certificate_chain=cert.read_bytes() if cert else None,
+    )
+    return grpc.aio.secure_channel(target, credentials)
 
 
 @pytest.fixture

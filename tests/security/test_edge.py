@@ -19,7 +19,7 @@ import pytest
 from its.camera.v1 import camera_pb2, camera_service_pb2, camera_service_pb2_grpc
 from its_camera_ai.common import ConfigError, Settings
 from its_camera_ai.security import DevCertificates, mint_dev_certificates
-from tests.security.conftest import SecureHost, start_secure_host
+from tests.security.conftest import SecureHost, mtls_channel, mtls_security, start_secure_host
 
 pytestmark = pytest.mark.security
 
@@ -35,29 +35,12 @@ async def behind_edge(
         postgres_dsn,
         tmp_path,
         with_inference=False,
-        tls={
-            "cert_file": certs.server_cert,
-            "key_file": certs.server_key,
-            "client_ca_file": certs.ca_cert,
-            "require_client_cert": True,
-            "min_version": "1.2",
-            "edge_proxies": [_EDGE],
-        },
+        **mtls_security(certs, peer=None, edge_proxies=[_EDGE]),
     )
     try:
         yield served, certs
     finally:
         await served.host.stop()
-
-
-def _channel(target: str, certs: DevCertificates, client: str) -> grpc.aio.Channel:
-    cert, key = certs.clients[client]
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=certs.ca_cert.read_bytes(),
-        private_key=key.read_bytes(),
-        certificate_chain=cert.read_bytes(),
-    )
-    return grpc.aio.secure_channel(target, credentials)
 
 
 def _payload(padded: bool = False, **claims: Any) -> str:
@@ -90,7 +73,7 @@ async def test_the_edge_forwards_who_called_and_from_where(
         # The client claimed an address; the edge appended the one it saw.
         ("x-forwarded-for", "10.9.9.9, 203.0.113.7"),
     )
-    async with _channel(served.target, certs, "envoy") as channel:
+    async with mtls_channel(served.target, certs, "envoy") as channel:
         assert await _create(channel, "gate", forwarded) == (grpc.StatusCode.OK, "")
         # Roles and scopes apply to forwarded principals as to any other.
         viewer = (("x-jwt-payload", _payload(padded=True, sub="bob", role="viewer")),)
@@ -119,7 +102,7 @@ async def test_forwarded_claims_from_anyone_but_the_edge_are_refused(
     behind_edge: tuple[SecureHost, DevCertificates],
 ) -> None:
     served, certs = behind_edge
-    async with _channel(served.target, certs, "operator") as channel:
+    async with mtls_channel(served.target, certs, "operator") as channel:
         code, message = await _create(channel, "gate", (("x-jwt-payload", _payload()),))
     assert code is grpc.StatusCode.UNAUTHENTICATED
     assert "x-jwt-payload is believed only from an edge proxy" in message
@@ -152,7 +135,7 @@ async def test_the_edge_itself_gets_nothing_it_does_not_forward(
             claims["exp"] = time.time() + claims["exp"]
         forwarded = _payload(**claims)
     metadata = extra if forwarded is None else (("x-jwt-payload", forwarded), *extra)
-    async with _channel(served.target, certs, "envoy") as channel:
+    async with mtls_channel(served.target, certs, "envoy") as channel:
         code, message = await _create(channel, "gate", metadata)
     assert code is grpc.StatusCode.UNAUTHENTICATED
     assert expected in message

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 import urllib.request
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -19,53 +17,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from its.camera.v1 import camera_pb2, camera_service_pb2, camera_service_pb2_grpc
 from its.query.v1 import query_service_pb2, query_service_pb2_grpc
-from its_camera_ai.security import DevCertificates, mint_dev_certificates
-from tests.security.conftest import SecureHost, start_secure_host
+from its_camera_ai.security import DevCertificates
+from tests.security.conftest import SecureHost, mtls_channel
 
 pytestmark = pytest.mark.security
-
-_INFERENCE = "spiffe://its-camera-ai/inference"
-
-
-@pytest.fixture
-async def mtls(
-    postgres_dsn: str, tmp_path: Path
-) -> AsyncIterator[tuple[SecureHost, DevCertificates]]:
-    certs = mint_dev_certificates(tmp_path / "certs")
-    peer_cert, peer_key = certs.clients["query"]
-    served = await start_secure_host(
-        postgres_dsn,
-        tmp_path,
-        with_inference=False,
-        tls={
-            "cert_file": certs.server_cert,
-            "key_file": certs.server_key,
-            "client_ca_file": certs.ca_cert,
-            "require_client_cert": True,
-            "min_version": "1.2",
-            "client_roles": {_INFERENCE: "service"},
-        },
-        peer_tls={
-            "enabled": True,
-            "ca_file": certs.ca_cert,
-            "cert_file": peer_cert,
-            "key_file": peer_key,
-        },
-    )
-    try:
-        yield served, certs
-    finally:
-        await served.host.stop()
-
-
-def _channel(target: str, certs: DevCertificates, client: str | None) -> grpc.aio.Channel:
-    cert, key = certs.clients[client] if client else (None, None)
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=certs.ca_cert.read_bytes(),
-        private_key=key.read_bytes() if key else None,
-        certificate_chain=cert.read_bytes() if cert else None,
-    )
-    return grpc.aio.secure_channel(target, credentials)
 
 
 async def _code(call: object) -> grpc.StatusCode:
@@ -77,22 +32,22 @@ async def _code(call: object) -> grpc.StatusCode:
 
 
 async def test_client_certificates_are_principals_and_units_call_each_other_over_mtls(
-    mtls: tuple[SecureHost, DevCertificates],
+    mtls_host: tuple[SecureHost, DevCertificates],
 ) -> None:
-    served, certs = mtls
+    served, certs = mtls_host
     create = camera_service_pb2.CreateCameraRequest(
         camera_id="gate", camera=camera_pb2.Camera(source_uri="sim://road", enabled=False)
     )
     listing = camera_service_pb2.ListCamerasRequest()
 
     # A mapped certificate is a service principal without any token.
-    async with _channel(served.target, certs, "inference") as channel:
+    async with mtls_channel(served.target, certs, "inference") as channel:
         cameras = camera_service_pb2_grpc.CameraServiceStub(channel)
         assert await _code(cameras.ListCameras(listing)) is grpc.StatusCode.OK
         assert await _code(cameras.CreateCamera(create)) is grpc.StatusCode.PERMISSION_DENIED
 
     # An unmapped one authenticates the connection only: its calls need a credential.
-    async with _channel(served.target, certs, "operator") as channel:
+    async with mtls_channel(served.target, certs, "operator") as channel:
         cameras = camera_service_pb2_grpc.CameraServiceStub(channel)
         assert await _code(cameras.ListCameras(listing)) is grpc.StatusCode.UNAUTHENTICATED
         token = served.metadata("operator")
@@ -107,7 +62,7 @@ async def test_client_certificates_are_principals_and_units_call_each_other_over
         assert await _code(stats) is grpc.StatusCode.OK
 
     # No certificate, or plaintext: no connection at all.
-    async with _channel(served.target, certs, None) as channel:
+    async with mtls_channel(served.target, certs, None) as channel:
         cameras = camera_service_pb2_grpc.CameraServiceStub(channel)
         assert await _code(cameras.ListCameras(listing, timeout=5)) is grpc.StatusCode.UNAVAILABLE
     async with grpc.aio.insecure_channel(served.target) as channel:
@@ -116,9 +71,9 @@ async def test_client_certificates_are_principals_and_units_call_each_other_over
 
 
 async def test_certificate_expiry_is_exported_for_the_alert(
-    mtls: tuple[SecureHost, DevCertificates],
+    mtls_host: tuple[SecureHost, DevCertificates],
 ) -> None:
-    served, _ = mtls
+    served, _ = mtls_host
     url = f"http://127.0.0.1:{served.host.http_port}/metrics"
 
     def scrape() -> str:
