@@ -114,13 +114,10 @@ def embedded_data_dir() -> Iterator[Path]:
 async def secured_host(postgres_dsn: str, tmp_path: Path) -> AsyncIterator[SecureHost]:
     """Every unit but inference on one loopback port, outside dev: JWTs from a test issuer,
     no anonymous callers (``tests/security/conftest.py``). For clients of the API."""
-    from tests.security.conftest import start_secure_host
+    from tests.security.conftest import running_secure_host
 
-    served = await start_secure_host(postgres_dsn, tmp_path, with_inference=False)
-    try:
+    async with running_secure_host(postgres_dsn, tmp_path, with_inference=False) as served:
         yield served
-    finally:
-        await served.host.stop()
 
 
 @pytest.fixture
@@ -129,16 +126,11 @@ async def mtls_host(
 ) -> AsyncIterator[tuple[SecureHost, DevCertificates]]:
     """Every unit but inference behind mTLS, certificates fresh from a test CA; the
     inference client's certificate is a ``service`` principal, the others' need a token."""
-    from tests.security.conftest import INFERENCE_PRINCIPAL, mtls_security, start_secure_host
+    from tests.security.conftest import INFERENCE_PRINCIPAL, mtls_security, running_secure_host
 
     certs = mint_dev_certificates(tmp_path / "certs")
-    served = await start_secure_host(
-        postgres_dsn,
-        tmp_path,
-        with_inference=False,
-        **mtls_security(certs, client_roles={INFERENCE_PRINCIPAL: "service"}),
-    )
-    try:
+    security = mtls_security(certs, client_roles={INFERENCE_PRINCIPAL: "service"})
+    async with running_secure_host(
+        postgres_dsn, tmp_path, with_inference=False, **security
+    ) as served:
         yield served, certs
-    finally:
-        await served.host.stop()

@@ -26,7 +26,7 @@ from its_camera_ai.loadtest import (
     run_load,
 )
 from its_camera_ai_client import aio_channel
-from tests.security.conftest import SecureHost, start_secure_host
+from tests.security.conftest import SecureHost, running_secure_host
 
 ROOT = Path(__file__).resolve().parents[2]
 GHZ_DIR = ROOT / "loadtest" / "ghz"
@@ -64,8 +64,7 @@ def test_ghz_configs_use_only_ghz_options_and_parse_as_requests(tmp_path: Path) 
 
 @pytest.fixture
 async def served(postgres_dsn: str, tmp_path: Path) -> AsyncIterator[SecureHost]:
-    host = await start_secure_host(postgres_dsn, tmp_path, with_inference=False)
-    try:
+    async with running_secure_host(postgres_dsn, tmp_path, with_inference=False) as host:
         async with aio_channel(host.target, token=host.token("operator")) as channel:
             await camera_service_pb2_grpc.CameraServiceStub(channel).CreateCamera(
                 camera_service_pb2.CreateCameraRequest(
@@ -74,8 +73,6 @@ async def served(postgres_dsn: str, tmp_path: Path) -> AsyncIterator[SecureHost]
                 )
             )
         yield host
-    finally:
-        await host.host.stop()
 
 
 async def _cli(*argv: str) -> int:

@@ -5,6 +5,7 @@ one port, outside dev (no anonymous callers), JWTs from a test issuer, PostgreSQ
 from __future__ import annotations
 
 import base64
+import contextlib
 import secrets
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -74,9 +75,11 @@ def secure_settings(dsn: str, issuer: TokenIssuer, tmp_path: Path, **security: A
     )
 
 
-async def start_secure_host(
+@contextlib.asynccontextmanager
+async def running_secure_host(
     dsn: str, tmp_path: Path, *, with_inference: bool = True, **security: Any
-) -> SecureHost:
+) -> AsyncIterator[SecureHost]:
+    """A started ``SecureHost`` (``security`` as in ``secure_settings``), stopped on exit."""
     issuer = TokenIssuer.create(tmp_path / "issuer")
     settings = secure_settings(dsn, issuer, tmp_path, **security)
     units = [decoder_unit(), analytics_unit()]
@@ -85,7 +88,10 @@ async def start_secure_host(
     units.append(QUERY_UNIT)
     host = ServiceHost(settings, units)
     await host.start()
-    return SecureHost(host, issuer, tmp_path)
+    try:
+        yield SecureHost(host, issuer, tmp_path)
+    finally:
+        await host.stop()
 
 
 def mtls_security(
@@ -129,11 +135,8 @@ def mtls_channel(target: str, certs: DevCertificates, client: str | None) -> grp
 
 @pytest.fixture
 async def secure_host(postgres_dsn: str, tmp_path: Path) -> AsyncIterator[SecureHost]:
-    served = await start_secure_host(postgres_dsn, tmp_path)
-    try:
+    async with running_secure_host(postgres_dsn, tmp_path) as served:
         yield served
-    finally:
-        await served.host.stop()
 
 
 async def call(

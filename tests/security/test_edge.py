@@ -19,7 +19,7 @@ import pytest
 from its.camera.v1 import camera_pb2, camera_service_pb2, camera_service_pb2_grpc
 from its_camera_ai.common import ConfigError, Settings
 from its_camera_ai.security import DevCertificates, mint_dev_certificates
-from tests.security.conftest import SecureHost, mtls_channel, mtls_security, start_secure_host
+from tests.security.conftest import SecureHost, mtls_channel, mtls_security, running_secure_host
 
 pytestmark = pytest.mark.security
 
@@ -31,16 +31,11 @@ async def behind_edge(
     postgres_dsn: str, tmp_path: Path
 ) -> AsyncIterator[tuple[SecureHost, DevCertificates]]:
     certs = mint_dev_certificates(tmp_path / "certs", clients=("envoy", "operator"))
-    served = await start_secure_host(
-        postgres_dsn,
-        tmp_path,
-        with_inference=False,
-        **mtls_security(certs, peer=None, edge_proxies=[_EDGE]),
-    )
-    try:
+    security = mtls_security(certs, peer=None, edge_proxies=[_EDGE])
+    async with running_secure_host(
+        postgres_dsn, tmp_path, with_inference=False, **security
+    ) as served:
         yield served, certs
-    finally:
-        await served.host.stop()
 
 
 def _payload(padded: bool = False, **claims: Any) -> str:

@@ -25,25 +25,22 @@ from its.admin.v1 import admin_service_pb2, admin_service_pb2_grpc, api_key_pb2
 from its.analytics.v1 import analytics_service_pb2, analytics_service_pb2_grpc, detection_batch_pb2
 from its.camera.v1 import camera_pb2, camera_service_pb2, camera_service_pb2_grpc
 from tests.conftest import rpc_error_details
-from tests.security.conftest import SecureHost, start_secure_host
+from tests.security.conftest import SecureHost, running_secure_host
 
 pytestmark = pytest.mark.security
 
 
 @pytest.fixture
 async def served(postgres_dsn: str, tmp_path: Path) -> AsyncIterator[SecureHost]:
-    host = await start_secure_host(
+    async with running_secure_host(
         postgres_dsn,
         tmp_path,
         with_inference=False,
         rate_limits={"viewer": {"requests_per_second": 5, "burst": 5}},
         reflection=False,
         metrics_token="metrics-secret-for-tests",
-    )
-    try:
+    ) as host:
         yield host
-    finally:
-        await host.host.stop()
 
 
 def _b64(data: bytes) -> str:

@@ -18,7 +18,7 @@ from its.camera.v1 import camera_pb2, camera_service_pb2, camera_service_pb2_grp
 from its.common.v1 import frame_pb2, time_range_pb2
 from its.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from its.query.v1 import query_service_pb2, query_service_pb2_grpc
-from tests.security.conftest import SecureHost, start_secure_host
+from tests.security.conftest import SecureHost, running_secure_host
 
 pytestmark = pytest.mark.security
 
@@ -42,11 +42,8 @@ _EVENT = (
 
 @pytest.fixture
 async def scoped(postgres_dsn: str, tmp_path: object) -> AsyncIterator[SecureHost]:
-    served = await start_secure_host(postgres_dsn, tmp_path, with_inference=False)  # type: ignore[arg-type]
-    try:
+    async with running_secure_host(postgres_dsn, tmp_path, with_inference=False) as served:  # type: ignore[arg-type]
         yield served
-    finally:
-        await served.host.stop()
 
 
 def _range(start: float, end: float) -> time_range_pb2.TimeRange:
