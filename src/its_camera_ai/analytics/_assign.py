@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["assign", "hungarian", "iou_matrix"]
+__all__ = ["assign", "hungarian", "inside_matrix", "iou_matrix"]
 
 F64 = NDArray[np.float64]
 IntArr = NDArray[np.intp]
@@ -24,19 +24,35 @@ IntArr = NDArray[np.intp]
 _PY_MAX = 24
 
 
-def iou_matrix(a: F64, b: F64) -> F64:
-    """IoU of every box of (T, 4) ``a`` with every box of (D, 4) ``b`` (x1, y1, x2, y2)."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)))
+def _intersection(a: F64, b: F64) -> F64:
     ix1 = np.maximum(a[:, None, 0], b[None, :, 0])
     iy1 = np.maximum(a[:, None, 1], b[None, :, 1])
     ix2 = np.minimum(a[:, None, 2], b[None, :, 2])
     iy2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.maximum(ix2 - ix1, 0.0) * np.maximum(iy2 - iy1, 0.0)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
+    out: F64 = np.maximum(ix2 - ix1, 0.0) * np.maximum(iy2 - iy1, 0.0)
+    return out
+
+
+def _area(boxes: F64) -> F64:
+    out: F64 = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return out
+
+
+def iou_matrix(a: F64, b: F64) -> F64:
+    """IoU of every box of (T, 4) ``a`` with every box of (D, 4) ``b`` (x1, y1, x2, y2)."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    inter = _intersection(a, b)
+    union = _area(a)[:, None] + _area(b)[None, :] - inter
     out: F64 = inter / np.maximum(union, 1e-12)
+    return out
+
+
+def inside_matrix(a: F64, b: F64) -> F64:
+    """The fraction of each box of (T, 4) ``a`` that lies inside each box of (D, 4) ``b``."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    out: F64 = _intersection(a, b) / np.maximum(_area(a), 1e-12)[:, None]
     return out
 
 

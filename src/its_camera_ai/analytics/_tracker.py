@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from its_camera_ai.analytics._assign import inside_matrix
 from its_camera_ai.analytics._association import (
     ASSOCIATION_GROUP,
     FrameAssociation,
@@ -337,10 +338,21 @@ class ByteTracker:
         )
 
     def _start_tracks(self, frame: FrameAssociation) -> None:
-        """Tentative tracks from the confident detections nothing took."""
+        """Tentative tracks from the confident detections nothing took, but for those lying
+        inside the box that continued a track of their association group this frame: a real
+        detector's second box on part of a vehicle (its cabin, its front half), seen near
+        the camera, is not another vehicle, and as a track of its own it crosses a line
+        before the whole does and counts the vehicle twice."""
         births = (
             frame.high & ~frame.det_used & (frame.scores >= self.cfg.new_track_score)
         ).nonzero()[0]
+        continued = frame.row_det[frame.row_det >= 0]
+        if len(births) and len(continued):
+            part = inside_matrix(frame.boxes[births], frame.boxes[continued]) >= (
+                self.cfg.birth_inside
+            )
+            part &= frame.det_group[births, None] == frame.det_group[None, continued]
+            births = births[~part.any(axis=1)]
         self._birth(frame.boxes[births], frame.scores[births], frame.classes[births], frame.t)
 
     def _predict_on_ground(self, lost: NDArray[np.bool_], t: float) -> NDArray[np.bool_]:
