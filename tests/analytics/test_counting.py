@@ -96,6 +96,11 @@ def test_true_re_crossing_counts_once_per_direction() -> None:
     assert c[("camera", "", Direction.NONE)] == 1  # one distinct vehicle
 
 
+# The Intel clip's counting lines (tests/data/real_clips/counts.json).
+INTEL_MID = LineSpec("mid", (16.0, 216.0), (752.0, 216.0))
+INTEL_LOW = LineSpec("low", (16.0, 320.0), (752.0, 320.0))
+
+
 # Car v4 of the Intel clip (tests/data/real_clips: 768x432 at 12.5 frames/s) driving down
 # the image, as a fine-tuned YOLOX found it (frames 317-347; x0, y0, x1, y1, score, class).
 # In frame 333 it saw only the car's front: the box's bottom, the reference point, jumped
@@ -138,8 +143,7 @@ CAR_V4_BOXES: dict[int, list[tuple[float, ...]]] = {
 def test_a_box_cut_short_past_the_line_is_not_a_u_turn() -> None:
     """A crossing back needs the track to move back: a partial detection that puts the
     reference point over the line for a frame, while the car drives on, is not counted."""
-    low = LineSpec("low", (16.0, 320.0), (752.0, 320.0))
-    assert _replay_crossings(CAR_V4_BOXES, low) == [("low", LTR)]
+    assert _replay_crossings(CAR_V4_BOXES, INTEL_LOW) == [("low", LTR)]
 
 
 # The same car as a longer-trained fine-tune found it at 640x384 (frames 326-343; a
@@ -188,9 +192,8 @@ def test_a_second_box_on_part_of_a_tracked_car_is_not_another_car() -> None:
     """A confident box inside the box that continued a track (the car's front half) starts
     no track of its own: as one, it crossed each line before the whole car and counted it
     twice."""
-    mid = LineSpec("mid", (16.0, 216.0), (752.0, 216.0))
-    low = LineSpec("low", (16.0, 320.0), (752.0, 320.0))
-    assert _replay_crossings(CAR_V4_PART_BOXES, mid, low) == [("mid", LTR), ("low", LTR)]
+    crossings = _replay_crossings(CAR_V4_PART_BOXES, INTEL_MID, INTEL_LOW)
+    assert crossings == [("mid", LTR), ("low", LTR)]
 
 
 def test_camera_volume_counts_distinct_tracks() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import grpc
@@ -41,8 +42,8 @@ _EVENT = (
 
 
 @pytest.fixture
-async def scoped(postgres_dsn: str, tmp_path: object) -> AsyncIterator[SecureHost]:
-    async with running_secure_host(postgres_dsn, tmp_path, with_inference=False) as served:  # type: ignore[arg-type]
+async def scoped(postgres_dsn: str, tmp_path: Path) -> AsyncIterator[SecureHost]:
+    async with running_secure_host(postgres_dsn, tmp_path, with_inference=False) as served:
         yield served
 
 
