@@ -91,6 +91,21 @@ def _parser() -> argparse.ArgumentParser:
         metavar=("LOW", "HIGH"),
         help="random zoom range of the augmentation",
     )
+    ap.add_argument(
+        "--close-zoom",
+        type=float,
+        nargs=2,
+        default=defaults.close_zoom,
+        metavar=("LOW", "HIGH"),
+        help="zoom range of the --close-share crops: vehicles as large as a camera beside "
+        "the road shows them",
+    )
+    ap.add_argument(
+        "--close-share",
+        type=float,
+        default=defaults.close_share,
+        help="share of the crops zoomed by --close-zoom (0: none)",
+    )
     ap.add_argument("--ema-decay", type=float, default=defaults.ema_decay)
     ap.add_argument("--seed", type=int, default=defaults.seed, help="data order and augmentation")
     ap.add_argument("--threads", type=int, default=defaults.threads)
@@ -107,6 +122,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     ap = _parser()
     args = ap.parse_args(argv)
+    if not 0.0 <= args.close_share <= 1.0:
+        ap.error(f"--close-share {args.close_share}: a share from 0 to 1")
+    if args.close_share > 0 and args.close_zoom is None:
+        ap.error(f"--close-share {args.close_share}: --close-zoom LOW HIGH is needed with it")
     seeds = parse_seeds(args.seeds)
     start = read_adapter_manifest(args.init)
     if start.output != "yolox":
@@ -131,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         anchor_weight=args.anchor_weight,
         distil_weight=args.distil_weight,
         zoom=tuple(args.zoom),
+        close_zoom=None if args.close_zoom is None else tuple(args.close_zoom),
+        close_share=args.close_share,
         ema_decay=args.ema_decay,
         seed=args.seed,
         threads=args.threads,

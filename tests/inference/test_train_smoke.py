@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from numpy.typing import NDArray
 
 from its_camera_ai.inference.models import load_detector
 from its_camera_ai.inference.training import (
@@ -88,6 +90,45 @@ def test_augmented_crops_carry_their_boxes() -> None:
         ys, xs = torch.nonzero(image.mean(0) > 0.75, as_tuple=True)
         seen = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
         np.testing.assert_allclose(seen, moved[0], atol=1.5)
+
+
+def test_a_share_of_crops_zooms_close_and_none_changes_nothing() -> None:
+    """``close_share`` of the crops take the close zoom (their object as large as it is
+    there, where its pixels went); share 0 draws exactly what the plain zoom draws."""
+    frames = torch.zeros(64, 384, 640, 3, dtype=torch.uint8)
+    frames[:, 72:312, 80:560] = 255  # 480 x 240 px, in the centre
+    box = np.array([[80.0, 72.0, 560.0, 312.0]], np.float32)
+
+    def crops(**close: Any) -> tuple[torch.Tensor, list[NDArray[np.float32]]]:
+        gen = torch.Generator().manual_seed(7)
+        return augment(
+            frames, [box] * 64, gen, scale=(0.8, 0.9), colour=0.0, out_size=(416, 288), **close
+        )
+
+    x, boxes = crops(close_scale=(2.5, 3.0), close_share=0.25)
+    widths = np.array([float(b[0, 2] - b[0, 0]) for b in boxes])
+    close = widths >= 2.5 * 480 - 1e-3
+    assert np.all(close | (widths <= 0.9 * 480 + 1e-3))
+    assert 6 <= close.sum() <= 26  # a quarter of 64, give or take the draw
+    checked = 0
+    for image, moved, is_close in zip(x, boxes, close, strict=True):
+        if not is_close:
+            continue
+        visible = moved[0].copy()
+        visible[[0, 2]] = visible[[0, 2]].clip(0, 416)
+        visible[[1, 3]] = visible[[1, 3]].clip(0, 288)
+        if min(visible[2] - visible[0], visible[3] - visible[1]) < 2:
+            continue  # the crop missed the object
+        ys, xs = torch.nonzero(image.mean(0) > 0.75, as_tuple=True)
+        seen = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
+        np.testing.assert_allclose(seen, visible, atol=1.5)
+        checked += 1
+    assert checked >= 8
+    plain, plain_boxes = crops()
+    unused, unused_boxes = crops(close_scale=(2.5, 3.0), close_share=0.0)
+    assert torch.equal(plain, unused)
+    for a, b in zip(plain_boxes, unused_boxes, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_colour_jitter_is_the_three_steps_in_order() -> None:

@@ -143,6 +143,22 @@ def test_a_bad_size_is_refused_naming_its_flag(
     assert says in err
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--close-share", "1.5", "--close-zoom", "1.5", "3"], "--close-share 1.5: a share from 0"),
+        (["--close-share", "0.2"], "--close-share 0.2: --close-zoom LOW HIGH is needed"),
+    ],
+)
+def test_a_close_share_out_of_range_or_without_its_zoom_is_refused(
+    args: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        script_main("finetune_yolox")(["--data", "unused", *args])
+    assert exit_info.value.code == 2
+    assert says in capsys.readouterr().err
+
+
 @torch.no_grad()
 def _drift(model: torch.nn.Module, start: torch.nn.Module) -> float:
     return sum(

@@ -182,16 +182,23 @@ def augment(
     scale: tuple[float, float] = (0.75, 1.35),
     colour: float = 0.3,
     out_size: tuple[int, int] | None = None,
+    close_scale: tuple[float, float] | None = None,
+    close_share: float = 0.0,
 ) -> tuple[torch.Tensor, list[NDArray[np.float32]]]:
     """uint8 ``[B,H,W,3]`` -> float ``[B,3,oh,ow]`` with flip, zoom, shift and colour jitter.
 
     ``out_size`` (w, h), default the input's: smaller, it is a random crop of the zoomed
     frame (the network is fully convolutional, so it trains on crops at the scale it will
-    see whole frames, for a fraction of the pixels).
+    see whole frames, for a fraction of the pixels). ``close_share`` of the images take
+    their zoom from ``close_scale`` instead: vehicles as large as a camera beside the road
+    shows them, which the simulator's views rarely do.
     """
     b, h, w, _ = images.shape
     ow, oh = out_size or (w, h)
     s = torch.empty(b).uniform_(scale[0], scale[1], generator=gen)
+    if close_scale is not None and close_share > 0:  # no extra draws otherwise: runs repeat
+        close = torch.rand(b, generator=gen) < close_share
+        s = torch.where(close, torch.empty(b).uniform_(*close_scale, generator=gen), s)
     flip = torch.rand(b, generator=gen) < 0.5
     # Shift so that the zoomed image still covers a random part of the output.
     tx = (torch.rand(b, generator=gen) - 0.5) * (w * s - ow).abs() * 1.2

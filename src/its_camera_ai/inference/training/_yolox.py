@@ -72,6 +72,9 @@ class FinetuneConfig:
     weight_decay: float = 5e-4
     warmup_steps: int = 100
     zoom: tuple[float, float] = (0.7, 1.4)
+    # close_share of the crops zoom by close_zoom instead (vehicles near the camera).
+    close_zoom: tuple[float, float] | None = None
+    close_share: float = 0.0
     freeze: int = 0  # the first N convolutions (graph order) keep their weights
     # L2-SP: anchor_weight x the squared distance of the trained weights from where they
     # started, added to the loss (0: off); keeps what COCO taught without any COCO images.
@@ -337,6 +340,8 @@ def _network_batch(
         gen,
         scale=cfg.zoom,
         out_size=cfg.crop_size,
+        close_scale=cfg.close_zoom,
+        close_share=cfg.close_share,
     )
     return x[:, [2, 1, 0]].mul_(255.0).to(device), boxes
 
