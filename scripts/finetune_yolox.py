@@ -122,6 +122,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     ap = _parser()
     args = ap.parse_args(argv)
+    for flag, zoom in (("--zoom", args.zoom), ("--close-zoom", args.close_zoom)):
+        if zoom is not None and not 0 < zoom[0] <= zoom[1]:
+            ap.error(f"{flag} {zoom[0]:g} {zoom[1]:g}: LOW HIGH with 0 < LOW <= HIGH")
     if not 0.0 <= args.close_share <= 1.0:
         ap.error(f"--close-share {args.close_share}: a share from 0 to 1")
     if args.close_share > 0 and args.close_zoom is None:

@@ -148,9 +148,11 @@ def test_a_bad_size_is_refused_naming_its_flag(
     [
         (["--close-share", "1.5", "--close-zoom", "1.5", "3"], "--close-share 1.5: a share from 0"),
         (["--close-share", "0.2"], "--close-share 0.2: --close-zoom LOW HIGH is needed"),
+        (["--close-zoom", "3", "1.5"], "--close-zoom 3 1.5: LOW HIGH with 0 < LOW <= HIGH"),
+        (["--zoom", "0", "1.3"], "--zoom 0 1.3: LOW HIGH with 0 < LOW <= HIGH"),
     ],
 )
-def test_a_close_share_out_of_range_or_without_its_zoom_is_refused(
+def test_a_bad_zoom_or_close_share_is_refused_naming_its_flag(
     args: list[str], says: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as exit_info:
