@@ -380,11 +380,22 @@ class PrivateRedisCluster:
     default, port + 10000, may be taken or beyond 65535 for a high ephemeral port.
     """
 
+    _LAUNCH_TRIES = 5
+
     def __init__(self, directory: Path, nodes: int = 6) -> None:
-        self.ports = [free_port() for _ in range(nodes)]
-        self._bus_ports = [free_port() for _ in range(nodes)]
+        self.ports: list[int] = []
+        self._bus_ports: list[int] = []
+        for _ in range(nodes):
+            self.ports.append(self._unused_port())
+            self._bus_ports.append(self._unused_port())
         self._directory = directory
         self._processes: dict[int, subprocess.Popen[bytes]] = {}
+
+    def _unused_port(self) -> int:
+        """A free port none of this cluster's nodes was given (free_port() may repeat one)."""
+        while (port := free_port()) in {*self.ports, *self._bus_ports}:
+            pass
+        return port
 
     @property
     def url(self) -> str:
@@ -398,8 +409,8 @@ class PrivateRedisCluster:
     def start(self) -> None:
         cli = shutil.which("redis-cli")
         assert cli, "redis-cli is not installed (.ci/run installs it)"
-        for port in self.ports:
-            self._launch(port)
+        for node in range(len(self.ports)):
+            self._launch_on_free_ports(node)
         subprocess.run(
             [cli, "--cluster", "create", *(f"127.0.0.1:{port}" for port in self.ports),
              "--cluster-replicas", "1", "--cluster-yes"],
@@ -409,24 +420,45 @@ class PrivateRedisCluster:
         # A replica that never synchronised would not be elected: wait for every link.
         self._wait_until(lambda: all(self._synced(p) for p in self.ports), "replicas never synced")
 
-    def _launch(self, port: int) -> None:
+    def _launch_on_free_ports(self, node: int) -> None:
+        """Start node ``node``, on other ports if its own were taken since they were probed
+        (by a client's ephemeral port, say): the node then exits at once, and CI saw it."""
+        for _ in range(self._LAUNCH_TRIES):
+            if self._launch(self.ports[node]):
+                return
+            self.ports[node], self._bus_ports[node] = self._unused_port(), self._unused_port()
+        raise AssertionError(f"no node started in {self._LAUNCH_TRIES} tries on fresh ports")
+
+    def _launch(self, port: int) -> bool:
+        """Whether the node on ``port`` came up; False when its process exited instead."""
         server = shutil.which("redis-server")
         assert server, "redis-server is not installed (.ci/run installs it)"
         bus_port = self._bus_ports[self.ports.index(port)]
-        self._processes[port] = subprocess.Popen(
+        log = self._directory / f"node-{port}.log"
+        process = subprocess.Popen(
             [server, "--port", str(port), "--bind", "127.0.0.1",
              "--cluster-enabled", "yes", "--cluster-port", str(bus_port),
              "--cluster-config-file", str(self._directory / f"nodes-{port}.conf"),
              "--cluster-node-timeout", "1000", "--appendonly", "no", "--save", "",
-             "--dir", str(self._directory)],
+             "--dir", str(self._directory), "--logfile", str(log)],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
-        self._wait_until(lambda: self.node_command(port, "PING"), "a node did not start")
+        self._processes[port] = process  # stop() kills it, whatever happens next
+        self._wait_until(
+            lambda: process.poll() is not None or self.node_command(port, "PING"),
+            f"the node on port {port} neither answered nor exited",
+        )
+        if process.poll() is None:
+            return True
+        del self._processes[port]
+        tail = log.read_text(errors="replace")[-300:] if log.exists() else ""
+        print(f"redis node on port {port} exited at start: {tail}")
+        return False
 
     def restart(self, port: int) -> None:
         """Start a killed node again: its nodes file brings it back into the cluster, with
         its slots if no replica took them, empty (no persistence)."""
-        self._launch(port)
+        assert self._launch(port), f"the killed node could not restart on port {port}"
 
     def _node(self, port: int) -> redis.Redis:
         return redis.Redis(
