@@ -196,6 +196,19 @@ def test_a_second_box_on_part_of_a_tracked_car_is_not_another_car() -> None:
     assert crossings == [("mid", LTR), ("low", LTR)]
 
 
+def test_a_person_first_seen_inside_another_persons_box_is_another_person() -> None:
+    """A child walking in front of an adult, seen only once it steps out from behind a
+    parked car, has its box inside the adult's: unlike a vehicle's cabin boxed twice, that is
+    a second person, and both are counted."""
+    person = int(ObjectClass.PERSON)
+    adult = synth.moving_box(600, 200, 0, 5, w=40, h=110)
+    child = synth.moving_box(604, 205, 0, 5, w=24, h=60, visible=lambda k: k >= 6)
+    eng = _engine(LineSpec("l", (500.0, 300.0), (700.0, 300.0)))
+    for f in synth.pixel_frames([(adult, 0.9, person), (child, 0.9, person)], 50):
+        assert eng.process(f).accepted
+    assert _counts(eng)[("line", "l", LTR)] == 2
+
+
 def test_camera_volume_counts_distinct_tracks() -> None:
     eng = _engine(
         LineSpec("a", (100.0, 300.0), (1100.0, 300.0)),

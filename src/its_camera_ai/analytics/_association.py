@@ -13,8 +13,9 @@ from numpy.typing import NDArray
 
 from its_camera_ai.analytics._assign import assign, iou_matrix
 from its_camera_ai.analytics._occlusion import expand
+from its_camera_ai.analytics._records import NUM_CLASSES, ObjectClass
 
-__all__ = ["ASSOCIATION_GROUP", "FrameAssociation", "match_by_iou"]
+__all__ = ["ASSOCIATION_GROUP", "BOXED_IN_PARTS", "FrameAssociation", "match_by_iou"]
 
 F64 = NDArray[np.float64]
 I64 = NDArray[np.int64]
@@ -23,6 +24,12 @@ IntArr = NDArray[np.intp]
 # Association groups by class number: motor vehicles may be confused with each other by the
 # detector, but not with two-wheelers or people.
 ASSOCIATION_GROUP = np.array([0, 1, 1, 1, 1, 2, 3], dtype=np.int8)
+# By class: the bodies a detector boxes part of a second time (a cabin, a front half). A
+# person inside a person's box is another person (a child in front of an adult), a
+# motorcycle inside a lorry's another vehicle.
+BOXED_IN_PARTS = np.isin(
+    np.arange(NUM_CLASSES), [ObjectClass.CAR, ObjectClass.TRUCK, ObjectClass.BUS]
+)
 
 
 @dataclass(slots=True)

@@ -32,6 +32,7 @@ from numpy.typing import NDArray
 from its_camera_ai.analytics._assign import inside_matrix
 from its_camera_ai.analytics._association import (
     ASSOCIATION_GROUP,
+    BOXED_IN_PARTS,
     FrameAssociation,
     match_by_iou,
 )
@@ -338,11 +339,10 @@ class ByteTracker:
         )
 
     def _start_tracks(self, frame: FrameAssociation) -> None:
-        """Tentative tracks from the confident detections nothing took, but for those lying
-        inside the box that continued a track of their association group this frame: a real
-        detector's second box on part of a vehicle (its cabin, its front half), seen near
-        the camera, is not another vehicle, and as a track of its own it crosses a line
-        before the whole does and counts the vehicle twice."""
+        """Tentative tracks from the confident detections nothing took, but for a vehicle's
+        (``BOXED_IN_PARTS``) inside the box that continued a track of its group this frame:
+        a real detector's second box on part of a vehicle (its cabin, its front half) is not
+        another vehicle, and as a track it crosses a line before the whole and counts twice."""
         births = (
             frame.high & ~frame.det_used & (frame.scores >= self.cfg.new_track_score)
         ).nonzero()[0]
@@ -352,6 +352,7 @@ class ByteTracker:
                 self.cfg.birth_inside
             )
             part &= frame.det_group[births, None] == frame.det_group[None, continued]
+            part &= BOXED_IN_PARTS[frame.classes[births], None]
             births = births[~part.any(axis=1)]
         self._birth(frame.boxes[births], frame.scores[births], frame.classes[births], frame.t)
 

@@ -217,9 +217,9 @@ class TrackerSettings(_Section):
     low_score: float = Field(0.1, ge=0.0, le=1.0)
     # Only confident detections start tracks, so a low-score blip never becomes one.
     new_track_score: float = Field(0.6, ge=0.0, le=1.0)
-    # Nor does one with at least this fraction of its box inside the box that continued a
-    # track of its association group in the same frame: that is a part of the vehicle (its
-    # cabin, its front half) boxed a second time, not another vehicle.
+    # Nor does a car, truck or bus with at least this fraction of its box inside the box that
+    # continued a track of its association group in the same frame: that is a part of the
+    # vehicle (its cabin, its front half) boxed a second time, not another vehicle.
     birth_inside: float = Field(0.85, gt=0.0, le=1.0)
     # Minimum IoU per stage: first (high scores, incl. lost tracks), second (low scores),
     # tentative tracks against what remains.
