@@ -422,7 +422,8 @@ class PrivateRedisCluster:
 
     def _launch_on_free_ports(self, node: int) -> None:
         """Start node ``node``, on other ports if its own were taken since they were probed
-        (by a client's ephemeral port, say): the node then exits at once, and CI saw it."""
+        (by a client's ephemeral port, say): the node then exits at once, the likely cause
+        of a CI run's "a node did not start" (not shown)."""
         for _ in range(self._LAUNCH_TRIES):
             if self._launch(self.ports[node]):
                 return
@@ -458,7 +459,8 @@ class PrivateRedisCluster:
     def restart(self, port: int) -> None:
         """Start a killed node again: its nodes file brings it back into the cluster, with
         its slots if no replica took them, empty (no persistence)."""
-        assert self._launch(port), f"the killed node could not restart on port {port}"
+        if not self._launch(port):
+            raise AssertionError(f"the killed node could not restart on port {port}")
 
     def _node(self, port: int) -> redis.Redis:
         return redis.Redis(
