@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import random
 import shutil
 import socket
 import sys
@@ -53,11 +54,38 @@ def script_main(name: str) -> Callable[[list[str]], int]:
     return main
 
 
-def free_port() -> int:
+def server_port_range() -> range:
+    """Where test servers listen: below the kernel's ephemeral range. A port probed free inside
+    that range can be taken by some client's connect() before the server binds it (the
+    likely cause of a Redis Cluster node that never started in CI); below it only another
+    listener can take it. Where the ephemeral range starts too low to leave room, 20000-59999."""
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    return range(20_000, ephemeral_low if ephemeral_low >= 24_000 else 60_000)
+
+
+def is_free_port(port: int) -> bool:
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+# Its own generator: a test that seeds ``random`` must not make every test pick the same ports.
+PORT_PICKER = random.SystemRandom()
+
+
+def free_port() -> int:
+    """A port free on loopback, at random in ``server_port_range()``."""
+    ports = server_port_range()
+    for _ in range(200):
+        if is_free_port(port := PORT_PICKER.choice(ports)):
+            return port
+    raise AssertionError(f"no free port in {ports.start}-{ports.stop - 1}")
 
 
 def rpc_error_details(error: grpc.aio.AioRpcError) -> tuple[str, list[str]]:

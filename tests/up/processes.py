@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import random
 import signal
-import socket
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.conftest import PORT_PICKER, is_free_port, server_port_range
 
 
 @dataclass(frozen=True)
@@ -57,14 +56,10 @@ def children_of(pid: int) -> list[Proc]:
 
 
 def free_port_block(size: int = 8) -> int:
-    """A base port with ``size`` consecutive ports free on loopback."""
+    """A base port with ``size`` consecutive ports free on loopback, below the ephemeral range."""
+    ports = server_port_range()
     for _ in range(200):
-        base = random.randrange(20_000, 60_000)
-        try:
-            for port in range(base, base + size):
-                with closing(socket.socket()) as probe:
-                    probe.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
+        base = PORT_PICKER.randrange(ports.start, ports.stop - size)
+        if all(is_free_port(port) for port in range(base, base + size)):
+            return base
     raise AssertionError("no block of free ports")
