@@ -8,8 +8,9 @@ Shards of the requested seeds missing from ``--data`` are rendered first (as
 ``scripts/train_detector.py`` does; seeds below the held-out 100000+). The weights start from
 ``--init`` (the shipped ``yolox-nano-coco`` by default), keep COCO's 80-class head and its
 class map, and are written as TorchScript beside a manifest of the same format as the one
-they started from, with the run's config in its ``training`` record and a new sha256. How it
-trains and what keeps it good on real video: ``its_camera_ai.inference.training._yolox``.
+they started from, with the run's config in its ``training`` record (where ``--init`` was a
+fine-tune too, its records go on in ``training_history``) and a new sha256. How it trains
+and what keeps it good on real video: ``its_camera_ai.inference.training._yolox``.
 Score it with ``scripts/evaluate_detector.py --manifest`` (simulator held-out) and
 ``benchmarks/real_clip_counts.py --models`` (real clips).
 """
@@ -206,6 +207,11 @@ def main(argv: list[str] | None = None) -> int:
             "source": f"fine-tuned from {start.name} {start.version} ({start.source})",
             "evaluation": None,
             "training": record,
+            "training_history": (
+                (*start.training_history, start.training)
+                if start.training
+                else start.training_history
+            ),
         }
     )
     write_manifest(args.out / f"{args.name}.json", manifest)

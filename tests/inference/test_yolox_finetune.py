@@ -121,8 +121,23 @@ def test_finetune_smoke_resumes_and_ships_a_loadable_model(tmp_path: Path) -> No
             (ROOT / "src/its_camera_ai/inference/models/yolox-nano-coco.json").read_text()
         )["class_map"]
     )
+    assert manifest["training_history"] == []  # COCO's weights were not a fine-tune
     model = load_model(out / "yolox-nano-its.json")  # sha256 checked
     assert len(model.detect([np.zeros((360, 640, 3), np.uint8)])) == 1
+
+    # Going on from that fine-tune keeps its record, so the file holds the whole chain.
+    again = tmp_path / "again"
+    assert main([
+        *args, "--out", str(again), "--checkpoint", str(tmp_path / "again.pt"),  # the last wins
+        "--init", str(out / "yolox-nano-its.json"), "--steps", "1", "--version", "again",
+    ]) == 0  # fmt: skip
+    chained = json.loads((again / "yolox-nano-its.json").read_text())
+    assert chained["training"]["init"].startswith("yolox-nano-its smoke ")
+    assert chained["training_history"] == [manifest["training"]]
+    assert (
+        "fine-tuned from yolox-nano-its smoke (fine-tuned from yolox-nano-coco "
+        in chained["source"]
+    )
 
 
 @pytest.mark.parametrize(

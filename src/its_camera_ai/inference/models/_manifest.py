@@ -163,6 +163,9 @@ class AdapterManifest(_Strict):
     evaluation: dict[str, Any] | None = None
     # How the weights were trained further (fine-tuned), where they were: the run's config.
     training: dict[str, Any] | None = None
+    # The runs before ``training`` that these weights went on from (``--init`` a fine-tune),
+    # oldest first: the whole chain back to the pretrained weights stays in the one file.
+    training_history: tuple[dict[str, Any], ...] = ()
 
     @model_validator(mode="after")
     def _consistent(self) -> AdapterManifest:
