@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import random
@@ -54,6 +55,7 @@ def script_main(name: str) -> Callable[[list[str]], int]:
     return main
 
 
+@functools.cache
 def server_port_range() -> range:
     """Where test servers listen: below the kernel's ephemeral range. A port probed free inside
     that range can be taken by some client's connect() before the server binds it (the

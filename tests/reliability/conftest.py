@@ -376,8 +376,9 @@ class PrivateRedisCluster:
     """A real Redis Cluster of the test's own on loopback: 3 masters, a replica each.
 
     A one-second node timeout makes a killed master's replica take over in a few seconds
-    (the default, 15 s, would not fit a test). Each node gets an explicit bus port: the
-    default, port + 10000, may be taken or beyond 65535 for a high ephemeral port.
+    (the default, 15 s, would not fit a test). Each node gets an explicit bus port, probed
+    free like its port: the default, port + 10000, lands in the ephemeral range, where any
+    client's connection may hold it.
     """
 
     _LAUNCH_TRIES = 5
@@ -422,8 +423,8 @@ class PrivateRedisCluster:
 
     def _launch_on_free_ports(self, node: int) -> None:
         """Start node ``node``, on other ports if its own were taken since they were probed
-        (by a client's ephemeral port, say): the node then exits at once, the likely cause
-        of a CI run's "a node did not start" (not shown)."""
+        (by another listener: ``free_port`` keeps clear of clients' ephemeral ports, the
+        likely cause of a CI run's "a node did not start"): the node then exits at once."""
         for _ in range(self._LAUNCH_TRIES):
             if self._launch(self.ports[node]):
                 return
