@@ -513,10 +513,11 @@ class InferenceSettings(_Section):
     yolo_input_size: tuple[int, int] = (640, 640)
     yolo_num_classes: int = Field(80, ge=1, le=4096)
     # The network's input (width, height) instead of the manifest's: a larger one finds
-    # smaller (farther) objects at the cost of speed, the shipped default 416x288 being sized
-    # for four 720p cameras on two CPU cores. The shipped networks are fully convolutional,
-    # so any multiple of 32 runs; how accuracy and speed change with it: docs/benchmarks.md
-    # "Input size". (A bare YOLO export declares its own with yolo_input_size.)
+    # smaller (farther) objects at the cost of speed, the shipped default 448x256 being sized
+    # for four 16:9 720p cameras on two CPU cores (a 4:3 camera may want [416, 320]). The
+    # shipped networks are fully convolutional, so any multiple of 32 runs; how accuracy and
+    # speed change with it: docs/benchmarks.md "Input size" and "A 16:9 input". (A bare YOLO
+    # export declares its own with yolo_input_size.)
     input_size: tuple[int, int] | None = None
     # Runtime: "torch" (eager), "torch-compile" (Inductor), "tensorrt" (Torch-TensorRT,
     # CUDA only), "onnxruntime" (CPU and fp32 only: the network exported to ONNX at
