@@ -25,8 +25,9 @@ arrival. Reported per configuration, side by side in one run:
 with a 5 ms maximum queue delay. ``--precision`` is ``inference.precision`` (bf16 needs a CPU
 with bf16 instructions), ``--models`` ``inference.model`` (default: the service's default);
 ``--torch-threads`` ``inference.torch_threads`` (default: torch's, one per core);
-``--backend`` ``inference.backend`` (``onnxruntime``: fp32 only, so it runs with
-``--precision fp32`` alone); ``--input-size`` ``inference.input_size`` (default: the
+``--backend`` ``inference.backend`` (default ``auto``, as the service: ONNX Runtime for
+fp32, torch for bf16; ``onnxruntime``: fp32 only, so it runs with ``--precision fp32``
+alone); ``--input-size`` ``inference.input_size`` (default: the
 model's own); several values run every configuration with each. The writer
 threads and the gRPC peer share the cores with torch, as the decoder and analytics do on a
 real node.
@@ -50,7 +51,13 @@ import torch
 from its_camera_ai.common import InferenceSettings
 from its_camera_ai.inference.training import size_argument
 from its_camera_ai.sim import Scene, SceneConfig
-from its_camera_ai.testing import RingFeeder, inference_host, recording_analytics
+from its_camera_ai.testing import (
+    BENCHMARK_BACKENDS,
+    RingFeeder,
+    engines,
+    inference_host,
+    recording_analytics,
+)
 
 
 def _frames(count: int) -> list[np.ndarray]:
@@ -168,17 +175,12 @@ async def main_async(args: argparse.Namespace) -> None:
     frames = _frames(8 if args.quick else 60)
     seconds = 3.0 if args.quick else args.seconds
     counts = (1, 2) if args.quick else args.cameras
-    engines = [
-        (backend, precision)
-        for backend in args.backend
-        for precision in args.precision
-        if backend == "torch" or precision == "fp32"
-    ]
+    measured = engines(args.backend, args.precision)
     rows = []
     for cameras in counts:
         for batching in (False, True):
             for model, size, engine, threads in itertools.product(
-                args.models, args.input_size, engines, args.torch_threads
+                args.models, args.input_size, measured, args.torch_threads
             ):
                 rows.append(
                     await run(cameras, batching, model, size, engine, threads, seconds, frames)
@@ -214,7 +216,7 @@ def main() -> int:
     parser.add_argument("--cameras", nargs="+", type=int, default=[1, 2, 4])
     parser.add_argument("--precision", nargs="+", choices=("fp32", "bf16"), default=["fp32"])
     parser.add_argument("--models", nargs="+", default=[InferenceSettings().model])
-    parser.add_argument("--backend", nargs="+", choices=("torch", "onnxruntime"), default=["torch"])
+    parser.add_argument("--backend", nargs="+", choices=BENCHMARK_BACKENDS, default=["auto"])
     parser.add_argument(
         "--input-size",
         nargs="+",

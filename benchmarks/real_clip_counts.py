@@ -1,7 +1,7 @@
 """Line counts on real clips against their hand counts, for each shipped model.
 
     python benchmarks/real_clip_counts.py [--models its-detector-v1 yolox-nano-coco]
-        [--score-threshold 0.1 ...] [--precision fp32 bf16] [--backend torch onnxruntime]
+        [--score-threshold 0.1 ...] [--precision fp32 bf16] [--backend auto torch onnxruntime]
         [--input-size 640x384] [--json out.json]
 
 Each clip of ``tests/data/real_clips/counts.json`` (hand counts made with the time-slice
@@ -15,8 +15,9 @@ but what the detector calls them is shown: the share of its car, truck and bus d
 over the whole clip that are cars (1.00 where the network knows a car from a lorry).
 Score thresholds: the model's own unless given; several give one row each. ``--precision
 bf16`` runs the network through the engine ``inference.precision: bf16`` builds (a CPU with
-bf16 instructions, or a GPU), ``--backend onnxruntime`` through the one ``inference.backend:
-onnxruntime`` builds (fp32 only); several values give one row each. ``--input-size`` runs
+bf16 instructions, or a GPU), ``--backend`` as ``inference.backend`` builds it (default
+``auto``, as the service: ONNX Runtime for fp32, torch for bf16; ``onnxruntime``: fp32
+only); several values give one row each. ``--input-size`` runs
 every model's network at that input instead of its manifest's (``inference.input_size``).
 """
 
@@ -30,7 +31,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import av
 import numpy as np
@@ -49,6 +50,7 @@ from its_camera_ai.inference.models import (
 )
 from its_camera_ai.inference.training import size_argument
 from its_camera_ai.scene import Direction, LineSpec, SceneSpec
+from its_camera_ai.testing import BENCHMARK_BACKENDS, engines
 
 REPO = Path(__file__).resolve().parents[1]
 COUNTS = REPO / "tests/data/real_clips/counts.json"
@@ -219,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--score-threshold", type=float, nargs="*", default=[])
     parser.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32"])
     # onnxruntime runs fp32 only: it is paired with --precision fp32 alone.
-    parser.add_argument("--backend", nargs="+", choices=["torch", "onnxruntime"], default=["torch"])
+    parser.add_argument("--backend", nargs="+", choices=BENCHMARK_BACKENDS, default=["auto"])
     parser.add_argument(
         "--input-size", type=size_argument, default=None, help="WxH: every network's input"
     )
@@ -231,12 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     for clip in clips:
         if clip not in present:
             print(f"skipped {clip['file']}: {clip['path']} is absent", file=sys.stderr)
-    engines = [
-        (backend, precision)
-        for backend in args.backend
-        for precision in args.precision
-        if backend == "torch" or precision == "fp32"
-    ]
+    measured = engines(args.backend, args.precision)
     results: list[LineResult] = []
     with Progress(
         TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -246,10 +243,17 @@ def main(argv: list[str] | None = None) -> int:
             frames = clip_frames(REPO / clip["path"])
             for name in args.models:
                 model = load_model(name, input_size=input_size)
-                for backend, precision in engines:
+                for backend, precision in measured:
                     for threshold in args.score_threshold or [model.default_score_threshold]:
+                        # --backend and --precision's choices narrow what engines() gives.
                         results += count_clip(
-                            clip, frames, model, precision, threshold, progress, backend
+                            clip,
+                            frames,
+                            model,
+                            cast(Precision, precision),
+                            threshold,
+                            progress,
+                            cast(Backend, backend),
                         )
     print(_table(results))
     if args.json:

@@ -36,6 +36,7 @@ from its_camera_ai.inference.models import (
 )
 from its_camera_ai.inference.training import box_iou
 from its_camera_ai.sim import load_shard, write_dataset
+from its_camera_ai.testing import engines
 
 
 class ConvYolo(torch.nn.Module):
@@ -149,6 +150,17 @@ def test_the_default_backend_is_onnxruntime_on_a_cpu_in_fp32_and_torch_otherwise
     assert EngineSpec.from_settings(settings).backend == backend
     # Named, a backend is taken as it is.
     assert InferenceSettings(backend="torch").engine_backend == "torch"
+
+
+def test_benchmarks_measure_what_the_service_would_build() -> None:
+    # Their --backend defaults to "auto": a plain run measures the service's own engine.
+    assert engines(["auto"], ["fp32", "bf16"]) == [("onnxruntime", "fp32"), ("torch", "bf16")]
+    # ONNX Runtime runs fp32 only; a pair asked for twice is measured once.
+    assert engines(["torch", "onnxruntime", "auto"], ["fp32", "bf16"]) == [
+        ("torch", "fp32"),
+        ("torch", "bf16"),
+        ("onnxruntime", "fp32"),
+    ]
 
 
 # --- unavailable combinations ---------------------------------------------------------

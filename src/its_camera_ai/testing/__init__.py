@@ -1,7 +1,8 @@
 """Harnesses shared by the test suite and the benchmarks: in-process service hosts on
 loopback (``host_settings``, ``inference_host``, ``metric_value``), a recording
 AnalyticsService peer (``recording_analytics``), simulator frames written into a real ring
-like a decoder writes them (``RingFeeder``, ``sim_frames``), ``until`` for polling and a
+like a decoder writes them (``RingFeeder``, ``sim_frames``), the (backend, precision) pairs
+a benchmark measures (``engines``), ``until`` for polling and a
 fault-injecting TCP proxy for chaos tests (``FaultProxy``) and a round-robin TCP balancer
 putting several service instances behind one address (``Balancer``), and a JWT issuer
 with its JWKS file (``TokenIssuer``, which lives in ``its_camera_ai.security``: ``up``
@@ -15,7 +16,13 @@ from __future__ import annotations
 
 from its_camera_ai.security import TokenIssuer
 from its_camera_ai.testing._balancer import Balancer, BalancerCounters
-from its_camera_ai.testing._hosts import host_settings, inference_host, metric_value
+from its_camera_ai.testing._hosts import (
+    BENCHMARK_BACKENDS,
+    engines,
+    host_settings,
+    inference_host,
+    metric_value,
+)
 from its_camera_ai.testing._inference import (
     SIM_SIZE,
     RecordingAnalytics,
@@ -27,6 +34,7 @@ from its_camera_ai.testing._inference import (
 from its_camera_ai.testing._proxy import FaultProxy, ProxyCounters
 
 __all__ = [
+    "BENCHMARK_BACKENDS",
     "SIM_SIZE",
     "Balancer",
     "BalancerCounters",
@@ -35,6 +43,7 @@ __all__ = [
     "RecordingAnalytics",
     "RingFeeder",
     "TokenIssuer",
+    "engines",
     "host_settings",
     "inference_host",
     "metric_value",

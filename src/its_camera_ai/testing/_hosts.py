@@ -9,7 +9,24 @@ from typing import Any
 from its_camera_ai.common import InferenceSettings, ServiceHost, ServiceUnit, Settings
 from its_camera_ai.inference import inference_unit
 
-__all__ = ["host_settings", "inference_host", "metric_value"]
+__all__ = ["engines", "host_settings", "inference_host", "metric_value"]
+
+# The CPU backends a benchmark may ask for: "auto" is inference.backend's default.
+BENCHMARK_BACKENDS = ("auto", "torch", "onnxruntime")
+
+
+def engines(backends: list[str], precisions: list[str]) -> list[tuple[str, str]]:
+    """The (backend, precision) pairs a benchmark measures for its ``--backend`` and
+    ``--precision`` values: "auto" resolved as the service resolves it (ONNX Runtime for
+    fp32 on a CPU, torch otherwise), ONNX Runtime paired with fp32 alone, each pair once."""
+    pairs: dict[tuple[str, str], None] = {}
+    for backend in backends:
+        for precision in precisions:
+            if backend == "onnxruntime" and precision != "fp32":
+                continue
+            settings = InferenceSettings(backend=backend, precision=precision)
+            pairs[(settings.engine_backend, precision)] = None
+    return list(pairs)
 
 
 def host_settings(dsn: str | None = None, **database: object) -> Settings:
