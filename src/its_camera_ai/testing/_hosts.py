@@ -1,4 +1,5 @@
-"""In-process service hosts on loopback, on ports the OS picks."""
+"""In-process service hosts on loopback, on ports the OS picks, and the inference engines
+a benchmark configures them with."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 from its_camera_ai.common import InferenceSettings, ServiceHost, ServiceUnit, Settings
 from its_camera_ai.inference import inference_unit
 
-__all__ = ["engines", "host_settings", "inference_host", "metric_value"]
+__all__ = ["BENCHMARK_BACKENDS", "engines", "host_settings", "inference_host", "metric_value"]
 
 # The CPU backends a benchmark may ask for: "auto" is inference.backend's default.
 BENCHMARK_BACKENDS = ("auto", "torch", "onnxruntime")
