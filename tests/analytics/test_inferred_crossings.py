@@ -4,6 +4,7 @@ one that left the picture just before it, and the same vehicle never counted twi
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from its_camera_ai.analytics import (
     BinStore,
@@ -60,6 +61,38 @@ def test_a_vehicle_leaving_the_picture_just_before_a_line_is_counted() -> None:
     crossings = _crossings(eng, [leaving, vanishing], 100)
     assert [(c.line_id, c.track_id, c.direction) for c in crossings] == [("beyond", 1, LTR)]
     assert abs(_seconds(crossings[0]) - 25 / FPS) < 0.05
+
+
+@pytest.mark.parametrize("calibrated", [True, False], ids=["calibrated", "lane-plane"])
+def test_inferred_crossings_beside_the_camera_are_timed_on_the_road(calibrated: bool) -> None:
+    # Beside the camera a vehicle's image speed changes fast with its distance (perspective):
+    # 116 px/s at 14 m, 300 at 2 m. A bus moving away at 36 km/h, first seen at 14 m,
+    # crossed the line at 2 m 1.2 s before: extrapolated in the image it would have crossed
+    # 1.7 s before, beyond line_infer_s (1.5 s). One first seen at 18 m (1.6 s past) had
+    # not. A bus coming towards the camera at 12 km/h leaves the picture's bottom short of a
+    # line drawn beyond it, which it crosses 1.3-1.4 s after its last full view: later than
+    # line_infer_s by the image's speed there. Uncalibrated, the lane drawn as a rectangle
+    # is the plane.
+    near = LineSpec("near", synth.to_image(2.0, -8.0), synth.to_image(2.0, 8.0))
+    beyond = LineSpec("beyond", synth.to_image(-5.0, -8.0), synth.to_image(-5.0, 8.0))
+    road = synth.road_scene()
+    scene = SceneSpec(
+        lines=(near, beyond),
+        lanes=road.lanes,
+        calibration=synth.calibration() if calibrated else None,
+    )
+    bus = (2.5, 3.0)
+    away = synth.Agent(synth.straight(14.0, -1.75, 36.0), ObjectClass.BUS, size=bus)
+    past = synth.Agent(synth.straight(18.0, -5.25, 36.0), ObjectClass.BUS, size=bus)
+    coming = synth.Agent(synth.straight(4.0, 1.75, -12.0), ObjectClass.BUS, size=bus)
+    eng = CameraAnalytics(synth.CAMERA, scene)
+    frames = synth.frames([away, past, coming], 5.0)
+    crossings = [c for f in frames for c in eng.process(f).crossings]
+    found = sorted((c.line_id, c.direction, round(_seconds(c), 2)) for c in crossings)
+    # The bus coming towards the camera crosses "near" in sight, the usual way.
+    assert [(line, d) for line, d, _ in found] == [("beyond", RTL), ("near", LTR), ("near", RTL)]
+    assert abs(found[0][2] - (4.0 + 5.0) / (12.0 / 3.6)) < 0.1  # 2.7 s
+    assert abs(found[1][2] + 1.2) < 0.1
 
 
 def test_an_inferred_crossing_of_a_vehicle_counted_already_is_not_counted_again() -> None:

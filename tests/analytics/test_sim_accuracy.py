@@ -304,5 +304,5 @@ def test_long_vehicles_near_the_camera_are_counted_from_their_motion() -> None:
     without, inferred = totals.values()
     print(f"without: {without}; inferred: {inferred}")
     assert inferred.truth == without.truth
-    assert inferred.missed <= without.missed // 2
+    assert inferred.missed <= without.missed // 4
     assert inferred.extra <= without.extra

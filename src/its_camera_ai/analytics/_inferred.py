@@ -6,14 +6,23 @@ against the light): each gives a track whose whole observed life lies on one sid
 line, though the vehicle crossed it. Its motion says so:
 
 - first seen just past: a track whose first full view (bottom in sight, clear of the
-  frame's border), within ``line_infer_s`` of its birth, is on one side of a line, and which
-  then moves away from it, came across it if that move, extended backwards, meets the drawn
-  segment at most ``line_infer_s`` before the first full view;
+  frame's border), within twice ``line_infer_s`` of its birth, is on one side of a line,
+  and which then moves away from it, came across it if that move, extended backwards,
+  meets the drawn segment at most ``line_infer_s`` before the first full view;
 - last seen just before: a track whose last view was cut by the frame's border, heading for
   a line, crossed it out of sight if its reference point's velocity at its last full view
   carries it over the drawn segment within ``line_infer_s`` (a segment drawn beyond the
   picture says crossings there count). Only tracks that left the picture: one that ends
   anywhere else was lost (hidden, missed), and its vehicle may yet stop short of the line.
+
+Both are timed on the road plane where the scene has one (a calibrated camera's, or the
+lane plane of an uncalibrated one: ``CameraScene.road_plane``), on which a vehicle moves at
+a constant velocity. In the image it speeds up as it nears the camera, so image motion
+extrapolated in a straight line timed a crossing beside the camera too early (first seen
+past) or too late (leaving the picture), and long vehicles, which take longest to come
+clear, fell outside ``line_infer_s``. The geometry stays in the image (a homography maps the
+move's straight line to a straight line, so where it meets the drawn segment is the same
+either way); only the time along it is measured on the plane.
 
 An inferred crossing may be one the service counted already: a vehicle whose track was lost
 at the line and taken up past it by a new track. A crossing of the same line and direction
@@ -31,7 +40,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from its_camera_ai.analytics._tracks import TrackTable, true_cells
-from its_camera_ai.scene import segment_crossing, signed_distances
+from its_camera_ai.scene import Homography, segment_crossing, signed_distances
 
 __all__ = ["LineInference", "RecentCrossings"]
 
@@ -45,6 +54,13 @@ _MAX_VIEW_GAP_S = 0.5
 _SMOOTHING_S = 0.25
 # A crossing is remembered this long beyond the window it can be merged in.
 _KEEP_EXTRA_S = 2.0
+# A track first seen past a line may have its first full view this many ``line_infer_s``
+# after its birth: a long vehicle entering beside the camera is cut by the frame's border,
+# or its bottom hidden by the one behind it, for longer than it takes to cross.
+_FIRST_VIEW_WITHIN = 2.0
+# The image direction of a road-plane velocity: the image of this short a move along it (a
+# second's move may pass under the camera, where the image wraps round).
+_DIRECTION_STEP_S = 0.05
 
 
 class LineInference:
@@ -53,12 +69,14 @@ class LineInference:
     Columns: when the track was born; the reference point and time of its first full view
     (``b_xy``, ``b_t``) and which lines that view was clear of while the track's motion
     has not yet decided about them (``l_pend``); its reference point at the last full view
-    (``f_xy``, ``f_t``) and that point's image velocity over the recent full views (``f_v``,
-    pixels per second, NaN until two views); its box width; whether its last view was cut
-    by the frame's border."""
+    (``f_xy``, ``f_t``) and that point's velocity over the recent full views, in the image
+    (``f_v``, pixels per second) and on the road plane (``f_gv``, its units per second), NaN
+    until two views; its box width; whether its last view was cut by the frame's border."""
 
-    def __init__(self, table: TrackTable, segments: F64, infer_s: float) -> None:
-        self.table, self.segments, self.infer_s = table, segments, infer_s
+    def __init__(
+        self, table: TrackTable, segments: F64, infer_s: float, plane: Homography | None
+    ) -> None:
+        self.table, self.segments, self.infer_s, self.plane = table, segments, infer_s, plane
         table.add("born", (), np.float64, np.nan)
         table.add("b_xy", (2,), np.float64, np.nan)
         table.add("b_t", (), np.float64, np.nan)
@@ -66,6 +84,7 @@ class LineInference:
         table.add("f_xy", (2,), np.float64, np.nan)
         table.add("f_t", (), np.float64, np.nan)
         table.add("f_v", (2,), np.float64, np.nan)
+        table.add("f_gv", (2,), np.float64, np.nan)
         table.add("width", (), np.float64, np.nan)
         table.add("cut", (), np.bool_, False)
 
@@ -84,12 +103,17 @@ class LineInference:
         s, p = slots[full], ref[full]
         dt = t - tab["f_t"][s]
         fresh = (dt > 0) & (dt <= _MAX_VIEW_GAP_S)  # NaN (no earlier view) -> False
-        step = np.full_like(p, np.nan)
-        step[fresh] = (p[fresh] - tab["f_xy"][s[fresh]]) / dt[fresh, None]
-        old = tab["f_v"][s]
         weight = (dt / (dt + _SMOOTHING_S))[:, None]
-        smoothed = np.where(np.isnan(old), step, old + weight * (step - old))
-        tab["f_v"][s] = np.where(fresh[:, None], smoothed, np.nan)
+        previous = tab["f_xy"][s]
+        moves = [("f_v", previous, p)]
+        if self.plane is not None:
+            moves.append(("f_gv", self.plane.to_ground(previous), self.plane.to_ground(p)))
+        for column, before, now in moves:
+            step = np.full_like(now, np.nan)
+            step[fresh] = (now[fresh] - before[fresh]) / dt[fresh, None]
+            old = tab[column][s]
+            smoothed = np.where(np.isnan(old), step, old + weight * (step - old))
+            tab[column][s] = np.where(fresh[:, None], smoothed, np.nan)
         tab["f_xy"][s] = p
         tab["f_t"][s] = t
 
@@ -101,15 +125,15 @@ class LineInference:
 
         Judged on full views only (a box cut by the frame's border grows or shrinks as the
         vehicle comes into the picture, which is not its motion): from the first, if it
-        came within ``line_infer_s`` of the track's birth, on the side ``side`` says it is
-        on. A track moving towards a line, or not moving clearly, is decided for good."""
+        came within twice ``line_infer_s`` of the track's birth, on the side ``side`` says
+        it is on. A track moving towards a line, or not moving clearly, is decided for good."""
         tab = self.table
         b_t = tab["b_t"][slots]
         first = full & np.isnan(b_t)
         if first.any():
             s = slots[first]
             tab["b_xy"][s], tab["b_t"][s] = ref[first], t
-            early = (t - tab["born"][s] <= self.infer_s) & (self.infer_s > 0)
+            early = (t - tab["born"][s] <= _FIRST_VIEW_WITHIN * self.infer_s) & (self.infer_s > 0)
             tab["l_pend"][s] = (side[first] != 0) & early[:, None]
         pend = tab["l_pend"][slots] & (full & ~first)[:, None]
         if not pend.any():
@@ -127,9 +151,9 @@ class LineInference:
             if hit is None or not 0.0 <= hit[1] <= 1.0:
                 continue
             u, b = hit[0], float(seen_first[i])
-            t_cross = b + u * (t - b)
+            point = (p[0] + u * (q[0] - p[0]), p[1] + u * (q[1] - p[1]))
+            t_cross = b + self._plane_fraction(p, q, point, u) * (t - b)
             if b - t_cross <= self.infer_s:
-                point = (p[0] + u * (q[0] - p[0]), p[1] + u * (q[1] - p[1]))
                 out.append((i, li, int(np.sign(d_birth[i, li])), t_cross, point))
         return out
 
@@ -143,20 +167,51 @@ class LineInference:
         tab = self.table
         if self.infer_s <= 0:
             return []
-        at, xy, v = tab["f_t"][slots], tab["f_xy"][slots], tab["f_v"][slots]
-        rows = (tab["cut"][slots] & np.isfinite(v).all(axis=1)).nonzero()[0]
+        at, xy = tab["f_t"][slots], tab["f_xy"][slots]
+        rows, ahead, step_s = self._heading(slots)
         from_side = np.sign(signed_distances(xy[rows], self.segments)).astype(np.int8)
         out = []
         for k, li in true_cells(from_side != 0):
             i = int(rows[k])
             p = (float(xy[i, 0]), float(xy[i, 1]))
-            q = (p[0] + float(v[i, 0]), p[1] + float(v[i, 1]))  # one second on
+            q = (float(ahead[k, 0]), float(ahead[k, 1]))  # ``step_s`` on
             hit = segment_crossing(p, q, self._segment(li))
-            if hit is None or not 0.0 <= hit[1] <= 1.0 or not 0.0 <= hit[0] <= self.infer_s:
+            if hit is None or not 0.0 <= hit[1] <= 1.0 or hit[0] < 0.0:
                 continue
             point = (p[0] + hit[0] * (q[0] - p[0]), p[1] + hit[0] * (q[1] - p[1]))
-            out.append((i, li, -int(from_side[k, li]), float(at[i]) + hit[0], point))
+            after = self._plane_fraction(p, q, point, hit[0]) * step_s
+            if after <= self.infer_s:
+                out.append((i, li, -int(from_side[k, li]), float(at[i]) + after, point))
         return out
+
+    def _heading(self, slots: IntArr) -> tuple[IntArr, F64, float]:
+        """The rows of ending tracks cut by the border whose velocity at the last full view
+        is known, where in the image that velocity carries each a step on, and the step's
+        length in seconds: on the road plane where there is one, else in the image."""
+        tab = self.table
+        xy, v, gv = tab["f_xy"][slots], tab["f_v"][slots], tab["f_gv"][slots]
+        if self.plane is None:
+            rows = (tab["cut"][slots] & np.isfinite(v).all(axis=1)).nonzero()[0]
+            return rows, xy[rows] + v[rows], 1.0
+        rows = (tab["cut"][slots] & np.isfinite(gv).all(axis=1)).nonzero()[0]
+        ground = self.plane.to_ground(xy[rows])
+        ahead: F64 = self.plane.to_image(ground + _DIRECTION_STEP_S * gv[rows])
+        return rows, ahead, _DIRECTION_STEP_S
+
+    def _plane_fraction(
+        self, p: tuple[float, float], q: tuple[float, float], x: tuple[float, float], u: float
+    ) -> float:
+        """How far along the move p->q the point x (on its line, ``u`` of the way in the
+        image) lies on the road plane, where motion is uniform; ``u`` without a plane, or
+        where a point maps beyond the horizon."""
+        if self.plane is None:
+            return u
+        gp, gq, gx = self.plane.to_ground(np.array([p, q, x], dtype=np.float64))
+        move = gq - gp
+        length2 = float(move @ move)
+        if not np.isfinite(length2) or length2 == 0.0 or not np.isfinite(gx).all():
+            return u
+        return float((gx - gp) @ move) / length2
 
     def _segment(self, li: int) -> tuple[float, float, float, float]:
         ax, ay, bx, by = (float(x) for x in self.segments[li])

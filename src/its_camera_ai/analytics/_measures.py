@@ -100,7 +100,9 @@ class SceneMeasures:
         table.add("l_done", (n_lines,), np.int8, 0)
         table.add("z_in", (n_zones,), np.bool_, False)
         table.add("z_t", (n_zones,), np.float64, np.nan)
-        self.inference = LineInference(table, scene.line_segments, cfg.line_infer_s)
+        self.inference = LineInference(
+            table, scene.line_segments, cfg.line_infer_s, scene.road_plane
+        )
         self.recent = RecentCrossings(cfg.line_infer_s)
         # (line index, direction) -> (crossing time s, class, speed km/h or NaN)
         self.last_crossing: dict[tuple[int, int], tuple[float, int, float]] = {}
