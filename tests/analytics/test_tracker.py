@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from its_camera_ai.analytics import ByteTracker, assign, hungarian, iou_matrix
+from its_camera_ai.analytics._occlusion import anchored
 from its_camera_ai.common import TrackerSettings
 
 
@@ -213,3 +214,20 @@ def test_foot_seen_only_with_the_bottom_in_sight() -> None:
         out = tr.update(b, np.full(4, 0.9), np.ones(4, dtype=np.int64), k / 25.0, (1280, 720))
     seen = dict(zip(out.det_index.tolist(), out.foot_seen.tolist(), strict=True))
     assert seen == {0: True, 1: False, 2: True, 3: False}
+
+
+def test_a_partial_view_cut_by_the_frames_border_is_placed_from_its_inner_edge() -> None:
+    # A truck 200 px long leaves the picture at its left edge, 60 px of it in sight, partly
+    # hidden: a partial view keeps the predicted size, placed from the edge seen. The border
+    # is where this one is cut, so its right edge is the one seen and the box reaches out of
+    # the picture. Taken as the edge seen (it is the one nearer the prediction at x 30-230),
+    # the border held the box in the picture, where a vehicle coming in at that edge took
+    # over its track (the long-vehicle scenes of test_sim_accuracy). The right border is the
+    # mirror; without the frame's size, the edge nearer the prediction is the one seen.
+    pred = np.array([[130.0, 160.0, 200.0, 120.0]])  # cx, cy, w, h
+    cut = np.array([[0.0, 100.0, 60.0, 220.0]])
+    assert anchored(pred, cut, 1280.0)[0].tolist() == [-40.0, 160.0, 200.0, 120.0]
+    assert anchored(pred, cut, None)[0].tolist() == [100.0, 160.0, 200.0, 120.0]
+    pred = np.array([[1150.0, 160.0, 200.0, 120.0]])
+    cut = np.array([[1220.0, 100.0, 1280.0, 220.0]])
+    assert anchored(pred, cut, 1280.0)[0].tolist() == [1320.0, 160.0, 200.0, 120.0]

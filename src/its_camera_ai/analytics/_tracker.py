@@ -273,7 +273,8 @@ class ByteTracker:
             # A partial view informs position only: anchored on its top edge (occluders in a
             # road scene stand in front, hiding the bottom) and its uncut side, with the
             # predicted size, so it can neither collapse the box nor invent a velocity.
-            meas[partial] = anchored(self.f.x[rows[partial]], boxes[dets[partial]])
+            width = None if frame_size is None else frame_size[0]
+            meas[partial] = anchored(self.f.x[rows[partial]], boxes[dets[partial]], width)
         self.f.update(rows, meas, cfg, np.where(partial, cfg.partial_trust, 1.0))
         # Whether a track stands still is judged on full views only, so an occlusion (whose
         # shrinking box looks like motion) cannot make a standing object "moving".
