@@ -50,6 +50,9 @@ Bool = NDArray[np.bool_]
 
 # Views further apart than this start the velocity again (the track was hidden between).
 _MAX_VIEW_GAP_S = 0.5
+# ...on the road plane, where a vehicle hidden for a while kept its velocity (in the image
+# it changed, with the distance): an oncoming truck in traffic may show its bottom twice.
+_MAX_PLANE_GAP_S = 1.5
 # Smoothing of the velocity between views: a time constant, so it does not depend on fps.
 _SMOOTHING_S = 0.25
 # A crossing is remembered this long beyond the window it can be merged in.
@@ -102,13 +105,14 @@ class LineInference:
         tab["width"][slots] = width
         s, p = slots[full], ref[full]
         dt = t - tab["f_t"][s]
-        fresh = (dt > 0) & (dt <= _MAX_VIEW_GAP_S)  # NaN (no earlier view) -> False
         weight = (dt / (dt + _SMOOTHING_S))[:, None]
         previous = tab["f_xy"][s]
-        moves = [("f_v", previous, p)]
+        moves = [("f_v", _MAX_VIEW_GAP_S, previous, p)]
         if self.plane is not None:
-            moves.append(("f_gv", self.plane.to_ground(previous), self.plane.to_ground(p)))
-        for column, before, now in moves:
+            ground = self.plane.to_ground(previous), self.plane.to_ground(p)
+            moves.append(("f_gv", _MAX_PLANE_GAP_S, *ground))
+        for column, gap, before, now in moves:
+            fresh = (dt > 0) & (dt <= gap)  # NaN (no earlier view) -> False
             step = np.full_like(now, np.nan)
             step[fresh] = (now[fresh] - before[fresh]) / dt[fresh, None]
             old = tab[column][s]
