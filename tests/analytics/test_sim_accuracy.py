@@ -304,7 +304,6 @@ def test_long_vehicles_near_the_camera_are_counted_from_their_motion() -> None:
     without, inferred = totals.values()
     print(f"without: {without}; inferred: {inferred}")
     assert inferred.truth == without.truth
-    # 26 missed without, 4 with: two buses whose bottom the next bus hides in every view, and
-    # two crossings lost to an identity switch where trucks leave and enter at one edge.
-    assert inferred.missed <= 4
+    # 25 missed without, 2 with: two buses whose bottom the next bus hides in every view.
+    assert inferred.missed <= 2
     assert inferred.extra <= without.extra

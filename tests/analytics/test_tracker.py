@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from its_camera_ai.analytics import ByteTracker, assign, hungarian, iou_matrix
-from its_camera_ai.analytics._occlusion import anchored
 from its_camera_ai.common import TrackerSettings
 
 
@@ -216,18 +215,24 @@ def test_foot_seen_only_with_the_bottom_in_sight() -> None:
     assert seen == {0: True, 1: False, 2: True, 3: False}
 
 
-def test_a_partial_view_cut_by_the_frames_border_is_placed_from_its_inner_edge() -> None:
-    # A truck 200 px long leaves the picture at its left edge, 60 px of it in sight, partly
-    # hidden: a partial view keeps the predicted size, placed from the edge seen. The border
-    # is where this one is cut, so its right edge is the one seen and the box reaches out of
-    # the picture. Taken as the edge seen (it is the one nearer the prediction at x 30-230),
-    # the border held the box in the picture, where a vehicle coming in at that edge took
-    # over its track (the long-vehicle scenes of test_sim_accuracy). The right border is the
-    # mirror; without the frame's size, the edge nearer the prediction is the one seen.
-    pred = np.array([[130.0, 160.0, 200.0, 120.0]])  # cx, cy, w, h
-    cut = np.array([[0.0, 100.0, 60.0, 220.0]])
-    assert anchored(pred, cut, 1280.0)[0].tolist() == [-40.0, 160.0, 200.0, 120.0]
-    assert anchored(pred, cut, None)[0].tolist() == [100.0, 160.0, 200.0, 120.0]
-    pred = np.array([[1150.0, 160.0, 200.0, 120.0]])
-    cut = np.array([[1220.0, 100.0, 1280.0, 220.0]])
-    assert anchored(pred, cut, 1280.0)[0].tolist() == [1320.0, 160.0, 200.0, 120.0]
+def test_a_track_leaving_at_the_border_does_not_take_over_one_coming_in() -> None:
+    # Two-way traffic at the frame's left edge: a truck drives out of the picture there (the
+    # detector loses it with 60 px of it in sight) as another comes in, in the next lane,
+    # first detected two frames earlier, so still tentative. The leaving track's box, cut
+    # by the border and shrinking in place, overlaps the one coming in; its own truck shows
+    # ever less of itself, so a box 1.5 times as wide is another vehicle, not its own.
+    tr = ByteTracker(TrackerSettings())
+    held: dict[str, set[int]] = {"leaving": set(), "coming": set()}
+    for k in range(30):
+        x2, x_in = 300.0 - 15.0 * k, 30.0 * (k - 14)  # at 10 frames/s
+        boxes = {"leaving": [max(0.0, x2 - 200.0), 100.0, x2, 220.0] if x2 > 50 else None,
+                 "coming": [0.0, 120.0, x_in, 270.0] if x_in > 0 else None}  # fmt: skip
+        present = {name: box for name, box in boxes.items() if box is not None}
+        b = np.array(list(present.values()), dtype=float).reshape(-1, 4)
+        out = tr.update(b, np.full(len(b), 0.9), np.ones(len(b), dtype=np.int64), k / 10.0,
+                        (1280, 720))  # fmt: skip
+        names = list(present)
+        for track, d in zip(out.ids.tolist(), out.det_index.tolist(), strict=True):
+            if d >= 0 and track > 0:
+                held[names[d]].add(track)
+    assert held == {"leaving": {1}, "coming": {2}}

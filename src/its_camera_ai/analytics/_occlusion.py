@@ -53,22 +53,16 @@ def foot_hidden(boxes: F64, own: IntArr) -> NDArray[np.bool_]:
     return out
 
 
-def anchored(pred_xywh: F64, det: F64, frame_width: float | None) -> F64:
-    """Measurements (cx, cy, w, h) of partial views: a dimension the occluder or the frame's
-    border cut (clearly smaller than predicted) keeps its predicted size, placed from the
-    visible edge (the top for the height: occluders stand in front, lower in the image); an
-    uncut one is taken as seen. Of the left and right edges, one on the frame's border (of
-    ``frame_width``, where known) is the cut one, else the one nearer its prediction is
-    seen: an object leaving the picture moves out with its box, which would otherwise
-    shrink in place on the border, to be matched to the next object coming in there."""
+def anchored(pred_xywh: F64, det: F64) -> F64:
+    """Measurements (cx, cy, w, h) of partial views: a dimension the occluder cut (clearly
+    smaller than predicted) keeps its predicted size, placed from the visible edge (the top
+    for the height: occluders stand in front, lower in the image); an uncut one is taken as
+    seen."""
     dw, dh = det[:, 2] - det[:, 0], det[:, 3] - det[:, 1]
     pw, ph = pred_xywh[:, 2], pred_xywh[:, 3]
     cut_w, cut_h = dw < CUT_FRACTION * pw, dh < CUT_FRACTION * ph
-    on_left = np.zeros(len(det), dtype=np.bool_) if frame_width is None else det[:, 0] <= 1.0
-    on_right = np.zeros_like(on_left) if frame_width is None else det[:, 2] >= frame_width - 1.0
-    nearer = np.abs(det[:, 0] - (pred_xywh[:, 0] - pw / 2)) <= np.abs(
+    left = np.abs(det[:, 0] - (pred_xywh[:, 0] - pw / 2)) <= np.abs(
         det[:, 2] - (pred_xywh[:, 0] + pw / 2))  # fmt: skip
-    left = np.where(on_left != on_right, on_right, nearer)
     cx = np.where(cut_w, np.where(left, det[:, 0] + pw / 2, det[:, 2] - pw / 2),
                   (det[:, 0] + det[:, 2]) / 2)  # fmt: skip
     cy = np.where(cut_h, det[:, 1] + ph / 2, (det[:, 1] + det[:, 3]) / 2)

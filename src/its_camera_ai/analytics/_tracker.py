@@ -34,6 +34,7 @@ from its_camera_ai.analytics._association import (
     ASSOCIATION_GROUP,
     BOXED_IN_PARTS,
     FrameAssociation,
+    leaving_the_picture,
     match_by_iou,
 )
 from its_camera_ai.analytics._kalman import BoxFilters, boxes_to_xywh, xywh_to_boxes
@@ -134,9 +135,9 @@ class ByteTracker:
         t: float,
         frame_size: tuple[int, int] | None = None,
     ) -> TrackerOutput:
-        """One frame's detections at capture time t (s); ``frame_size`` (width, height) tells
-        boxes cut by the frame's border."""
+        """One frame's detections at capture time t (s), in a frame of ``frame_size`` (w, h)."""
         frame = self._predict(boxes, scores, classes, t)
+        frame.leaving = leaving_the_picture(frame.pred, self.f.v[:, 2], frame_size)
         self._associate_confident(frame)
         self._associate_weak(frame)
         self._associate_tentative(frame)
@@ -180,11 +181,10 @@ class ByteTracker:
             t=t,
             pred=xywh_to_boxes(self.f.x),
             grounded=grounded,
-            track_group=ASSOCIATION_GROUP[self.votes.argmax(axis=1)]
-            if len(self)
-            else ASSOCIATION_GROUP[:0],
+            track_group=ASSOCIATION_GROUP[self.votes.argmax(axis=1)],
             det_group=ASSOCIATION_GROUP[classes],
             high=scores >= cfg.high_score,
+            leaving=np.zeros(len(self), dtype=np.bool_),
             row_det=np.full(len(self), -1, dtype=np.intp),
             row_partial=np.zeros(len(self), dtype=np.bool_),
             row_foot=np.zeros(len(self), dtype=np.bool_),
@@ -273,8 +273,7 @@ class ByteTracker:
             # A partial view informs position only: anchored on its top edge (occluders in a
             # road scene stand in front, hiding the bottom) and its uncut side, with the
             # predicted size, so it can neither collapse the box nor invent a velocity.
-            width = None if frame_size is None else frame_size[0]
-            meas[partial] = anchored(self.f.x[rows[partial]], boxes[dets[partial]], width)
+            meas[partial] = anchored(self.f.x[rows[partial]], boxes[dets[partial]])
         self.f.update(rows, meas, cfg, np.where(partial, cfg.partial_trust, 1.0))
         # Whether a track stands still is judged on full views only, so an occlusion (whose
         # shrinking box looks like motion) cannot make a standing object "moving".
