@@ -132,7 +132,7 @@ def test_a_state_saved_before_inferred_crossings_still_restores() -> None:
         eng.process(f)
     old = eng.state()
     old["measures"] = old["measures"]["last"]
-    for name in ("born", "b_xy", "b_t", "l_pend", "f_xy", "f_t", "f_v", "width", "cut"):
+    for name in ("born", "b_xy", "b_t", "l_pend", "f_xy", "f_t", "f_pv", "width", "cut"):
         del old["table"]["cols"][name]
     eng = CameraAnalytics.restore(old)
     crossings = [c for f in frames[10:] for c in eng.process(f).crossings]

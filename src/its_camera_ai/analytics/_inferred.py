@@ -72,22 +72,23 @@ class LineInference:
     Columns: when the track was born; the reference point and time of its first full view
     (``b_xy``, ``b_t``) and which lines that view was clear of while the track's motion
     has not yet decided about them (``l_pend``); its reference point at the last full view
-    (``f_xy``, ``f_t``) and that point's velocity over the recent full views, in the image
-    (``f_v``, pixels per second) and on the road plane (``f_gv``, its units per second), NaN
-    until two views; its box width; whether its last view was cut by the frame's border."""
+    (``f_xy``, ``f_t``) and that point's velocity over the recent full views on the plane
+    crossings are timed on (``f_pv``: the road plane's units, or pixels without one, per
+    second; NaN until two views); its box width; whether its last view was cut by the
+    frame's border."""
 
     def __init__(
         self, table: TrackTable, segments: F64, infer_s: float, plane: Homography | None
     ) -> None:
         self.table, self.segments, self.infer_s, self.plane = table, segments, infer_s, plane
+        self.max_gap_s = _MAX_VIEW_GAP_S if plane is None else _MAX_PLANE_GAP_S
         table.add("born", (), np.float64, np.nan)
         table.add("b_xy", (2,), np.float64, np.nan)
         table.add("b_t", (), np.float64, np.nan)
         table.add("l_pend", (len(segments),), np.bool_, False)
         table.add("f_xy", (2,), np.float64, np.nan)
         table.add("f_t", (), np.float64, np.nan)
-        table.add("f_v", (2,), np.float64, np.nan)
-        table.add("f_gv", (2,), np.float64, np.nan)
+        table.add("f_pv", (2,), np.float64, np.nan)
         table.add("width", (), np.float64, np.nan)
         table.add("cut", (), np.bool_, False)
 
@@ -105,19 +106,14 @@ class LineInference:
         tab["width"][slots] = width
         s, p = slots[full], ref[full]
         dt = t - tab["f_t"][s]
+        fresh = (dt > 0) & (dt <= self.max_gap_s)  # NaN (no earlier view) -> False
+        before, now = self._on_plane(tab["f_xy"][s]), self._on_plane(p)
+        step = np.full_like(now, np.nan)
+        step[fresh] = (now[fresh] - before[fresh]) / dt[fresh, None]
+        old = tab["f_pv"][s]
         weight = (dt / (dt + _SMOOTHING_S))[:, None]
-        previous = tab["f_xy"][s]
-        moves = [("f_v", _MAX_VIEW_GAP_S, previous, p)]
-        if self.plane is not None:
-            ground = self.plane.to_ground(previous), self.plane.to_ground(p)
-            moves.append(("f_gv", _MAX_PLANE_GAP_S, *ground))
-        for column, gap, before, now in moves:
-            fresh = (dt > 0) & (dt <= gap)  # NaN (no earlier view) -> False
-            step = np.full_like(now, np.nan)
-            step[fresh] = (now[fresh] - before[fresh]) / dt[fresh, None]
-            old = tab[column][s]
-            smoothed = np.where(np.isnan(old), step, old + weight * (step - old))
-            tab[column][s] = np.where(fresh[:, None], smoothed, np.nan)
+        smoothed = np.where(np.isnan(old), step, old + weight * (step - old))
+        tab["f_pv"][s] = np.where(fresh[:, None], smoothed, np.nan)
         tab["f_xy"][s] = p
         tab["f_t"][s] = t
 
@@ -193,14 +189,16 @@ class LineInference:
         is known, where in the image that velocity carries each a step on, and the step's
         length in seconds: on the road plane where there is one, else in the image."""
         tab = self.table
-        xy, v, gv = tab["f_xy"][slots], tab["f_v"][slots], tab["f_gv"][slots]
+        xy, v = tab["f_xy"][slots], tab["f_pv"][slots]
+        rows = (tab["cut"][slots] & np.isfinite(v).all(axis=1)).nonzero()[0]
         if self.plane is None:
-            rows = (tab["cut"][slots] & np.isfinite(v).all(axis=1)).nonzero()[0]
             return rows, xy[rows] + v[rows], 1.0
-        rows = (tab["cut"][slots] & np.isfinite(gv).all(axis=1)).nonzero()[0]
         ground = self.plane.to_ground(xy[rows])
-        ahead: F64 = self.plane.to_image(ground + _DIRECTION_STEP_S * gv[rows])
+        ahead: F64 = self.plane.to_image(ground + _DIRECTION_STEP_S * v[rows])
         return rows, ahead, _DIRECTION_STEP_S
+
+    def _on_plane(self, pts: F64) -> F64:
+        return pts if self.plane is None else self.plane.to_ground(pts)
 
     def _plane_fraction(
         self, p: tuple[float, float], q: tuple[float, float], x: tuple[float, float], u: float
