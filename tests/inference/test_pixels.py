@@ -47,14 +47,19 @@ def test_yuv_slots_convert_like_ffmpeg(
 ) -> None:
     rgb = _scene()
     picture = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=av_format)
-    planes = [np.frombuffer(bytes(p), np.uint8) for p in picture.planes]
     # FFmpeg's own way back to RGB is the reference the decoder's users see elsewhere.
     reference = picture.reformat(format="rgb24").to_ndarray()
     h, w = rgb.shape[:2]
-    payload = np.concatenate([p[: p.size] for p in planes])
     with shm.create(ring_name, slots=2, max_frame_bytes=shm.frame_bytes(fmt, w, h)) as writer:
-        stride = picture.planes[0].line_size
-        writer.write(payload, w, h, fmt, stride=stride)
+        # Plane by plane, as the decoder's sink copies them: FFmpeg pads each plane's rows
+        # to its own line size, which differs from plane to plane by the allocator's alignment.
+        with writer.reserve(w, h, fmt) as slot:
+            for target, plane in zip(slot.planes(), picture.planes, strict=True):
+                rows, columns = target.shape[0], target.size // target.shape[0]
+                source = np.frombuffer(bytes(plane), np.uint8)[: rows * plane.line_size]
+                target[...] = source.reshape(rows, plane.line_size)[:, :columns].reshape(
+                    target.shape
+                )
         with shm.attach(ring_name) as reader:
             frame = reader.read_latest(timeout=1.0)
             assert frame is not None
