@@ -136,8 +136,7 @@ class ByteTracker:
         frame_size: tuple[int, int] | None = None,
     ) -> TrackerOutput:
         """One frame's detections at capture time t (s), in a frame of ``frame_size`` (w, h)."""
-        frame = self._predict(boxes, scores, classes, t)
-        frame.leaving = leaving_the_picture(frame.pred, self.f.v[:, 2], frame_size)
+        frame = self._predict(boxes, scores, classes, t, frame_size)
         self._associate_confident(frame)
         self._associate_weak(frame)
         self._associate_tentative(frame)
@@ -160,7 +159,9 @@ class ByteTracker:
 
     # -- the stages of an update, in order ---------------------------------------------------
 
-    def _predict(self, boxes: F64, scores: F64, classes: I64, t: float) -> FrameAssociation:
+    def _predict(
+        self, boxes: F64, scores: F64, classes: I64, t: float, frame_size: tuple[int, int] | None
+    ) -> FrameAssociation:
         """Every track moved on to time t, and the frame's bookkeeping started."""
         cfg = self.cfg
         dt = 0.0 if self.time is None else max(0.0, t - self.time)
@@ -174,17 +175,18 @@ class ByteTracker:
         self.f.v[lost & self.still] = 0.0
         self.f.predict(dt, cfg)
         grounded = self._predict_on_ground(lost, t)
+        pred = xywh_to_boxes(self.f.x)
         return FrameAssociation(
             boxes=boxes,
             scores=scores,
             classes=classes,
             t=t,
-            pred=xywh_to_boxes(self.f.x),
+            pred=pred,
             grounded=grounded,
             track_group=ASSOCIATION_GROUP[self.votes.argmax(axis=1)],
             det_group=ASSOCIATION_GROUP[classes],
             high=scores >= cfg.high_score,
-            leaving=np.zeros(len(self), dtype=np.bool_),
+            leaving=leaving_the_picture(pred, self.f.v[:, 2], frame_size),
             row_det=np.full(len(self), -1, dtype=np.intp),
             row_partial=np.zeros(len(self), dtype=np.bool_),
             row_foot=np.zeros(len(self), dtype=np.bool_),
@@ -484,10 +486,8 @@ class ByteTracker:
         )
         tr.status, tr.hits = arr("status", np.int8), arr("hits", np.int64)
         tr.ids, tr.last_t = arr("ids", np.int64), arr("last_t", np.float64)
-        tr.ref_wh = arr("ref_wh", np.float64, 2)
-        tr.still = arr("still", np.bool_)
-        tr.birth = arr("birth", np.float64, 5)
-        tr.votes = arr("votes", np.float64, NUM_CLASSES)
+        tr.ref_wh, tr.still = arr("ref_wh", np.float64, 2), arr("still", np.bool_)
+        tr.birth, tr.votes = arr("birth", np.float64, 5), arr("votes", np.float64, NUM_CLASSES)
         # States saved before the ground model have no fixes: those tracks are predicted in
         # the image until they are next seen with their bottom in sight.
         fix = s.get("ground_fix")
