@@ -73,6 +73,13 @@ def _parser() -> argparse.ArgumentParser:
         "--freeze", type=int, default=defaults.freeze, help="keep the first N convolutions fixed"
     )
     ap.add_argument(
+        "--slow",
+        type=int,
+        default=defaults.slow,
+        help="convolutions after the frozen ones up to the N-th learn at --slow-lr-scale x --lr",
+    )
+    ap.add_argument("--slow-lr-scale", type=float, default=defaults.slow_lr_scale)
+    ap.add_argument(
         "--anchor-weight",
         type=float,
         default=defaults.anchor_weight,
@@ -126,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     for flag, zoom in (("--zoom", args.zoom), ("--close-zoom", args.close_zoom)):
         if zoom is not None and not 0 < zoom[0] <= zoom[1]:
             ap.error(f"{flag} {zoom[0]:g} {zoom[1]:g}: LOW HIGH with 0 < LOW <= HIGH")
+    if not 0.0 < args.slow_lr_scale <= 1.0:
+        ap.error(f"--slow-lr-scale {args.slow_lr_scale}: a factor above 0, at most 1")
     if not 0.0 <= args.close_share <= 1.0:
         ap.error(f"--close-share {args.close_share}: a share from 0 to 1")
     if args.close_share > 0 and args.close_zoom is None:
@@ -151,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         lr=args.lr,
         warmup_steps=args.warmup_steps,
         freeze=args.freeze,
+        slow=args.slow,
+        slow_lr_scale=args.slow_lr_scale,
         anchor_weight=args.anchor_weight,
         distil_weight=args.distil_weight,
         zoom=tuple(args.zoom),

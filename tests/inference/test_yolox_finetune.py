@@ -97,13 +97,28 @@ def test_difficult_objects_are_neither_positive_nor_negative() -> None:
     assert float(out.grad[0, _point_at(400, 20, 8), 4]) > 0
 
 
+def _moved_by_depth(before: Path, after: Path, bounds: tuple[int, ...]) -> list[float]:
+    """Mean absolute weight change of the convolutions (graph order) cut at ``bounds``."""
+    old, new = (dict(torch.jit.load(str(p)).named_parameters()) for p in (before, after))
+    convs = sorted(
+        {name.rsplit(".", 1)[0] for name in old},
+        key=lambda n: [int(p) if p.isdigit() else p for p in n.split(".")],
+    )
+    depth = {conv: sum(i >= b for b in bounds) for i, conv in enumerate(convs)}
+    moved: list[list[float]] = [[] for _ in range(len(bounds) + 1)]
+    for name, weight in old.items():
+        change = (new[name] - weight).abs().mean().item()
+        moved[depth[name.rsplit(".", 1)[0]]].append(change)
+    return [float(np.mean(m)) for m in moved]
+
+
 def test_finetune_smoke_resumes_and_ships_a_loadable_model(tmp_path: Path) -> None:
     data, out, checkpoint = tmp_path / "data", tmp_path / "model", tmp_path / "ck.pt"
     args = [
         "--data", str(data), "--seeds", "0-1", "--frames-per-seed", "2", "--batch-size", "2",
         "--workers", "1", "--out", str(out), "--checkpoint", str(checkpoint),
-        "--checkpoint-every", "1", "--freeze", "20", "--version", "smoke",
-        "--input-size", "640x384", "--crop-size", "416x288",
+        "--checkpoint-every", "1", "--freeze", "20", "--slow", "40", "--slow-lr-scale", "0.1",
+        "--version", "smoke", "--input-size", "640x384", "--crop-size", "416x288",
     ]  # fmt: skip
     main = script_main("finetune_yolox")
     assert main([*args, "--steps", "2"]) == 0
@@ -112,6 +127,11 @@ def test_finetune_smoke_resumes_and_ships_a_loadable_model(tmp_path: Path) -> No
     assert manifest["training"]["steps"] == 3
     assert manifest["training"]["resumed_at_step"] == 2
     assert manifest["training"]["frozen_convolutions"] == 20
+    assert (manifest["training"]["slow"], manifest["training"]["slow_lr_scale"]) == (40, 0.1)
+    frozen, slowed, rest = _moved_by_depth(INIT, out / "yolox-nano-its.pt", (20, 40))
+    assert frozen == 0.0
+    # Adam moves every weight by about the rate at each step: the slowed ones by a tenth.
+    assert 0.0 < slowed < 0.3 * rest
     # Trained on crops of frames letterboxed to 640x384; the model runs at 640x384.
     assert manifest["training"]["crop_size"] == [416, 288]
     assert (manifest["input"]["width"], manifest["input"]["height"]) == (640, 384)
@@ -165,9 +185,10 @@ def test_a_bad_size_is_refused_naming_its_flag(
         (["--close-share", "0.2"], "--close-share 0.2: --close-zoom LOW HIGH is needed"),
         (["--close-zoom", "3", "1.5"], "--close-zoom 3 1.5: LOW HIGH with 0 < LOW <= HIGH"),
         (["--zoom", "0", "1.3"], "--zoom 0 1.3: LOW HIGH with 0 < LOW <= HIGH"),
+        (["--slow-lr-scale", "0"], "--slow-lr-scale 0.0: a factor above 0, at most 1"),
     ],
 )
-def test_a_bad_zoom_or_close_share_is_refused_naming_its_flag(
+def test_a_bad_zoom_close_share_or_rate_is_refused_naming_its_flag(
     args: list[str], says: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as exit_info:

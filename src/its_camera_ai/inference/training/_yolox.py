@@ -16,7 +16,8 @@ BCE terms take probabilities. Difficult objects (hidden, tiny) are neither posit
 negative: points inside them are left out of the objectness loss.
 
 Keeping what it knows of real video: the first ``freeze`` convolutions (in graph order: the
-backbone's stem and early stages) can be kept fixed, the learning rate is small, and the
+backbone's stem and early stages) can be kept fixed, those after them up to the ``slow``-th
+can learn at ``slow_lr_scale`` times the rate, the learning rate is small, and the
 weights shipped are an exponential moving average; ``anchor_weight`` pulls the trained
 weights towards the pretrained ones (L2-SP, Li et al. 2018) instead of towards zero. Which
 of these keeps it best on real clips is measured by ``benchmarks/real_clip_counts.py``
@@ -76,6 +77,11 @@ class FinetuneConfig:
     close_zoom: tuple[float, float] | None = None
     close_share: float = 0.0
     freeze: int = 0  # the first N convolutions (graph order) keep their weights
+    # Convolutions from the freeze-th up to the slow-th learn at slow_lr_scale x the rate:
+    # the early layers adapt to the simulator's look without carrying it into what the
+    # head reads as fast as the rest (0: none).
+    slow: int = 0
+    slow_lr_scale: float = 1.0
     # L2-SP: anchor_weight x the squared distance of the trained weights from where they
     # started, added to the loss (0: off); keeps what COCO taught without any COCO images.
     anchor_weight: float = 0.0
@@ -230,16 +236,25 @@ def yolox_loss(
     return loss, parts
 
 
-def _freeze(model: nn.Module, first: int) -> int:
-    """Keep the first ``first`` convolutions' weights fixed; returns how many were frozen."""
+def _parameter_groups(model: nn.Module, cfg: FinetuneConfig) -> tuple[list[dict[str, Any]], int]:
+    """The optimiser's groups (``lr_scale`` each): the first ``cfg.freeze`` convolutions'
+    weights fixed (left out), those up to ``cfg.slow`` slowed; and how many were frozen."""
     convs = sorted(
         {name.rsplit(".", 1)[0] for name, _ in model.named_parameters()},
         key=lambda n: [int(p) if p.isdigit() else p for p in n.split(".")],
     )
-    frozen = set(convs[:first])
+    index = {conv: i for i, conv in enumerate(convs)}
+    slow: list[nn.Parameter] = []
+    normal: list[nn.Parameter] = []
     for name, p in model.named_parameters():
-        p.requires_grad_(name.rsplit(".", 1)[0] not in frozen)
-    return len(frozen)
+        i = index[name.rsplit(".", 1)[0]]
+        p.requires_grad_(i >= cfg.freeze)
+        if p.requires_grad:
+            (slow if i < cfg.slow else normal).append(p)
+    groups = [{"params": normal, "lr_scale": 1.0}]
+    if slow:
+        groups.append({"params": slow, "lr_scale": cfg.slow_lr_scale})
+    return groups, min(cfg.freeze, len(convs))
 
 
 def _load_script(path: str) -> torch.jit.ScriptModule:
@@ -363,13 +378,13 @@ def finetune_yolox(
     model, replica = (_load_script(cfg.init) for _ in range(2))
     teacher = _load_script(cfg.init).eval() if cfg.distil_weight > 0 else None
     model.train()
-    frozen = _freeze(model, cfg.freeze)
+    groups, frozen = _parameter_groups(model, cfg)
     average = WeightAverage(model, cfg.ema_decay, replica)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    trainable = [p for group in groups for p in group["params"]]
     device = torch.device(cfg.device)
     # Where L2-SP pulls back to: the starting weights, also when resuming a run.
     pretrained = [p.detach().to(device, copy=True) for p in trainable]
-    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     order, pos, start = torch.randperm(n, generator=gen), 0, 0
     if checkpoint is not None and checkpoint.exists():
@@ -390,7 +405,7 @@ def finetune_yolox(
         pos += cfg.batch_size
         x, boxes = _network_batch(data, idx, gen, cfg, device)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps)
+            group["lr"] = group["lr_scale"] * lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps)
         out = model(x).float().cpu()
         loss, parts = yolox_loss(
             out,
