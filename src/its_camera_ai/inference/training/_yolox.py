@@ -236,9 +236,13 @@ def yolox_loss(
     return loss, parts
 
 
-def _parameter_groups(model: nn.Module, cfg: FinetuneConfig) -> tuple[list[dict[str, Any]], int]:
-    """The optimiser's groups (``lr_scale`` each): the first ``cfg.freeze`` convolutions'
-    weights fixed (left out), those up to ``cfg.slow`` slowed; and how many were frozen."""
+def _parameter_groups(
+    model: nn.Module, cfg: FinetuneConfig
+) -> tuple[list[list[nn.Parameter]], list[float], int]:
+    """The optimiser's parameter groups and the factor of the rate each learns at: the first
+    ``cfg.freeze`` convolutions' weights fixed (left out), those up to ``cfg.slow`` slowed;
+    and how many were frozen. The factors come from the config, not the optimiser's state,
+    so a checkpoint from before there were factors resumes too."""
     convs = sorted(
         {name.rsplit(".", 1)[0] for name, _ in model.named_parameters()},
         key=lambda n: [int(p) if p.isdigit() else p for p in n.split(".")],
@@ -251,10 +255,11 @@ def _parameter_groups(model: nn.Module, cfg: FinetuneConfig) -> tuple[list[dict[
         p.requires_grad_(i >= cfg.freeze)
         if p.requires_grad:
             (slow if i < cfg.slow else normal).append(p)
-    groups = [{"params": normal, "lr_scale": 1.0}]
+    groups, scales = [normal], [1.0]
     if slow:
-        groups.append({"params": slow, "lr_scale": cfg.slow_lr_scale})
-    return groups, min(cfg.freeze, len(convs))
+        groups.append(slow)
+        scales.append(cfg.slow_lr_scale)
+    return groups, scales, min(cfg.freeze, len(convs))
 
 
 def _load_script(path: str) -> torch.jit.ScriptModule:
@@ -378,13 +383,15 @@ def finetune_yolox(
     model, replica = (_load_script(cfg.init) for _ in range(2))
     teacher = _load_script(cfg.init).eval() if cfg.distil_weight > 0 else None
     model.train()
-    groups, frozen = _parameter_groups(model, cfg)
+    groups, scales, frozen = _parameter_groups(model, cfg)
     average = WeightAverage(model, cfg.ema_decay, replica)
-    trainable = [p for group in groups for p in group["params"]]
+    trainable = [p for group in groups for p in group]
     device = torch.device(cfg.device)
     # Where L2-SP pulls back to: the starting weights, also when resuming a run.
     pretrained = [p.detach().to(device, copy=True) for p in trainable]
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(
+        [{"params": group} for group in groups], lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
     gen = torch.Generator().manual_seed(cfg.seed)
     order, pos, start = torch.randperm(n, generator=gen), 0, 0
     if checkpoint is not None and checkpoint.exists():
@@ -404,8 +411,9 @@ def finetune_yolox(
         idx = order[pos : pos + cfg.batch_size].tolist()
         pos += cfg.batch_size
         x, boxes = _network_batch(data, idx, gen, cfg, device)
-        for group in opt.param_groups:
-            group["lr"] = group["lr_scale"] * lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps)
+        rate = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps)
+        for group, scale in zip(opt.param_groups, scales, strict=True):
+            group["lr"] = scale * rate
         out = model(x).float().cpu()
         loss, parts = yolox_loss(
             out,
