@@ -349,6 +349,16 @@ def _hold_back(
     return total
 
 
+def _next_indices(
+    order: torch.Tensor, pos: int, batch_size: int, gen: torch.Generator
+) -> tuple[list[int], torch.Tensor, int]:
+    """The next batch's image indices in the epoch's ``order`` from ``pos``; a new shuffled
+    order once the rest is too short for a batch. The indices, the order and the new position."""
+    if pos + batch_size > len(order):
+        order, pos = torch.randperm(len(order), generator=gen), 0
+    return order[pos : pos + batch_size].tolist(), order, pos + batch_size
+
+
 def _network_batch(
     data: TrainSet, idx: list[int], gen: torch.Generator, cfg: FinetuneConfig, device: torch.device
 ) -> tuple[torch.Tensor, list[NDArray[np.float32]]]:
@@ -406,10 +416,7 @@ def finetune_yolox(
     losses: dict[str, float] = {}
     began = time.perf_counter()
     for step in range(start, cfg.steps):
-        if pos + cfg.batch_size > n:
-            order, pos = torch.randperm(n, generator=gen), 0
-        idx = order[pos : pos + cfg.batch_size].tolist()
-        pos += cfg.batch_size
+        idx, order, pos = _next_indices(order, pos, cfg.batch_size, gen)
         x, boxes = _network_batch(data, idx, gen, cfg, device)
         rate = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps)
         for group, scale in zip(opt.param_groups, scales, strict=True):
