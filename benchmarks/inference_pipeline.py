@@ -8,6 +8,7 @@
     .venv/bin/python benchmarks/inference_pipeline.py --backend torch onnxruntime
     .venv/bin/python benchmarks/inference_pipeline.py --cameras 4 --backend onnxruntime
     .venv/bin/python benchmarks/inference_pipeline.py --input-size 416x288 640x384
+    .venv/bin/python benchmarks/inference_pipeline.py --score-threshold 0.3 0.1
 
 Each camera is a ring written by a thread at 30 FPS with rendered simulator frames
 (1280x720 RGB, looped), as the decoder writes them. The real inference service (in-process
@@ -28,7 +29,8 @@ with bf16 instructions), ``--models`` ``inference.model`` (default: the service'
 ``--backend`` ``inference.backend`` (default ``auto``, as the service: ONNX Runtime for
 fp32, torch for bf16; ``onnxruntime``: fp32 only, so it runs with ``--precision fp32``
 alone); ``--input-size`` ``inference.input_size`` (default: the
-model's own); several values run every configuration with each. The writer
+model's own), ``--score-threshold`` ``inference.score_threshold`` (default: the service's,
+0.1); several values run every configuration with each. The writer
 threads and the gRPC peer share the cores with torch, as the decoder and analytics do on a
 real node.
 """
@@ -103,6 +105,7 @@ async def run(
     input_size: tuple[int, int] | None,
     engine: tuple[str, str],
     torch_threads: int,
+    score_threshold: float,
     seconds: float,
     frames: list[np.ndarray],
 ) -> dict[str, Any]:
@@ -122,6 +125,7 @@ async def run(
     options["model"] = model
     options["input_size"] = input_size
     options["torch_threads"] = torch_threads
+    options["score_threshold"] = score_threshold
     async with recording_analytics() as (recorder, target):
         arrivals = recorder.latencies_ms
         async with inference_host(cameras=rings, analytics_target=target, **options) as host:
@@ -155,6 +159,7 @@ async def run(
         "backend": backend,
         "precision": precision,
         "torch_threads": torch_threads,
+        "score_threshold": score_threshold,
         "fps": delivered / elapsed,
         "written_fps": written / elapsed,
         "skipped": max(0.0, 1.0 - delivered / written) if written else 0.0,
@@ -179,11 +184,13 @@ async def main_async(args: argparse.Namespace) -> None:
     rows = []
     for cameras in counts:
         for batching in (False, True):
-            for model, size, engine, threads in itertools.product(
-                args.models, args.input_size, measured, args.torch_threads
+            for model, size, engine, threads, threshold in itertools.product(
+                args.models, args.input_size, measured, args.torch_threads, args.score_threshold
             ):
                 rows.append(
-                    await run(cameras, batching, model, size, engine, threads, seconds, frames)
+                    await run(
+                        cameras, batching, model, size, engine, threads, threshold, seconds, frames
+                    )
                 )
                 print(rows[-1], flush=True)
     print(
@@ -192,16 +199,16 @@ async def main_async(args: argparse.Namespace) -> None:
     )
     print(
         "| cameras (720p30) | batching | model | input | backend | precision | torch threads "
-        "| delivered fps "
+        "| score threshold | delivered fps "
         "| written fps | skipped | p50 ms | p99 ms | mean batch | queue wait ms "
         "| preprocess ms/batch | model ms/batch | postprocess ms/batch |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['cameras']} | {r['batching']} | {r['model']} | {r['input']} | {r['backend']} | "
             f"{r['precision']} | "
-            f"{r['torch_threads']} | {r['fps']:.1f} | "
+            f"{r['torch_threads']} | {r['score_threshold']:g} | {r['fps']:.1f} | "
             f"{r['written_fps']:.1f} | "
             f"{r['skipped']:.0%} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['mean_batch']:.2f} | "
             f"{r['queue_wait_ms']:.1f} | {r['preprocess_ms']:.1f} | {r['model_ms']:.1f} | "
@@ -223,6 +230,13 @@ def main() -> int:
         type=size_argument,
         default=[None],
         help="WxH (default: the model's)",
+    )
+    parser.add_argument(
+        "--score-threshold",
+        nargs="+",
+        type=float,
+        default=[InferenceSettings().score_threshold],
+        help="inference.score_threshold (default: the service's)",
     )
     # Set for every row: the setting is process-wide, and 0 would keep the last row's.
     parser.add_argument("--torch-threads", nargs="+", type=int, default=[torch.get_num_threads()])

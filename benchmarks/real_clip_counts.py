@@ -13,11 +13,13 @@ the truth, missed (FN) and extra (FP) counts, and the error of the total. Classe
 compared (every vehicle of these clips is a car; a class flip shows in the class column),
 but what the detector calls them is shown: the share of its car, truck and bus detections
 over the whole clip that are cars (1.00 where the network knows a car from a lorry).
-Score thresholds: the model's own unless given; several give one row each. ``--precision
-bf16`` runs the network through the engine ``inference.precision: bf16`` builds (a CPU with
-bf16 instructions, or a GPU), ``--backend`` as ``inference.backend`` builds it (default
-``auto``, as the service: ONNX Runtime for fp32, torch for bf16; ``onnxruntime``: fp32
-only); several values give one row each. ``--input-size`` runs
+Score thresholds: the one the service's frame pipeline sends analytics
+(``inference.score_threshold``, 0.1: the tracker's weak band) unless given; several give
+one row each. ``--precision bf16`` runs the network through the engine
+``inference.precision: bf16`` builds (a CPU with bf16 instructions, or a GPU),
+``--backend`` as ``inference.backend`` builds it (default ``auto``, as the service: ONNX
+Runtime for fp32, torch for bf16; ``onnxruntime``: fp32 only); several values give one row
+each. ``--input-size`` runs
 every model's network at that input instead of its manifest's (``inference.input_size``).
 """
 
@@ -38,6 +40,8 @@ import numpy as np
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from its_camera_ai.analytics import CameraAnalytics, FrameInput
+from its_camera_ai.common import InferenceSettings
+from its_camera_ai.inference import feed_score_threshold
 from its_camera_ai.inference.models import (
     CLASS_IDS,
     SHIPPED_MODELS,
@@ -244,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
             for name in args.models:
                 model = load_model(name, input_size=input_size)
                 for backend, precision in measured:
-                    for threshold in args.score_threshold or [model.default_score_threshold]:
+                    served = feed_score_threshold(InferenceSettings(), model)
+                    for threshold in args.score_threshold or [served]:
                         # --backend and --precision's choices narrow what engines() gives.
                         results += count_clip(
                             clip,

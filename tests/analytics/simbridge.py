@@ -8,7 +8,8 @@ objects a detector could see (not ``difficult``), with optional noise, missed de
 score jitter; classes map from the sim's 0-based label space to ObjectClass. Scores are
 float32, as on the wire, so the same frames sent to the service (``SimRun.inputs``) give the
 service exactly the engine's input. Given a detector, the detections are instead what it
-finds in the rendered frames, each matched to the truth box it overlaps most (IoU >= 0.3)
+finds in the rendered frames from the score the service's frame pipeline sends analytics
+(``feed_score_threshold``), each matched to the truth box it overlaps most (IoU >= 0.3)
 so that scoring still knows which vehicle a track followed.
 """
 
@@ -27,7 +28,8 @@ from its_camera_ai.analytics import (
     FrameInput,
     LineCrossing,
 )
-from its_camera_ai.common import AnalyticsEngineSettings
+from its_camera_ai.common import AnalyticsEngineSettings, InferenceSettings
+from its_camera_ai.inference import feed_score_threshold
 from its_camera_ai.inference.models import DetectionModel
 from its_camera_ai.inference.training import box_iou
 from its_camera_ai.scene import CalibrationSpec, Direction, LaneSpec, LineSpec, SceneSpec
@@ -119,7 +121,7 @@ def _detected(
 ) -> tuple[np.ndarray, list[int]]:
     """The detector's rows for ``image`` and, per row, the sim id of the truth box it
     overlaps most (IoU >= 0.3), -1 for none."""
-    (found,) = detector.detect(image[None])
+    (found,) = detector.detect(image[None], feed_score_threshold(InferenceSettings(), detector))
     boxes = found.boxes.numpy().astype(np.float64)
     rows = np.column_stack([boxes, found.scores.numpy(), found.classes.numpy()]).reshape(-1, 6)
     if not truth.objects or not len(boxes):

@@ -15,6 +15,7 @@ import torch
 from its.analytics.v1 import detection_batch_pb2
 from its_camera_ai import shm
 from its_camera_ai.common import InferenceSettings, ServiceHost
+from its_camera_ai.inference import feed_score_threshold
 from its_camera_ai.inference.models import load_model
 from its_camera_ai.inference.training import ImageRecord, evaluate
 from its_camera_ai.sim import CLASSES, FrameTruth
@@ -80,11 +81,13 @@ async def test_ring_frames_are_detected_and_streamed_like_the_detector_alone(
     # Nothing is lost silently: every frame written was sent, or counted as skipped.
     assert len(got) + _skipped(host) == FRAMES
     assert len(got) >= FRAMES // 2
-    detector = load_model(InferenceSettings().model)  # what the service runs by default
+    settings = InferenceSettings()
+    detector = load_model(settings.model)  # what the service runs by default
     records = []
     for seq, message in sorted(got.items()):
         image, truth = frames[seq - 1]
-        alone = detector.detect(image)[0]
+        # From the score the frame pipeline sends analytics (the tracker's weak band).
+        alone = detector.detect(image, feed_score_threshold(settings, detector))[0]
         boxes, scores, _ = _boxes(message)
         order = np.argsort(-alone.scores.numpy(), kind="stable")
         assert np.allclose(np.sort(scores)[::-1], alone.scores.numpy()[order], atol=1e-5)

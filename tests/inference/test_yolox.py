@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from rich.progress import Progress
 
 from its_camera_ai.common import InferenceSettings
-from its_camera_ai.inference import configured_model
+from its_camera_ai.inference import configured_model, feed_score_threshold
 from its_camera_ai.inference.models import (
     SHIPPED_MODELS,
     ChecksumMismatchError,
@@ -284,8 +284,9 @@ def test_the_fine_tuned_yolox_finds_what_the_coco_weights_miss_on_a_real_clip() 
 )
 def test_the_fine_tuned_yolox_counts_a_real_clip_exactly(backend: str, precision: str) -> None:
     # The Intel clip (4 cars a line, 2 each way) through detection and the analytics engine,
-    # as benchmarks/real_clip_counts.py runs it. Without the vehicle NMS group a car that
-    # some anchor points call a truck and others a bus was counted twice on the other clip.
+    # as benchmarks/real_clip_counts.py runs it (from the frame pipeline's score). Without
+    # the vehicle NMS group a car that some anchor points call a truck and others a bus was
+    # counted twice on the other clip.
     # In bf16 (inference.precision) and on ONNX Runtime (inference.backend) the counts must
     # not change.
     bench = load_script("benchmarks/real_clip_counts.py")
@@ -298,7 +299,7 @@ def test_the_fine_tuned_yolox_counts_a_real_clip_exactly(backend: str, precision
             bench.clip_frames(INTEL_CLIP),
             model,
             precision,
-            model.default_score_threshold,
+            feed_score_threshold(InferenceSettings(), model),
             progress,
             backend,
         )

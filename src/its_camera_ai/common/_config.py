@@ -544,7 +544,15 @@ class InferenceSettings(_Section):
     frames_per_camera: int = Field(1, ge=1, le=64)
     # Detect calls waiting for a batch; beyond it Detect fails with UNAVAILABLE/OVERLOADED.
     max_pending_requests: int = Field(64, ge=1)
-    score_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    # The frame pipeline sends analytics the detections scoring this or more (None: the
+    # model's own threshold, 0.3 for the shipped YOLOX models; a Detect call's default stays
+    # the model's). The default is the tracker's weak band (analytics.engine.tracker
+    # .low_score): ByteTrack continues a followed track on a detection scoring 0.1-0.5, and
+    # only one over 0.6 starts a track, so low scores carry a vehicle through the frames in
+    # which the detector doubts it without adding any. Cut at 0.3, a far car scoring 0.1-0.2
+    # for five frames lost its track and its crossing (docs/benchmarks.md, "The tracker's
+    # weak band").
+    score_threshold: float | None = Field(0.1, ge=0.0, le=1.0)
     # Where the rings come from: the decoder's CameraService (None: this process's own
     # server, when the decoder runs in it), plus rings named here (camera id -> ring).
     decoder_target: str | None = None

@@ -37,7 +37,11 @@ from its_camera_ai.inference._producer import DetectionProducer, new_producer_id
 from its_camera_ai.inference._producer_accounting import ProducerMetrics, ProducerStats
 from its_camera_ai.inference._runner import BatchRunner
 from its_camera_ai.inference._servicer import InferenceServicer, model_resource
-from its_camera_ai.inference.server import configured_model, inference_unit
+from its_camera_ai.inference.server import (
+    configured_model,
+    feed_score_threshold,
+    inference_unit,
+)
 
 __all__ = [
     "MAX_IMAGE_PIXELS",
@@ -57,6 +61,7 @@ __all__ = [
     "Work",
     "configured_model",
     "decode_image",
+    "feed_score_threshold",
     "frame_rgb",
     "image_size",
     "inference_unit",

@@ -71,6 +71,13 @@ def configured_model(settings: InferenceSettings) -> DetectionModel:
     return load_model(settings.model_manifest or settings.model, input_size=settings.input_size)
 
 
+def feed_score_threshold(settings: InferenceSettings, model: DetectionModel) -> float:
+    """The score from which the frame pipeline sends ``model``'s detections to analytics."""
+    if settings.score_threshold is None:
+        return model.default_score_threshold
+    return settings.score_threshold
+
+
 class _Pipeline:
     """One registration's pipeline: built before the server takes a call, the producer and
     discovery started once it serves, everything stopped before it drains."""
@@ -100,13 +107,12 @@ class _Pipeline:
         self._tasks: list[asyncio.Task[None]] = []
         self._sink = FrameSink(metrics)
         self._batcher = batcher
-        threshold = (
-            model.default_score_threshold
-            if config.score_threshold is None
-            else config.score_threshold
-        )
         self._feeds = Feeds(
-            self._batcher, self._sink, metrics, score_threshold=threshold, device=engine.device
+            self._batcher,
+            self._sink,
+            metrics,
+            score_threshold=feed_score_threshold(config, model),
+            device=engine.device,
         )
         flags = runtime.flags
         self.servicer = InferenceServicer(
