@@ -549,9 +549,9 @@ class InferenceSettings(_Section):
     # the model's). The default is the tracker's weak band (analytics.engine.tracker
     # .low_score): ByteTrack continues a followed track on a detection scoring 0.1-0.5, and
     # only one over 0.6 starts a track, so low scores carry a vehicle through the frames in
-    # which the detector doubts it without adding any. Cut at 0.3, a far car scoring 0.1-0.2
-    # for five frames lost its track and its crossing (docs/benchmarks.md, "The tracker's
-    # weak band").
+    # which the detector doubts it, and start none. Cut at 0.3, a far car scoring 0.1-0.2
+    # for five frames lost its track and its crossing (docs/benchmarks.md, "The candidate
+    # default rerun, and the tracker's weak band").
     score_threshold: float | None = Field(0.1, ge=0.0, le=1.0)
     # Where the rings come from: the decoder's CameraService (None: this process's own
     # server, when the decoder runs in it), plus rings named here (camera id -> ring).
