@@ -50,7 +50,7 @@ from its_camera_ai.inference.models import (
 )
 from its_camera_ai.shm import enable_metrics
 
-__all__ = ["UNIT", "configured_model", "inference_unit"]
+__all__ = ["UNIT", "configured_model", "feed_score_threshold", "inference_unit"]
 
 _log = logging.getLogger(__name__)
 _DRAIN_SECONDS = 5.0
