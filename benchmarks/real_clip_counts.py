@@ -247,9 +247,11 @@ def main(argv: list[str] | None = None) -> int:
             frames = clip_frames(REPO / clip["path"])
             for name in args.models:
                 model = load_model(name, input_size=input_size)
+                thresholds = args.score_threshold or [
+                    feed_score_threshold(InferenceSettings(), model)
+                ]
                 for backend, precision in measured:
-                    served = feed_score_threshold(InferenceSettings(), model)
-                    for threshold in args.score_threshold or [served]:
+                    for threshold in thresholds:
                         # --backend and --precision's choices narrow what engines() gives.
                         results += count_clip(
                             clip,

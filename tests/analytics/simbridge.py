@@ -15,6 +15,7 @@ so that scoring still knows which vehicle a track followed.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -117,11 +118,11 @@ class SimRun:
 
 
 def _detected(
-    detector: DetectionModel, image: np.ndarray, truth: FrameTruth
+    detector: DetectionModel, threshold: float, image: np.ndarray, truth: FrameTruth
 ) -> tuple[np.ndarray, list[int]]:
-    """The detector's rows for ``image`` and, per row, the sim id of the truth box it
-    overlaps most (IoU >= 0.3), -1 for none."""
-    (found,) = detector.detect(image[None], feed_score_threshold(InferenceSettings(), detector))
+    """The detector's rows for ``image`` from ``threshold`` and, per row, the sim id of the
+    truth box it overlaps most (IoU >= 0.3), -1 for none."""
+    (found,) = detector.detect(image[None], threshold)
     boxes = found.boxes.numpy().astype(np.float64)
     rows = np.column_stack([boxes, found.scores.numpy(), found.classes.numpy()]).reshape(-1, 6)
     if not truth.objects or not len(boxes):
@@ -151,6 +152,13 @@ def run_sim(
     run = SimRun(duration_s, spec, size, start_ns, fps=cfg.fps)
     n = round(duration_s * cfg.fps)
     held: dict[int, int] = {}  # engine track id -> the sim id it held last
+    detect = (
+        None
+        if detector is None
+        else functools.partial(
+            _detected, detector, feed_score_threshold(InferenceSettings(), detector)
+        )
+    )
     for image, truth in scene.frames(n, size=size):
         rows, ids = [], []
         for o in truth.objects:
@@ -167,8 +175,8 @@ def run_sim(
             rows.append([*box, score, float(o.class_id + 1)])
             ids.append(o.track_id)
         det = np.array(rows, dtype=np.float64).reshape(-1, 6)
-        if detector is not None:
-            det, ids = _detected(detector, image, truth)
+        if detect is not None:
+            det, ids = detect(image, truth)
         capture = start_ns + round(truth.time_s * 1e9)
         frame = FrameInput(CAMERA, truth.frame + 1, capture, truth.width, truth.height, det, "1")
         run.inputs.append(frame)
